@@ -1,0 +1,113 @@
+"""`bertpipe <stage> ...`: one subcommand per pipeline stage; each is a thin wrapper around a library function."""
+
+import argparse
+import logging
+import sys
+
+from bertpipe import BertpipeError, __version__
+
+
+def _download(subparsers):
+    stage = subparsers.add_parser("download", help="a Wikimedia dump's article parts, verified and resumable")
+    steps = stage.add_subparsers(dest="step", required=True)
+
+    manifest = steps.add_parser("manifest", help="resolve the dump (dumpstatus.json) into manifest.json")
+    manifest.add_argument("--mirror", required=True, help="http(s) URL, file:// URL or folder of a dump mirror")
+    manifest.add_argument("--wiki", required=True, help="e.g. enwiki")
+    manifest.add_argument("--date", required=True, help="'latest' or YYYYMMDD")
+    manifest.add_argument("--timeout", type=float, default=60, help="seconds")
+    manifest.add_argument("--out", required=True, help="manifest.json to write")
+
+    def run_manifest(args):
+        from bertpipe.download import write_manifest
+
+        write_manifest(args.mirror, args.wiki, args.date, args.out, timeout=args.timeout)
+
+    manifest.set_defaults(run=run_manifest)
+
+    part = steps.add_parser("part", help="download one part listed in the manifest")
+    part.add_argument("--manifest", required=True)
+    part.add_argument("--part", required=True, help="part name: its file name without .bz2")
+    part.add_argument("--out", required=True)
+    part.add_argument("--retries", type=int, default=5)
+    part.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry; doubles each time")
+    part.add_argument("--timeout", type=float, default=60, help="seconds without data before a retry")
+
+    def run_part(args):
+        from bertpipe.download import download_part
+
+        download_part(args.manifest, args.part, args.out, retries=args.retries, backoff=args.backoff,
+                      timeout=args.timeout)
+
+    part.set_defaults(run=run_part)
+
+
+def _extract(subparsers):
+    stage = subparsers.add_parser("extract", help="one dump part to loose JSON with WikiExtractor")
+    stage.add_argument("--input", required=True, help="a pages-articles dump part (.bz2)")
+    stage.add_argument("--out", required=True, help="JSON lines: id, title, url, text")
+    stage.add_argument("--processes", type=int, default=1)
+
+    def run(args):
+        from bertpipe.extract import extract_part
+
+        extract_part(args.input, args.out, processes=args.processes)
+
+    stage.set_defaults(run=run)
+
+
+def _corpus(subparsers):
+    stage = subparsers.add_parser("corpus", help="clean, sentence-split, train/valid/test split and shard")
+    steps = stage.add_subparsers(dest="step", required=True)
+
+    build = steps.add_parser("build", help="one part's articles into split shards")
+    build.add_argument("--input", required=True, help="loose JSON articles of one part")
+    build.add_argument("--outdir", required=True)
+    build.add_argument("--split", default="1000,1,1", help="train,valid,test weights, as Megatron's --split")
+    build.add_argument("--min-chars", type=int, default=200, help="drop documents with fewer characters")
+    build.add_argument("--min-paragraph-words", type=int, default=5, help="drop shorter paragraphs (headings)")
+    build.add_argument("--shard-max-bytes", type=int, default=256 << 20)
+
+    def run_build(args):
+        from bertpipe.corpus import build_part
+
+        build_part(args.input, args.outdir, split=args.split, min_chars=args.min_chars,
+                   min_paragraph_words=args.min_paragraph_words, shard_max_bytes=args.shard_max_bytes)
+
+    build.set_defaults(run=run_build)
+
+    summarize = steps.add_parser("summarize", help="add up the parts' stats")
+    summarize.add_argument("parts", nargs="+", help="the parts' corpus folders")
+    summarize.add_argument("--split", required=True)
+    summarize.add_argument("--out", required=True)
+
+    def run_summarize(args):
+        from bertpipe.corpus import summarize as summarize_parts
+
+        summarize_parts(args.parts, args.out, args.split)
+
+    summarize.set_defaults(run=run_summarize)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="bertpipe", description=__doc__)
+    top.add_argument("--version", action="version", version=f"bertpipe {__version__}")
+    subparsers = top.add_subparsers(dest="stage", required=True)
+    for add in (_download, _extract, _corpus):
+        add(subparsers)
+    return top
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        args.run(args)
+    except BertpipeError as error:
+        print(f"bertpipe {args.stage}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Stage `corpus`: clean articles, split them into sentences, assign each to train/valid/test, write bounded shards.
+
+The split follows Megatron's `--split 1000,1,1` (weights normalised to fractions, by document), but a document's
+split is decided by a hash of its id alone, not by its position: reruns, a different order of parts, or parts added
+later never move a document from one split to another. Each dump part is processed on its own (one job per part);
+`summarize` adds up the parts' stats.
+
+Output of one part, `<outdir>/`: `{train,valid,test}/shard-NNNN.jsonl` (one document a line: id, title, url, and
+`text` with one sentence a line, the format Megatron's `--loose-json --text-key text` reads) and `stats.json`.
+"""
+
+import hashlib
+import json
+import logging
+import re
+import unicodedata
+from pathlib import Path
+
+import blingfire
+
+from bertpipe import BertpipeError
+from bertpipe.atomic import atomic_dir, atomic_file
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+
+def parse_split(spec: str) -> tuple:
+    """Megatron's split string ("1000,1,1" or "98/1/1") as three fractions; missing weights are 0."""
+    try:
+        weights = [float(w) for w in re.split(r"[,/]", str(spec))]
+    except ValueError:
+        raise BertpipeError(f"split {spec!r}: expected up to three numbers separated by ',' or '/'") from None
+    if len(weights) > 3 or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise BertpipeError(f"split {spec!r}: expected up to three non-negative weights with a positive sum")
+    weights += [0.0] * (3 - len(weights))
+    return tuple(w / sum(weights) for w in weights)
+
+
+def split_of(doc_id: str, fractions: tuple) -> str:
+    """The split of a document, from a hash of its id: the same id always lands in the same split."""
+    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
+    point = int.from_bytes(digest, "big") / 2**64
+    bound = 0.0
+    for name, fraction in zip(SPLITS, fractions):
+        bound += fraction
+        if point < bound:
+            return name
+    return next(name for name, fraction in zip(reversed(SPLITS), reversed(fractions)) if fraction > 0)
+
+
+def sentences_of(text: str, min_paragraph_words: int) -> list:
+    """Sentences of an article, whitespace normalised; paragraphs under `min_paragraph_words` words are dropped
+    (WikiExtractor keeps section headings such as "Early life." as paragraphs of their own)."""
+    sentences = []
+    for paragraph in text.split("\n"):
+        words = unicodedata.normalize("NFC", paragraph).split()
+        if len(words) < min_paragraph_words:
+            continue
+        sentences.extend(s for s in blingfire.text_to_sentences(" ".join(words)).split("\n") if s)
+    return sentences
+
+
+class _ShardWriter:
+    """Writes `<folder>/shard-NNNN.jsonl` files, starting a new one when the current one reaches `max_bytes`."""
+
+    def __init__(self, folder: Path, max_bytes: int):
+        self.folder, self.max_bytes = folder, max_bytes
+        self.shards, self.file, self.size = 0, None, 0
+
+    def write(self, line: str) -> None:
+        data = line.encode("utf-8")
+        if self.file is None or (self.size and self.size + len(data) > self.max_bytes):
+            self.close()
+            self.folder.mkdir(exist_ok=True)
+            self.file = open(self.folder / f"shard-{self.shards:04d}.jsonl", "wb")
+            self.shards, self.size = self.shards + 1, 0
+        self.file.write(data)
+        self.size += len(data)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _records(path: Path):
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str) or "id" not in record:
+                    raise ValueError("not an object with 'id' and a string 'text'")
+            except ValueError as error:
+                raise BertpipeError(
+                    f"{path}, line {line_number}: malformed record ({error}); the file is damaged or not "
+                    "WikiExtractor --json output: rerun its extraction (snakemake --forcerun extract)"
+                ) from None
+            yield record
+
+
+def build_part(articles, outdir, split: str = "1000,1,1", min_chars: int = 200, min_paragraph_words: int = 5,
+               shard_max_bytes: int = 256 << 20) -> dict:
+    """Clean, sentence-split and shard one part's articles (loose JSON) into `outdir`; returns its stats."""
+    articles, outdir = Path(articles), Path(outdir)
+    fractions = parse_split(split)
+    stats = {
+        "input": str(articles),
+        "split": split,
+        "documents_in": 0,
+        "documents_dropped": 0,
+        "splits": {name: {"documents": 0, "sentences": 0, "characters": 0, "shards": 0} for name in SPLITS},
+    }
+    with atomic_dir(outdir) as temp:
+        writers = {name: _ShardWriter(temp / name, shard_max_bytes) for name in SPLITS}
+        try:
+            for record in _records(articles):
+                stats["documents_in"] += 1
+                sentences = sentences_of(record["text"], min_paragraph_words)
+                characters = sum(len(s) for s in sentences)
+                if characters < min_chars:
+                    stats["documents_dropped"] += 1
+                    continue
+                doc_id = str(record["id"])
+                name = split_of(doc_id, fractions)
+                document = {"id": doc_id, "title": record.get("title", ""), "url": record.get("url", ""),
+                            "text": "\n".join(sentences)}
+                writers[name].write(json.dumps(document, ensure_ascii=False) + "\n")
+                counts = stats["splits"][name]
+                counts["documents"] += 1
+                counts["sentences"] += len(sentences)
+                counts["characters"] += characters
+        finally:
+            for writer in writers.values():
+                writer.close()
+        for name in SPLITS:
+            stats["splits"][name]["shards"] = writers[name].shards
+        (temp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    log.info("%s: %s", outdir, {name: s["documents"] for name, s in stats["splits"].items()})
+    return stats
+
+
+def summarize(part_dirs, out, split: str) -> dict:
+    """Add up the parts' stats into `out`; fail if a split with a positive weight got no document."""
+    fractions = parse_split(split)
+    total = {
+        "split": split,
+        "parts": len(part_dirs),
+        "documents_in": 0,
+        "documents_dropped": 0,
+        "splits": {name: {"documents": 0, "sentences": 0, "characters": 0, "shards": 0} for name in SPLITS},
+    }
+    for folder in part_dirs:
+        stats = json.loads((Path(folder) / "stats.json").read_text())
+        if stats["split"] != split:
+            raise BertpipeError(f"{folder}: built with split {stats['split']!r}, not {split!r}; rerun corpus")
+        total["documents_in"] += stats["documents_in"]
+        total["documents_dropped"] += stats["documents_dropped"]
+        for name in SPLITS:
+            for key, value in stats["splits"][name].items():
+                total["splits"][name][key] += value
+    documents = sum(s["documents"] for s in total["splits"].values())
+    for name, fraction in zip(SPLITS, fractions):
+        if fraction > 0 and total["splits"][name]["documents"] == 0:
+            raise BertpipeError(
+                f"split {split!r}: '{name}' got no document of {documents} (expected about {fraction * documents:.1f}); "
+                "give it a larger weight in corpus.split or use more data"
+            )
+    with atomic_file(out) as temp:
+        temp.write_text(json.dumps(total, indent=2) + "\n")
+    return total

@@ -1,0 +1,286 @@
+"""Stage `download`: the article parts of a Wikimedia dump, verified, resumable, published atomically.
+
+A mirror is laid out as `<mirror>/<wiki>/<date>/dumpstatus.json` plus the dump files beside it, where `<mirror>` is an
+http(s) URL, a `file://` URL or a local folder. `dumpstatus.json` lists, under the job `articlesdump`, every
+`pages-articles{N}.xml-p...bz2` part with its size and sha1. The manifest step turns it into `manifest.json` (resolving
+`latest` to a dated dump); each part is then downloaded as its own job.
+"""
+
+import hashlib
+import html.parser
+import json
+import logging
+import re
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+from bertpipe import BertpipeError
+from bertpipe.atomic import atomic_file
+
+log = logging.getLogger(__name__)
+
+ARTICLES_JOB = "articlesdump"
+DATE_PATTERN = re.compile(r"^\d{8}$")
+CHUNK_BYTES = 1 << 20
+# How many dated dumps `latest` looks at, newest first, before it gives up finding a finished one.
+LATEST_CANDIDATES = 5
+
+
+class NotFound(BertpipeError):
+    pass
+
+
+class TransientError(Exception):
+    """A failure worth retrying: connection dropped, timeout, 5xx, 408, 429."""
+
+
+def join_url(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def local_path(url: str):
+    """The filesystem path of a `file://` URL or a plain path; None for http(s)."""
+    if url.startswith(("http://", "https://")):
+        return None
+    if url.startswith("file://"):
+        return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+    return Path(url)
+
+
+def fetch_small(url: str, timeout: float) -> bytes:
+    """The whole body of a small resource (dumpstatus.json, a folder index)."""
+    path = local_path(url)
+    if path is not None:
+        if not path.exists():
+            raise NotFound(f"{path}: not found")
+        if path.is_dir():
+            return "".join(f'<a href="{p.name}/">' for p in path.iterdir() if p.is_dir()).encode()
+        return path.read_bytes()
+    try:
+        response = requests.get(url, timeout=timeout)
+    except requests.RequestException as error:
+        raise BertpipeError(f"{url}: cannot be fetched ({error}); check the mirror URL and the network") from error
+    if response.status_code == 404:
+        raise NotFound(f"{url}: 404 Not Found")
+    if response.status_code != 200:
+        raise BertpipeError(f"{url}: HTTP {response.status_code} {response.reason}")
+    return response.content
+
+
+class _LinkParser(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self.links.extend(value for name, value in attrs if name == "href" and value)
+
+
+def dated_dumps(mirror: str, wiki: str, timeout: float) -> list:
+    """The YYYYMMDD dump folders listed in the mirror's index of `wiki`, newest first."""
+    parser = _LinkParser()
+    parser.feed(fetch_small(join_url(mirror, wiki) + "/", timeout).decode("utf-8", "replace"))
+    dates = {link.strip("/").rsplit("/", 1)[-1] for link in parser.links}
+    return sorted((d for d in dates if DATE_PATTERN.match(d)), reverse=True)
+
+
+def _articles_job(status_url: str, raw: bytes) -> dict:
+    try:
+        job = json.loads(raw)["jobs"][ARTICLES_JOB]
+        job["files"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise BertpipeError(
+            f"{status_url}: not a dumpstatus.json with a job '{ARTICLES_JOB}' listing files ({error!r})"
+        ) from error
+    return job
+
+
+class _Unfinished(BertpipeError):
+    pass
+
+
+def _finished_job(mirror, wiki, date, timeout):
+    status_url = join_url(mirror, wiki, date, "dumpstatus.json")
+    job = _articles_job(status_url, fetch_small(status_url, timeout))
+    if job.get("status") != "done":
+        raise _Unfinished(f"{status_url}: job '{ARTICLES_JOB}' is {job.get('status')!r}, not 'done'")
+    return status_url, job
+
+
+def resolve_dump(mirror: str, wiki: str, date: str, timeout: float = 60) -> tuple:
+    """(date folder, dumpstatus URL, articlesdump job) of a finished dump.
+
+    `latest` takes `<wiki>/latest/dumpstatus.json` where the mirror has one, else the newest finished dated dump.
+    """
+    if date != "latest":
+        if not DATE_PATTERN.match(date):
+            raise BertpipeError(f"dump date {date!r}: expected 'latest' or YYYYMMDD")
+        return date, *_finished_job(mirror, wiki, date, timeout)
+    try:
+        return date, *_finished_job(mirror, wiki, date, timeout)
+    except NotFound:
+        pass
+    unfinished = []
+    for candidate in dated_dumps(mirror, wiki, timeout)[:LATEST_CANDIDATES]:
+        try:
+            return candidate, *_finished_job(mirror, wiki, candidate, timeout)
+        except _Unfinished as error:
+            unfinished.append(str(error))
+    raise BertpipeError(
+        f"{join_url(mirror, wiki)}/: no finished dump among the newest dated folders ({'; '.join(unfinished) or 'none listed'}); "
+        "set dump.date to a finished dump's YYYYMMDD"
+    )
+
+
+def part_name(filename: str) -> str:
+    """The name a part goes by in the workflow: its file name without `.bz2`."""
+    return filename.removesuffix(".bz2")
+
+
+def write_manifest(mirror: str, wiki: str, date: str, out, timeout: float = 60) -> dict:
+    """Resolve the dump and write `manifest.json`: one entry per article part with URL, size and sha1."""
+    folder, status_url, job = resolve_dump(mirror, wiki, date, timeout)
+    parts = {}
+    for filename, meta in sorted(job["files"].items()):
+        if not filename.endswith(".bz2"):
+            continue
+        if "sha1" not in meta:
+            raise BertpipeError(f"{status_url}: file {filename} has no sha1; cannot verify it")
+        parts[part_name(filename)] = {
+            "file": filename,
+            "url": join_url(mirror, wiki, folder, filename),
+            "size": meta.get("size"),
+            "sha1": meta["sha1"],
+        }
+    if not parts:
+        raise BertpipeError(f"{status_url}: job '{ARTICLES_JOB}' lists no .bz2 parts")
+    manifest = {
+        "wiki": wiki,
+        "requested_date": date,
+        "date": folder,
+        "updated": job.get("updated"),
+        "dumpstatus": status_url,
+        "parts": parts,
+    }
+    with atomic_file(out) as temp:
+        temp.write_text(json.dumps(manifest, indent=2) + "\n")
+    log.info("%s: %d parts of %s/%s", out, len(parts), wiki, folder)
+    return manifest
+
+
+def read_manifest(path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise BertpipeError(f"{path}: unreadable manifest ({error}); rerun the download manifest step") from error
+
+
+def sha1_of(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _progress(name: str, total, initial: int):
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
+                file=sys.stderr, mininterval=0.5 if interactive else 30, disable=None if interactive else False)
+
+
+def _copy_local(source: Path, partial: Path, bar) -> None:
+    if not source.exists():
+        raise NotFound(f"{source}: not found")
+    with open(source, "rb") as src, open(partial, "ab") as dst:
+        src.seek(dst.tell())
+        while chunk := src.read(CHUNK_BYTES):
+            dst.write(chunk)
+            bar.update(len(chunk))
+
+
+def _fetch_http(url: str, partial: Path, timeout: float, bar) -> None:
+    """Append the rest of `url` to `partial`, asking for a Range when it already holds bytes."""
+    offset = partial.stat().st_size if partial.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
+            if response.status_code == 404:
+                raise NotFound(f"{url}: 404 Not Found; check wiki, date and mirror in the config")
+            if response.status_code == 416:
+                partial.unlink()  # our partial file does not fit the server's file: start again
+                raise TransientError(f"{url}: range {offset}- not satisfiable")
+            if response.status_code >= 500 or response.status_code in (408, 429):
+                raise TransientError(f"{url}: HTTP {response.status_code} {response.reason}")
+            if response.status_code not in (200, 206):
+                raise BertpipeError(f"{url}: HTTP {response.status_code} {response.reason}")
+            if offset and response.status_code == 200:
+                log.warning("%s: server ignored the Range request; downloading from the start", url)
+                offset = 0
+                bar.reset()
+            elif response.status_code == 206:
+                served_from = response.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
+                if served_from != str(offset):
+                    raise TransientError(f"{url}: asked for bytes from {offset}, got Content-Range {served_from!r}")
+            with open(partial, "r+b" if offset else "wb") as f:
+                f.seek(offset)
+                f.truncate()
+                for chunk in response.iter_content(CHUNK_BYTES):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except requests.RequestException as error:
+        raise TransientError(f"{url}: {error}") from error
+
+
+def download_part(manifest_path, part: str, out, retries: int = 5, backoff: float = 2.0, timeout: float = 60) -> Path:
+    """Download one part listed in the manifest to `out`, resuming `<out>.part`, verifying sha1 before publishing."""
+    manifest = read_manifest(manifest_path)
+    if part not in manifest["parts"]:
+        raise BertpipeError(f"{manifest_path}: no part named {part!r}; known: {', '.join(manifest['parts'])}")
+    entry = manifest["parts"][part]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The partial file keeps a fixed name, unlike atomic_file's temp names, so that a rerun resumes it.
+    partial = out.with_name(out.name + ".part")
+    size, url = entry["size"], entry["url"]
+    if size is not None and partial.exists() and partial.stat().st_size > size:
+        partial.unlink()
+    source = local_path(url)
+    for attempt in range(retries + 1):
+        have = partial.stat().st_size if partial.exists() else 0
+        with _progress(entry["file"], size, have) as bar:
+            try:
+                if size is None or have < size:
+                    if source is not None:
+                        _copy_local(source, partial, bar)
+                    else:
+                        _fetch_http(url, partial, timeout, bar)
+                have = partial.stat().st_size
+                if size is not None and have != size:
+                    raise TransientError(f"{url}: got {have} of {size} bytes")
+                break
+            except TransientError as error:
+                if attempt == retries:
+                    raise BertpipeError(
+                        f"{url}: failed after {retries + 1} attempts ({error}); the {have} bytes in {partial} are kept "
+                        "and the next run resumes from them"
+                    ) from error
+                delay = backoff * 2**attempt
+                log.warning("%s (attempt %d of %d); retrying in %.1f s", error, attempt + 1, retries + 1, delay)
+                time.sleep(delay)  # backoff between attempts, not synchronisation
+    digest = sha1_of(partial)
+    if digest != entry["sha1"]:
+        partial.unlink()
+        raise BertpipeError(
+            f"{out.name}: sha1 mismatch: the dump lists {entry['sha1']}, the downloaded file has {digest}; "
+            "the download was deleted; rerun to fetch it again, and if it persists try another mirror"
+        )
+    partial.replace(out)
+    log.info("%s: %d bytes, sha1 verified", out, out.stat().st_size)
+    return out

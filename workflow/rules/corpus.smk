@@ -1,0 +1,32 @@
+# Stage `corpus`: clean, sentence-split, train/valid/test split and shard each part; then add up the stats.
+
+
+rule corpus:
+    input:
+        f"{RESULTS}/extract/{{part}}.jsonl",
+    output:
+        directory(f"{RESULTS}/corpus/parts/{{part}}"),
+    params:
+        split=config["corpus"]["split"],
+        min_chars=config["corpus"]["min_chars"],
+        min_paragraph_words=config["corpus"]["min_paragraph_words"],
+        shard_max_bytes=int(config["corpus"]["shard_max_mb"] * 2**20),
+    log:
+        f"{LOGS}/corpus/{{part}}.log",
+    shell:
+        "bertpipe corpus build --input {input:q} --outdir {output:q} --split {params.split:q}"
+        " --min-chars {params.min_chars} --min-paragraph-words {params.min_paragraph_words}"
+        " --shard-max-bytes {params.shard_max_bytes} 2> {log:q}"
+
+
+rule corpus_stats:
+    input:
+        lambda wildcards: expand(f"{RESULTS}/corpus/parts/{{part}}", part=dump_parts()),
+    output:
+        report(f"{RESULTS}/corpus/stats.json", caption="../report/corpus_stats.rst", category="Corpus"),
+    params:
+        split=config["corpus"]["split"],
+    log:
+        f"{LOGS}/corpus/stats.log",
+    shell:
+        "bertpipe corpus summarize {input:q} --split {params.split:q} --out {output:q} 2> {log:q}"

@@ -1,0 +1,13 @@
+# Stage `extract`: WikiExtractor --json, one job per dump part.
+
+
+rule extract:
+    input:
+        f"{DUMP_DIR}/{{part}}.bz2",
+    output:
+        f"{RESULTS}/extract/{{part}}.jsonl",
+    threads: config["extract"]["threads"]
+    log:
+        f"{LOGS}/extract/{{part}}.log",
+    shell:
+        "bertpipe extract --input {input:q} --out {output:q} --processes {threads} 2> {log:q}"
