@@ -1,8 +1,18 @@
 # bertpipe: from a Wikipedia dump to a pretrained BERT. Rules are thin: each calls one `bertpipe <stage>` command;
-# the work is done in src/bertpipe/. Run `snakemake --cores 2 --configfile config.demo.yaml all` for the demo.
+# the work is done in src/bertpipe/. Run `snakemake --cores 2 all --configfile config.demo.yaml` for the demo
+# (targets before --configfile: it takes several files and would read `all` as one).
+import shlex
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+
+# Jobs run `python -m bertpipe` from the library beside this Snakefile, whichever environment runs them (the venv,
+# a rule's conda env, a Slurm job): the workflow and its code always come from one checkout.
+# (Snakemake formats the prefix like a shell command, hence the doubled braces.)
+LIBRARY = shlex.quote(str(Path(workflow.basedir) / "src"))
+shell.prefix(f"export PYTHONPATH={LIBRARY}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
 configfile: "config.yaml"

@@ -17,6 +17,7 @@ import urllib.parse
 from pathlib import Path
 
 import requests
+import urllib3
 from tqdm import tqdm
 
 from bertpipe import BertpipeError
@@ -231,10 +232,12 @@ def _fetch_http(url: str, partial: Path, timeout: float, bar) -> None:
             with open(partial, "r+b" if offset else "wb") as f:
                 f.seek(offset)
                 f.truncate()
-                for chunk in response.iter_content(CHUNK_BYTES):
+                # read1 hands over whatever has arrived, so the bytes received before a dropped connection
+                # reach the file and are not fetched again (iter_content would drop a partly filled chunk).
+                while chunk := response.raw.read1(CHUNK_BYTES):
                     f.write(chunk)
                     bar.update(len(chunk))
-    except requests.RequestException as error:
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
         raise TransientError(f"{url}: {error}") from error
 
 

@@ -11,10 +11,12 @@ rule corpus:
         min_chars=config["corpus"]["min_chars"],
         min_paragraph_words=config["corpus"]["min_paragraph_words"],
         shard_max_bytes=int(config["corpus"]["shard_max_mb"] * 2**20),
+    conda:
+        "../../envs/corpus.yaml"
     log:
         f"{LOGS}/corpus/{{part}}.log",
     shell:
-        "bertpipe corpus build --input {input:q} --outdir {output:q} --split {params.split:q}"
+        "python -m bertpipe corpus build --input {input:q} --outdir {output:q} --split {params.split:q}"
         " --min-chars {params.min_chars} --min-paragraph-words {params.min_paragraph_words}"
         " --shard-max-bytes {params.shard_max_bytes} 2> {log:q}"
 
@@ -26,7 +28,9 @@ rule corpus_stats:
         report(f"{RESULTS}/corpus/stats.json", caption="../report/corpus_stats.rst", category="Corpus"),
     params:
         split=config["corpus"]["split"],
+    conda:
+        "../../envs/corpus.yaml"
     log:
         f"{LOGS}/corpus/stats.log",
     shell:
-        "bertpipe corpus summarize {input:q} --split {params.split:q} --out {output:q} 2> {log:q}"
+        "python -m bertpipe corpus summarize {input:q} --split {params.split:q} --out {output:q} 2> {log:q}"

@@ -9,10 +9,12 @@ checkpoint download_manifest:
         wiki=config["dump"]["wiki"],
         date=config["dump"]["date"],
         timeout=config["download"]["timeout_seconds"],
+    conda:
+        "../../envs/download.yaml"
     log:
         f"{LOGS}/download/manifest.log",
     shell:
-        "bertpipe download manifest --mirror {params.mirror:q} --wiki {params.wiki} --date {params.date}"
+        "python -m bertpipe download manifest --mirror {params.mirror:q} --wiki {params.wiki} --date {params.date}"
         " --timeout {params.timeout} --out {output:q} 2> {log:q}"
 
 
@@ -25,8 +27,10 @@ rule download:
         retries=config["download"]["retries"],
         backoff=config["download"]["backoff_seconds"],
         timeout=config["download"]["timeout_seconds"],
+    conda:
+        "../../envs/download.yaml"
     log:
         f"{LOGS}/download/{{part}}.log",
     shell:
-        "bertpipe download part --manifest {input.manifest:q} --part {wildcards.part:q} --out {output:q}"
+        "python -m bertpipe download part --manifest {input.manifest:q} --part {wildcards.part:q} --out {output:q}"
         " --retries {params.retries} --backoff {params.backoff} --timeout {params.timeout} 2> {log:q}"

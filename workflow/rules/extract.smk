@@ -7,7 +7,9 @@ rule extract:
     output:
         f"{RESULTS}/extract/{{part}}.jsonl",
     threads: config["extract"]["threads"]
+    conda:
+        "../../envs/extract.yaml"
     log:
         f"{LOGS}/extract/{{part}}.log",
     shell:
-        "bertpipe extract --input {input:q} --out {output:q} --processes {threads} 2> {log:q}"
+        "python -m bertpipe extract --input {input:q} --out {output:q} --processes {threads} 2> {log:q}"

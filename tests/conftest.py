@@ -1,0 +1,170 @@
+"""Shared fixtures: the bundled sample, dump trees built from it, a local HTTP mirror, a workflow folder."""
+
+import bz2
+import hashlib
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data/mirror/enwiki/latest/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+SAMPLE_ARTICLES = 106
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def sample_xml() -> bytes:
+    return bz2.decompress(SAMPLE.read_bytes())
+
+
+def split_pages(xml: bytes) -> tuple:
+    """(header up to and with </siteinfo>, list of <page> elements, footer) of a MediaWiki XML export."""
+    header_end = xml.index(b"</siteinfo>") + len(b"</siteinfo>\n")
+    pages = re.findall(rb"  <page>.*?</page>\n", xml[header_end:], flags=re.S)
+    return xml[:header_end], pages, b"</mediawiki>\n"
+
+
+def write_part(path: Path, header: bytes, pages: list, footer: bytes) -> dict:
+    data = bz2.compress(header + b"".join(pages) + footer)
+    path.write_bytes(data)
+    return {"size": len(data), "sha1": hashlib.sha1(data).hexdigest()}
+
+
+def make_dump_tree(root: Path, xml: bytes, parts: int = 2, wiki: str = "enwiki", date: str = "20260101",
+                   status: str = "done") -> dict:
+    """A mirror tree `<root>/<wiki>/<date>/` with dumpstatus.json and the sample split into `parts` dump parts.
+
+    Returns {part file name: bytes}."""
+    header, pages, footer = split_pages(xml)
+    folder = root / wiki / date
+    folder.mkdir(parents=True, exist_ok=True)
+    files, contents = {}, {}
+    per_part = -(-len(pages) // parts)
+    for index in range(parts):
+        chunk = pages[index * per_part:(index + 1) * per_part]
+        name = f"{wiki}-{date}-pages-articles{index + 1}.xml-p{index * per_part + 1}p{(index + 1) * per_part}.bz2"
+        meta = write_part(folder / name, header, chunk, footer)
+        files[name] = {**meta, "url": f"/{wiki}/{date}/{name}", "md5": "not-checked"}
+        contents[name] = (folder / name).read_bytes()
+    status_doc = {"jobs": {"articlesdump": {"status": status, "updated": "2026-01-02 03:04:05", "files": files},
+                           "metacurrentdump": {"status": "done", "files": {}}}, "version": "0.8"}
+    (folder / "dumpstatus.json").write_text(json.dumps(status_doc))
+    return contents
+
+
+class DumpServer:
+    """A local HTTP mirror on 127.0.0.1 serving a folder, with Range support, a folder index, a count of the bytes
+    sent per path, and faults to inject: drop the connection after N bytes, or answer a status code, once each."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.sent = {}  # path -> bytes of body sent
+        self.requests = []  # (path, Range header or None)
+        self.drop_after = {}  # path -> bytes to send before closing the connection, once
+        self.fail_with = {}  # path -> status code to answer, once
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                with server.lock:
+                    server.requests.append((path, self.headers.get("Range")))
+                    fail = server.fail_with.pop(path, None)
+                    drop = server.drop_after.pop(path, None)
+                if fail:
+                    return self._reply(fail, b"injected failure")
+                target = server.root / path.lstrip("/")
+                if target.is_dir():
+                    links = "".join(f'<a href="{p.name}/">{p.name}/</a>\n' for p in sorted(target.iterdir()))
+                    return self._reply(200, f"<html><body>{links}</body></html>".encode(), "text/html")
+                if not target.is_file():
+                    return self._reply(404, b"not found")
+                data = target.read_bytes()
+                start, status = 0, 200
+                match = re.match(r"bytes=(\d+)-$", self.headers.get("Range", ""))
+                if match:
+                    start, status = int(match.group(1)), 206
+                    if start >= len(data):
+                        return self._reply(416, b"")
+                body = data[start:]
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                if drop is not None:
+                    body = body[:drop]
+                    self.close_connection = True
+                self.wfile.write(body)
+                with server.lock:
+                    server.sent[path] = server.sent.get(path, 0) + len(body)
+
+            def _reply(self, status, body, content_type="text/plain"):
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def mirror(tmp_path, sample_xml):
+    """A two-part dump tree served over HTTP on 127.0.0.1: yields (server, {file name: bytes})."""
+    root = tmp_path / "mirror"
+    contents = make_dump_tree(root, sample_xml, parts=2)
+    with DumpServer(root) as server:
+        yield server, contents
+
+
+def run_bertpipe(*args, cwd=None):
+    return subprocess.run([str(VENV_BIN / "bertpipe"), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture
+def workflow_dir(tmp_path):
+    """A copy of the workflow (Snakefile, configs, workflow/, envs/, data/, src/) to run Snakemake in, as a fresh clone would."""
+    folder = tmp_path / "wf"
+    folder.mkdir()
+    for name in ("Snakefile", "config.yaml", "config.demo.yaml"):
+        shutil.copy(REPO / name, folder / name)
+    for name in ("workflow", "envs", "data", "src"):
+        shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return folder
+
+
+def snakemake(folder: Path, *args, check=True):
+    """Run Snakemake in `folder` with the venv's tools first on PATH; returns the CompletedProcess."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([str(VENV_BIN / "snakemake"), *map(str, args)], cwd=folder, env=env,
+                            capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
+    return result

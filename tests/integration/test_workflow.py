@@ -1,0 +1,85 @@
+"""The Snakemake workflow end to end, as a user runs it, in a fresh copy of the repository's workflow files."""
+
+import json
+import re
+from collections import Counter
+
+import pytest
+import yaml
+
+from tests.conftest import SAMPLE_ARTICLES, snakemake
+
+pytestmark = pytest.mark.slow
+
+DEMO = ("--cores", "2", "all", "--configfile", "config.demo.yaml")
+
+
+def rules_run(output: str) -> Counter:
+    """How many jobs of each rule Snakemake finished, from its log lines."""
+    return Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output))
+
+
+def outputs(folder, pattern):
+    return {p: p.stat().st_mtime_ns for p in folder.glob(pattern) if p.is_file()}
+
+
+def test_demo_runs_then_has_nothing_to_do_and_forcerun_corpus_reruns_only_downstream(workflow_dir):
+    snakemake(workflow_dir, *DEMO)
+    stats = json.loads((workflow_dir / "results/corpus/stats.json").read_text())
+    assert stats["documents_in"] == SAMPLE_ARTICLES
+    assert all(stats["splits"][name]["documents"] > 0 for name in ("train", "valid", "test"))
+
+    dry = snakemake(workflow_dir, "-n", *DEMO)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+    before = outputs(workflow_dir, "resources/**/*") | outputs(workflow_dir, "results/extract/*")
+    corpus_before = outputs(workflow_dir, "results/corpus/**/*")
+    rerun = snakemake(workflow_dir, "--forcerun", "corpus", *DEMO)
+    assert rules_run(rerun.stderr) == {"corpus": 1, "corpus_stats": 1, "all": 1}
+    assert outputs(workflow_dir, "resources/**/*") | outputs(workflow_dir, "results/extract/*") == before
+    after = outputs(workflow_dir, "results/corpus/**/*")
+    assert after.keys() == corpus_before.keys()
+    assert all(after[path] > corpus_before[path] for path in after)
+
+
+def test_http_mirror_with_two_parts_gives_the_same_corpus_split(workflow_dir, mirror):
+    server, contents = mirror
+    (workflow_dir / "http.yaml").write_text(yaml.safe_dump(
+        {"dump": {"mirror": server.url, "wiki": "enwiki", "date": "20260101"}, "download": {"backoff_seconds": 0}}))
+    run = snakemake(workflow_dir, "--cores", "2", "all", "--configfile", "config.demo.yaml", "http.yaml")
+    assert rules_run(run.stderr) == {"download_manifest": 1, "download": 2, "extract": 2, "corpus": 2,
+                                    "corpus_stats": 1, "all": 1}
+    for name, data in contents.items():
+        assert (workflow_dir / "resources/dumps/enwiki/20260101" / name).read_bytes() == data
+    two_parts = json.loads((workflow_dir / "results/corpus/stats.json").read_text())
+    assert two_parts["parts"] == 2 and two_parts["documents_in"] == SAMPLE_ARTICLES
+
+    split_by_id = {}
+    for shard in (workflow_dir / "results/corpus/parts").glob("*/*/shard-*.jsonl"):
+        for line in shard.read_text().splitlines():
+            split_by_id[json.loads(line)["id"]] = shard.parent.name
+    snakemake(workflow_dir, *DEMO, "--config", "results=results-one-part")
+    one_part = {}
+    for shard in (workflow_dir / "results-one-part/corpus/parts").glob("*/*/shard-*.jsonl"):
+        for line in shard.read_text().splitlines():
+            one_part[json.loads(line)["id"]] = shard.parent.name
+    assert split_by_id == one_part, "a document's split must not depend on how the dump is cut into parts"
+
+
+@pytest.mark.parametrize(
+    "overlay, named",
+    [({"corpus": {"splitt": "1,1,1"}}, "'splitt' was unexpected"),
+     ({"extract": {"threads": "two"}}, "['extract']['threads']"),
+     ({"dump": {"date": "last-week"}}, "['dump']['date']")],
+)
+def test_bad_config_stops_before_any_job_and_names_the_key(workflow_dir, overlay, named):
+    (workflow_dir / "bad.yaml").write_text(yaml.safe_dump(overlay))
+    result = snakemake(workflow_dir, *DEMO, "bad.yaml", check=False)
+    assert result.returncode != 0
+    assert named in result.stdout + result.stderr
+    assert not (workflow_dir / "results").exists() and not (workflow_dir / "resources").exists()
+
+
+def test_lint_finds_nothing(workflow_dir):
+    result = snakemake(workflow_dir, "--lint", "--configfile", "config.demo.yaml")
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
