@@ -110,9 +110,9 @@ class DumpServer:
                 if drop is not None:
                     body = body[:drop]
                     self.close_connection = True
-                self.wfile.write(body)
-                with server.lock:
+                with server.lock:  # counted before sending: once the client has the bytes, the count is there
                     server.sent[path] = server.sent.get(path, 0) + len(body)
+                self.wfile.write(body)
 
             def _reply(self, status, body, content_type="text/plain"):
                 self.send_response(status)

@@ -1,0 +1,182 @@
+"""Stage `tokenizer`: train SentencePiece (unigram or BPE) or WordPiece on the train split, or adopt a given vocab.txt.
+
+Either way the tokenizer folder holds BERT's special tokens and a `bertpipe-tokenizer.json` that says what it is
+(kind, vocab size, casing, special ids, files), so later stages and the export need nothing else:
+
+- sentencepiece: `spm.model`, `spm.vocab`; [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4 (pad, unk and control
+  symbols, so that the text "[MASK]" in an article never becomes the mask id).
+- wordpiece: `vocab.txt` (BERT's format) and `tokenizer.json` (HuggingFace tokenizers); trained vocabularies have the
+  special tokens at 0-4, a given `vocab.txt` keeps its own ids (Google's: [PAD] 0, [UNK] 100, [CLS] 101, ...).
+
+Training reads a bounded, seeded uniform sample of the train split's sentences (`input_sentence_size`, reservoir
+sampling), so memory does not grow with the corpus.
+"""
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+
+from bertpipe import BertpipeError
+from bertpipe.atomic import atomic_dir
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+META = "bertpipe-tokenizer.json"
+
+
+def train_shards(corpus_parts) -> list:
+    """The train split's shards of every corpus part, in a fixed order."""
+    return sorted(p for folder in corpus_parts for p in Path(folder).glob("train/shard-*.jsonl"))
+
+
+def sample_sentences(shards, size: int, seed: int) -> list:
+    """A uniform sample of at most `size` sentences of the shards (reservoir sampling: memory bounded by `size`)."""
+    rng = random.Random(seed)
+    sample, seen = [], 0
+    for shard in shards:
+        with open(shard, encoding="utf-8") as f:
+            for line in f:
+                for sentence in json.loads(line)["text"].split("\n"):
+                    seen += 1
+                    if len(sample) < size:
+                        sample.append(sentence)
+                    else:
+                        slot = rng.randrange(seen)
+                        if slot < size:
+                            sample[slot] = sentence
+    if not sample:
+        raise BertpipeError(f"no sentences in the train split ({len(shards)} shards); check the corpus stage's stats")
+    log.info("sampled %d of %d sentences", len(sample), seen)
+    return sample
+
+
+def train(corpus_parts, outdir, kind: str = "sentencepiece", vocab_size: int = 30522, model_type: str = "unigram",
+          lowercase: bool = True, character_coverage: float = 0.9999, input_sentence_size: int = 10_000_000,
+          seed: int = 12345, vocab_file=None, threads: int = 1) -> dict:
+    """Build the tokenizer folder `outdir` from the corpus parts' train split (or from `vocab_file`)."""
+    with atomic_dir(outdir) as temp:
+        if kind == "wordpiece" and vocab_file:
+            meta = _adopt_vocab(Path(vocab_file), temp, lowercase)
+        else:
+            sentences = sample_sentences(train_shards(corpus_parts), input_sentence_size, seed)
+            if kind == "sentencepiece":
+                meta = _train_sentencepiece(sentences, temp, vocab_size, model_type, lowercase, character_coverage,
+                                            threads)
+            elif kind == "wordpiece":
+                meta = _train_wordpiece(sentences, temp, vocab_size, lowercase)
+            else:
+                raise BertpipeError(f"tokenizer kind {kind!r}: expected 'sentencepiece' or 'wordpiece'")
+            meta["trained_on_sentences"] = len(sentences)
+        meta["requested_vocab_size"] = vocab_size
+        (temp / META).write_text(json.dumps(meta, indent=2) + "\n")
+    log.info("%s: %s, %d pieces", outdir, meta["kind"], meta["vocab_size"])
+    return meta
+
+
+def _train_sentencepiece(sentences, folder: Path, vocab_size, model_type, lowercase, character_coverage, threads):
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_prefix=str(folder / "spm"),
+        model_type=model_type,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,  # a small corpus yields fewer pieces instead of failing
+        character_coverage=character_coverage,
+        normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
+        pad_id=0, pad_piece="[PAD]", unk_id=1, unk_piece="[UNK]", bos_id=-1, eos_id=-1,
+        control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+        input_sentence_size=0,  # the sample is already bounded
+        shuffle_input_sentence=False,
+        num_threads=threads,
+        minloglevel=1,
+    )
+    processor = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
+    return {"kind": "sentencepiece", "model_type": model_type, "lowercase": lowercase,
+            "vocab_size": processor.get_piece_size(), "files": ["spm.model", "spm.vocab"],
+            "special_ids": {token: processor.piece_to_id(token) for token in SPECIAL_TOKENS}}
+
+
+def _train_wordpiece(sentences, folder: Path, vocab_size, lowercase):
+    from tokenizers import BertWordPieceTokenizer
+
+    trainer = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=lowercase, clean_text=True)
+    trainer.train_from_iterator(sentences, vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                show_progress=False)
+    trainer.save_model(str(folder))
+    return _wordpiece_meta(folder, lowercase, trained=True)
+
+
+def _adopt_vocab(vocab_file: Path, folder: Path, lowercase: bool):
+    if not vocab_file.is_file():
+        raise BertpipeError(f"{vocab_file}: no such vocab file (tokenizer.vocab_file)")
+    (folder / "vocab.txt").write_bytes(vocab_file.read_bytes())
+    return _wordpiece_meta(folder, lowercase, trained=False)
+
+
+def _wordpiece_meta(folder: Path, lowercase: bool, trained: bool) -> dict:
+    from tokenizers import BertWordPieceTokenizer
+
+    vocab = read_vocab(folder / "vocab.txt")
+    BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=lowercase, strip_accents=lowercase).save(
+        str(folder / "tokenizer.json"))
+    return {"kind": "wordpiece", "lowercase": lowercase, "vocab_size": len(vocab), "trained": trained,
+            "files": ["vocab.txt", "tokenizer.json"], "special_ids": {t: vocab[t] for t in SPECIAL_TOKENS}}
+
+
+def read_vocab(path: Path) -> dict:
+    """BERT's vocab.txt (one token a line, id = line number); every special token must be in it."""
+    vocab = {}
+    with open(path, encoding="utf-8") as f:
+        for index, line in enumerate(f):
+            vocab.setdefault(line.rstrip("\n"), index)
+    missing = [token for token in SPECIAL_TOKENS if token not in vocab]
+    if missing:
+        raise BertpipeError(f"{path}: the vocab lacks the special token(s) {', '.join(missing)}; "
+                            "BERT needs all of " + " ".join(SPECIAL_TOKENS))
+    return vocab
+
+
+class Tokenizer:
+    """A trained tokenizer folder behind one small interface: encode sentences, special ids, word starts."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        try:
+            self.meta = json.loads((self.folder / META).read_text())
+        except (OSError, ValueError) as error:
+            raise BertpipeError(f"{self.folder}: not a bertpipe tokenizer folder ({error}); run the tokenizer stage")
+        self.kind = self.meta["kind"]
+        self.vocab_size = self.meta["vocab_size"]
+        ids = self.meta["special_ids"]
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (ids[t] for t in SPECIAL_TOKENS)
+        if self.kind == "sentencepiece":
+            import sentencepiece as spm
+
+            self._spm = spm.SentencePieceProcessor(model_file=str(self.folder / "spm.model"))
+            pieces = [self._spm.id_to_piece(i) for i in range(self.vocab_size)]
+            self.is_word_start = np.array([p.startswith("\u2581") for p in pieces])
+        else:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            self._hf = HFTokenizer.from_file(str(self.folder / "tokenizer.json"))
+            self._hf.no_truncation()
+            vocab = read_vocab(self.folder / "vocab.txt")
+            starts = np.ones(self.vocab_size, dtype=bool)
+            for token, index in vocab.items():
+                starts[index] = not token.startswith("##")
+            self.is_word_start = starts
+        special = np.zeros(self.vocab_size, dtype=bool)
+        special[list(ids.values())] = True
+        # Ids a random replacement may take: the 10% "random token" of masking never inserts [CLS], [MASK], ...
+        self.ordinary_ids = np.flatnonzero(~special)
+
+    def encode(self, sentences: list) -> list:
+        """Token ids of each sentence, without special tokens."""
+        if self.kind == "sentencepiece":
+            return self._spm.encode(sentences, out_type=int)
+        return [e.ids for e in self._hf.encode_batch(sentences, add_special_tokens=False)]
