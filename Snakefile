@@ -27,9 +27,12 @@ include: "workflow/rules/common.smk"
 rule all:
     input:
         f"{RESULTS}/corpus/stats.json",
+        lambda wildcards: tfrecords_stats(),
     default_target: True
 
 
 include: "workflow/rules/download.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/corpus.smk"
+include: "workflow/rules/tokenizer.smk"
+include: "workflow/rules/tfrecords.smk"

@@ -89,11 +89,77 @@ def _corpus(subparsers):
     summarize.set_defaults(run=run_summarize)
 
 
+def _tokenizer(subparsers):
+    stage = subparsers.add_parser("tokenizer", help="train SentencePiece or WordPiece on the train split")
+    stage.add_argument("--corpus", nargs="+", required=True, help="the corpus parts' folders")
+    stage.add_argument("--outdir", required=True)
+    stage.add_argument("--kind", choices=["sentencepiece", "wordpiece"], default="sentencepiece")
+    stage.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram", help="sentencepiece only")
+    stage.add_argument("--vocab-size", type=int, default=30522)
+    stage.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True)
+    stage.add_argument("--character-coverage", type=float, default=0.9999)
+    stage.add_argument("--input-sentence-size", type=int, default=10_000_000,
+                       help="train on a uniform sample of at most this many sentences")
+    stage.add_argument("--seed", type=int, default=12345)
+    stage.add_argument("--vocab-file", help="wordpiece only: adopt this vocab.txt instead of training one")
+    stage.add_argument("--threads", type=int, default=1)
+
+    def run(args):
+        from bertpipe.tokenizer import train
+
+        train(args.corpus, args.outdir, kind=args.kind, vocab_size=args.vocab_size, model_type=args.model_type,
+              lowercase=args.lowercase, character_coverage=args.character_coverage,
+              input_sentence_size=args.input_sentence_size, seed=args.seed, vocab_file=args.vocab_file,
+              threads=args.threads)
+
+    stage.set_defaults(run=run)
+
+
+def _tfrecords(subparsers):
+    stage = subparsers.add_parser("tfrecords", help="masked-LM + next-sentence instances as TFRecords")
+    steps = stage.add_subparsers(dest="step", required=True)
+
+    build = steps.add_parser("build", help="one corpus shard to one TFRecord file and its stats")
+    build.add_argument("--input", required=True, help="a corpus shard (.jsonl)")
+    build.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder")
+    build.add_argument("--out", required=True, help="the TFRecord file")
+    build.add_argument("--stats", required=True, help="its stats (JSON)")
+    build.add_argument("--seq-length", type=int, default=128)
+    build.add_argument("--max-predictions", type=int, default=20)
+    build.add_argument("--dupe-factor", type=int, default=10)
+    build.add_argument("--short-seq-prob", type=float, default=0.1)
+    build.add_argument("--masked-lm-prob", type=float, default=0.15)
+    build.add_argument("--whole-word-mask", action=argparse.BooleanOptionalAction, default=False)
+    build.add_argument("--seed", type=int, default=12345)
+
+    def run_build(args):
+        from bertpipe.instances import InstanceSpec
+        from bertpipe.tfrecords import build_shard
+
+        spec = InstanceSpec(seq_length=args.seq_length, max_predictions=args.max_predictions,
+                            dupe_factor=args.dupe_factor, short_seq_prob=args.short_seq_prob,
+                            masked_lm_prob=args.masked_lm_prob, whole_word_mask=args.whole_word_mask)
+        build_shard(args.input, args.tokenizer, args.out, args.stats, spec, args.seed)
+
+    build.set_defaults(run=run_build)
+
+    summarize = steps.add_parser("summarize", help="add up the shards' stats")
+    summarize.add_argument("stats", nargs="+")
+    summarize.add_argument("--out", required=True)
+
+    def run_summarize(args):
+        from bertpipe.tfrecords import summarize as summarize_shards
+
+        summarize_shards(args.stats, args.out)
+
+    summarize.set_defaults(run=run_summarize)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="bertpipe", description=__doc__)
     top.add_argument("--version", action="version", version=f"bertpipe {__version__}")
     subparsers = top.add_subparsers(dest="stage", required=True)
-    for add in (_download, _extract, _corpus):
+    for add in (_download, _extract, _corpus, _tokenizer, _tfrecords):
         add(subparsers)
     return top
 

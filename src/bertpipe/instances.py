@@ -77,8 +77,9 @@ def _truncate(a0, a1, b0, b1, max_tokens, rng):
     return a0, a1, b0, b1
 
 
-def _document_pairs(shard, document, starts, spec, rng, out):
-    """Append the (A, B, label) spans of one document to `out`, as Google's create_instances_from_document."""
+def _document_pairs(shard, document, starts, spec, rng, out, forced):
+    """Append the (A, B, label) spans of one document to `out`, as Google's create_instances_from_document;
+    append to `forced` the index of each whose B is random because A's chunk was a single sentence."""
     first, last = int(shard.document_starts[document]), int(shard.document_starts[document + 1])
     documents = shard.documents
     max_tokens = spec.seq_length - 3
@@ -90,6 +91,8 @@ def _document_pairs(shard, document, starts, spec, rng, out):
             chunk = i + 1 - chunk_start
             a_end = chunk_start + (1 if chunk < 2 else rng.randint(1, chunk - 1))
             a0, a1 = starts[chunk_start], starts[a_end]
+            if chunk == 1 and documents > 1:
+                forced.append(len(out))
             if (chunk == 1 or rng.random() < 0.5) and documents > 1:
                 for _ in range(10):
                     other = rng.randint(0, documents - 1)
@@ -112,17 +115,20 @@ def _document_pairs(shard, document, starts, spec, rng, out):
         i += 1
 
 
-def pair_spans(shard: TokenizedShard, spec: InstanceSpec, rng: random.Random) -> np.ndarray:
-    """Every instance's (a_start, a_end, b_start, b_end, is_random_next) over all passes, shuffled."""
+def pair_spans(shard: TokenizedShard, spec: InstanceSpec, rng: random.Random) -> tuple:
+    """Every instance's (a_start, a_end, b_start, b_end, is_random_next) over all passes, shuffled; and how many of
+    them got a random next segment without a coin flip (a one-sentence chunk, as in Google's code)."""
     order = list(range(shard.documents))
     rng.shuffle(order)
     starts = shard.sentence_starts.tolist()
-    spans = []
+    spans, forced = [], []
     for _ in range(spec.dupe_factor):
         for document in order:
-            _document_pairs(shard, document, starts, spec, rng, spans)
+            _document_pairs(shard, document, starts, spec, rng, spans, forced)
     spans = np.asarray(spans, dtype=np.int64).reshape(-1, SPAN_FIELDS)
-    return spans[np.asarray(_permutation(len(spans), rng), dtype=np.int64)] if len(spans) else spans
+    if len(spans):
+        spans = spans[np.asarray(_permutation(len(spans), rng), dtype=np.int64)]
+    return spans, len(forced)
 
 
 def _permutation(n, rng):
@@ -131,21 +137,11 @@ def _permutation(n, rng):
     return order
 
 
-@dataclasses.dataclass(frozen=True)
-class Vocab:
-    """What masking needs to know of the tokenizer."""
-
-    cls_id: int
-    sep_id: int
-    mask_id: int
-    pad_id: int
-    ordinary_ids: np.ndarray  # ids a random replacement may take
-    is_word_start: np.ndarray  # per id: begins a word (for whole-word masking)
-
-
-def materialize(tokens: np.ndarray, spans: np.ndarray, spec: InstanceSpec, vocab: Vocab,
-                gen: np.random.Generator) -> dict:
+def materialize(tokens: np.ndarray, spans: np.ndarray, spec: InstanceSpec, vocab, gen: np.random.Generator) -> dict:
     """Google's features for a batch of spans, masked: arrays of shape (batch, seq_length) or (batch, max_predictions).
+
+    `vocab` is a tokenizer.Tokenizer, or anything with its cls_id, sep_id, mask_id, pad_id, ordinary_ids (the ids a
+    random replacement may take) and is_word_start (per id, for whole-word masking).
 
     Also returns `masked_lm_kind` (0 [MASK], 1 kept, 2 random, -1 padding) for the stats."""
     batch, length, predictions = len(spans), spec.seq_length, spec.max_predictions

@@ -1,15 +1,44 @@
-# Paths shared by the rules, and the dump's part list, known once the manifest checkpoint has run.
+# Paths shared by the rules, and what the checkpoints tell: the dump's parts (download_manifest) and each part's
+# corpus shards (corpus).
 import json
+from pathlib import Path
 
 RESULTS = config["results"]
 DUMP_DIR = f"{config['resources']}/dumps/{config['dump']['wiki']}/{config['dump']['date']}"
 LOGS = "logs"
 
+
 wildcard_constraints:
     part=r"[^/]+",
+    seq=r"\d+",
+    split=r"train|valid|test",
+    shard=r"\d+",
 
 
-def dump_parts(wildcards=None):
+def dump_parts():
     """The names of the dump's article parts, from the manifest (runs the checkpoint first)."""
     manifest = checkpoints.download_manifest.get().output[0]
-    return sorted(json.loads(open(manifest).read())["parts"])
+    return sorted(json.loads(Path(manifest).read_text())["parts"])
+
+
+def corpus_parts():
+    """The corpus folder of every dump part."""
+    return [f"{RESULTS}/corpus/parts/{part}" for part in dump_parts()]
+
+
+def tfrecord_files(seq, split, suffix):
+    """`shard-NNNN.<suffix>` of every corpus shard of `split` at sequence length `seq` (runs the corpus checkpoints)."""
+    files = []
+    for part in dump_parts():
+        folder = Path(checkpoints.corpus.get(part=part).output[0], split)
+        for shard in sorted(folder.glob("shard-*.jsonl")):
+            files.append(f"{RESULTS}/tfrecords/seq{seq}/{split}/{part}/{shard.stem}.{suffix}")
+    return files
+
+
+def tfrecords_stats():
+    return [
+        f"{RESULTS}/tfrecords/seq{phase['seq_length']}/{split}/stats.json"
+        for phase in config["tfrecords"]["phases"]
+        for split in config["tfrecords"]["splits"]
+    ]

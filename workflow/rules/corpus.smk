@@ -1,7 +1,8 @@
 # Stage `corpus`: clean, sentence-split, train/valid/test split and shard each part; then add up the stats.
+# A checkpoint: how many shards a part gives is known only after it has run.
 
 
-rule corpus:
+checkpoint corpus:
     input:
         f"{RESULTS}/extract/{{part}}.jsonl",
     output:
@@ -23,7 +24,7 @@ rule corpus:
 
 rule corpus_stats:
     input:
-        lambda wildcards: expand(f"{RESULTS}/corpus/parts/{{part}}", part=dump_parts()),
+        lambda wildcards: corpus_parts(),
     output:
         report(f"{RESULTS}/corpus/stats.json", caption="../report/corpus_stats.rst", category="Corpus"),
     params:

@@ -1,0 +1,176 @@
+"""Stage `tfrecords`: one corpus shard to masked-LM + next-sentence instances in a TFRecord file, with
+google-research/bert's feature names and types, written with TensorFlow's TFRecordWriter.
+
+The shard's RNG seed is derived from the configured seed and the shard's identity (sequence length, split, part,
+shard), so a rerun writes the same bytes, and shards never share a random stream. Memory is bounded by the shard.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bertpipe import BertpipeError
+from bertpipe.atomic import atomic_file
+from bertpipe.instances import InstanceSpec, TokenizedShard, materialize, pair_spans
+from bertpipe.tokenizer import Tokenizer
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+log = logging.getLogger(__name__)
+
+BATCH = 1024  # instances masked and serialised at a time
+ENCODE_DOCUMENTS = 2048  # documents tokenised at a time
+
+
+def feature_spec(seq_length: int, max_predictions: int) -> dict:
+    """Google's features, for tf.io.parse_single_example."""
+    import tensorflow as tf
+
+    return {
+        "input_ids": tf.io.FixedLenFeature([seq_length], tf.int64),
+        "input_mask": tf.io.FixedLenFeature([seq_length], tf.int64),
+        "segment_ids": tf.io.FixedLenFeature([seq_length], tf.int64),
+        "masked_lm_positions": tf.io.FixedLenFeature([max_predictions], tf.int64),
+        "masked_lm_ids": tf.io.FixedLenFeature([max_predictions], tf.int64),
+        "masked_lm_weights": tf.io.FixedLenFeature([max_predictions], tf.float32),
+        "next_sentence_labels": tf.io.FixedLenFeature([1], tf.int64),
+    }
+
+
+INT_FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+                "next_sentence_labels")
+
+
+def _serialize(batch: dict):
+    import tensorflow as tf
+
+    Feature, Int64List = tf.train.Feature, tf.train.Int64List
+    columns = {name: batch[name].tolist() for name in INT_FEATURES}
+    weights = batch["masked_lm_weights"].tolist()
+    for row in range(len(weights)):
+        feature = {name: Feature(int64_list=Int64List(value=columns[name][row])) for name in INT_FEATURES}
+        feature["masked_lm_weights"] = Feature(float_list=tf.train.FloatList(value=weights[row]))
+        yield tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def shard_seed(seed: int, *identity) -> int:
+    """A seed of the shard's own from the configured seed and its identity (e.g. seq length, split, part, shard)."""
+    text = "\0".join(map(str, (seed, *identity)))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def read_documents(path: Path):
+    """The shard's documents as lists of sentences; a clear error names the line of a malformed record."""
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            try:
+                yield json.loads(line)["text"].split("\n")
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                raise BertpipeError(f"{path}, line {line_number}: malformed corpus record ({error!r}); "
+                                    "rerun the corpus stage (snakemake --forcerun corpus)") from None
+
+
+def tokenize_shard(path: Path, tokenizer: Tokenizer) -> TokenizedShard:
+    def documents():
+        batch = []
+        for document in read_documents(path):
+            batch.append(document)
+            if len(batch) == ENCODE_DOCUMENTS:
+                yield from _encode(batch, tokenizer)
+                batch = []
+        yield from _encode(batch, tokenizer)
+
+    return TokenizedShard.from_documents(documents())
+
+
+def _encode(documents, tokenizer):
+    sentences = [s for document in documents for s in document]
+    encoded = iter(tokenizer.encode(sentences)) if sentences else iter(())
+    for document in documents:
+        yield [next(encoded) for _ in document]
+
+
+def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: int) -> dict:
+    """Write the instances of one corpus shard to `out` (TFRecord) and its stats to `stats_out` (JSON).
+
+    The random streams are seeded by `seed`, the sequence length and the shard's part/split/name (the last three
+    components of its path), so every shard has its own stream, whatever folder the corpus lives in."""
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    shard, out = Path(shard), Path(out)
+    if not shard.is_file():
+        raise BertpipeError(f"{shard}: no such corpus shard")
+    if spec.max_predictions < 1 or spec.seq_length < 8:
+        raise BertpipeError(f"seq_length {spec.seq_length} / max_predictions {spec.max_predictions}: too small")
+    tokenizer = Tokenizer(tokenizer_dir)
+    tokenized = tokenize_shard(shard, tokenizer)
+    own_seed = shard_seed(seed, spec.seq_length, *shard.parts[-3:])
+    rng = random.Random(own_seed)
+    gen = np.random.default_rng(own_seed)
+    spans, forced_random_next = pair_spans(tokenized, spec, rng)
+    if tokenized.documents == 0:
+        log.warning("%s: no documents; writing an empty file", shard)
+    elif tokenized.documents == 1:
+        log.warning("%s: a single document: no random next segments can be made, only true continuations", shard)
+
+    counts = {"instances": 0, "tokens": 0, "real_tokens": 0, "masked": 0, "mask": 0, "kept": 0, "random": 0,
+              "random_next": 0, "padding": 0}
+    with atomic_file(out) as temp, tf.io.TFRecordWriter(str(temp)) as writer:
+        for begin in range(0, len(spans), BATCH):
+            batch = materialize(tokenized.tokens, spans[begin:begin + BATCH], spec, tokenizer, gen)
+            for record in _serialize(batch):
+                writer.write(record)
+            real = int(batch["input_mask"].sum())
+            kinds = batch["masked_lm_kind"]
+            counts["instances"] += len(kinds)
+            counts["tokens"] += real
+            counts["real_tokens"] += real - 3 * len(kinds)  # without [CLS] and the two [SEP]
+            counts["padding"] += batch["input_mask"].size - real
+            counts["masked"] += int((kinds >= 0).sum())
+            counts["mask"] += int((kinds == 0).sum())
+            counts["kept"] += int((kinds == 1).sum())
+            counts["random"] += int((kinds == 2).sum())
+            counts["random_next"] += int(batch["next_sentence_labels"].sum())
+    instances = max(counts["instances"], 1)
+    stats = {
+        "shard": str(shard),
+        "spec": dataclasses.asdict(spec),
+        "seed": seed,
+        "shard_seed": own_seed,
+        "documents": tokenized.documents,
+        "sentences": len(tokenized.sentence_starts) - 1,
+        **counts,
+        "masked_fraction": counts["masked"] / max(counts["real_tokens"], 1),
+        "random_next_share": counts["random_next"] / instances,
+        # One-sentence chunks always get a random next segment (as in Google's code); the rest is a coin flip.
+        "random_next_forced": forced_random_next,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    with atomic_file(stats_out) as temp:
+        temp.write_text(json.dumps(stats, indent=2) + "\n")
+    log.info("%s: %d instances from %d documents", out, counts["instances"], tokenized.documents)
+    return stats
+
+
+def summarize(stats_files, out) -> dict:
+    """Add up the per-shard stats of one sequence length and split."""
+    keys = ("documents", "sentences", "instances", "tokens", "real_tokens", "masked", "mask", "kept", "random",
+            "random_next", "random_next_forced", "padding")
+    total = dict.fromkeys(keys, 0) | {"shards": len(stats_files)}
+    for path in stats_files:
+        stats = json.loads(Path(path).read_text())
+        for key in keys:
+            total[key] += stats[key]
+    total["masked_fraction"] = total["masked"] / max(total["real_tokens"], 1)
+    total["random_next_share"] = total["random_next"] / max(total["instances"], 1)
+    with atomic_file(out) as temp:
+        temp.write_text(json.dumps(total, indent=2) + "\n")
+    return total
