@@ -168,3 +168,15 @@ def snakemake(folder: Path, *args, check=True):
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory):
+    """The bundled sample through extract and corpus (split 8,1,1): the folder of its one part."""
+    from bertpipe.corpus import build_part
+    from bertpipe.extract import extract_part
+
+    folder = tmp_path_factory.mktemp("corpus")
+    extract_part(SAMPLE, folder / "articles.jsonl", processes=2)
+    build_part(folder / "articles.jsonl", folder / "enwiki-sample", split="8,1,1", shard_max_bytes=1 << 20)
+    return folder / "enwiki-sample"

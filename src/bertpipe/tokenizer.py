@@ -162,10 +162,15 @@ class Tokenizer:
             self.is_word_start = np.array([p.startswith("\u2581") for p in pieces])
         else:
             from tokenizers import Tokenizer as HFTokenizer
+            from tokenizers import models, normalizers, pre_tokenizers
 
-            self._hf = HFTokenizer.from_file(str(self.folder / "tokenizer.json"))
-            self._hf.no_truncation()
             vocab = read_vocab(self.folder / "vocab.txt")
+            # tokenizer.json's pipeline without its added special tokens: as with Google's BERT tokenizer, the text
+            # "[MASK]" in an article is "[", "mask", "]", never the mask id.
+            lowercase = self.meta["lowercase"]
+            self._hf = HFTokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+            self._hf.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+            self._hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
             starts = np.ones(self.vocab_size, dtype=bool)
             for token, index in vocab.items():
                 starts[index] = not token.startswith("##")
@@ -179,4 +184,4 @@ class Tokenizer:
         """Token ids of each sentence, without special tokens."""
         if self.kind == "sentencepiece":
             return self._spm.encode(sentences, out_type=int)
-        return [e.ids for e in self._hf.encode_batch(sentences, add_special_tokens=False)]
+        return [e.ids for e in self._hf.encode_batch(sentences)]

@@ -1,0 +1,109 @@
+"""The tfrecords stage: real TFRecords from the bundled sample, parsed back with TensorFlow and Google's spec."""
+
+import hashlib
+import math
+
+import numpy as np
+import pytest
+
+from bertpipe import BertpipeError
+from bertpipe.instances import InstanceSpec
+from bertpipe.tfrecords import build_shard, feature_spec
+from bertpipe.tokenizer import train
+from tests.conftest import run_bertpipe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=["sentencepiece", "wordpiece"])
+def tokenizer_dir(request, sample_corpus, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tok") / request.param
+    train([sample_corpus], folder, kind=request.param, vocab_size=4000, input_sentence_size=20000)
+    return folder
+
+
+def parse(path, spec):
+    import tensorflow as tf
+
+    features = feature_spec(spec.seq_length, spec.max_predictions)
+    return [{k: v.numpy() for k, v in tf.io.parse_single_example(record, features).items()}
+            for record in tf.data.TFRecordDataset(str(path))]
+
+
+@pytest.mark.parametrize("spec", [InstanceSpec(seq_length=128, max_predictions=20, dupe_factor=3),
+                                  InstanceSpec(seq_length=512, max_predictions=80, dupe_factor=2)],
+                         ids=["seq128", "seq512"])
+def test_records_parse_with_googles_spec_and_hold_bert_semantics(tmp_path, sample_corpus, tokenizer_dir, spec):
+    from bertpipe.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(tokenizer_dir)
+    out = tmp_path / "shard-0000.tfrecord"
+    stats = build_shard(sample_corpus / "train/shard-0000.jsonl", tokenizer_dir, out, tmp_path / "stats.json", spec,
+                        seed=12345)
+    records = parse(out, spec)
+    assert len(records) == stats["instances"] > 500
+    masked = real = 0
+    for r in records:
+        assert r["input_ids"].shape == (spec.seq_length,) and r["masked_lm_ids"].shape == (spec.max_predictions,)
+        n = int(r["input_mask"].sum())
+        assert (r["input_mask"][:n] == 1).all() and (r["input_mask"][n:] == 0).all()
+        assert (r["input_ids"][n:] == tokenizer.pad_id).all() and (r["segment_ids"][n:] == 0).all()
+        seps = np.flatnonzero(r["input_ids"][:n] == tokenizer.sep_id)
+        k = int(r["masked_lm_weights"].sum())
+        positions = r["masked_lm_positions"][:k]
+        assert r["input_ids"][0] == tokenizer.cls_id
+        assert len(seps) == 2 and seps[1] == n - 1, "two [SEP], never inserted by a random replacement"
+        first_sep = seps[0]
+        assert (r["segment_ids"][:first_sep + 1] == 0).all() and (r["segment_ids"][first_sep + 1:n] == 1).all()
+        assert not set(positions.tolist()) & {0, first_sep, n - 1}, "[CLS] and [SEP] are never masked"
+        assert not set(r["masked_lm_ids"][:k].tolist()) & {tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id}
+        assert r["next_sentence_labels"][0] in (0, 1)
+        masked += k
+        real += n - 3
+    assert masked / real == pytest.approx(0.15, abs=0.01)
+    flips = stats["instances"] - stats["random_next_forced"]
+    by_flip = stats["random_next"] - stats["random_next_forced"]
+    assert abs(by_flip - flips / 2) <= 4 * math.sqrt(flips / 4)
+    for kind, share in (("mask", 0.8), ("kept", 0.1), ("random", 0.1)):
+        assert abs(stats[kind] - stats["masked"] * share) <= 4 * math.sqrt(stats["masked"] * share * (1 - share))
+
+
+def test_same_settings_and_seed_give_identical_bytes(tmp_path, sample_corpus, tokenizer_dir):
+    spec = InstanceSpec(seq_length=128, max_predictions=20, dupe_factor=2)
+    digests = []
+    for run in ("first", "second"):
+        out = tmp_path / run / "shard.tfrecord"
+        build_shard(sample_corpus / "valid/shard-0000.jsonl", tokenizer_dir, out, tmp_path / run / "s.json", spec, 7)
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+    other = tmp_path / "other.tfrecord"
+    build_shard(sample_corpus / "valid/shard-0000.jsonl", tokenizer_dir, other, tmp_path / "o.json", spec, 8)
+    assert digests[0] == digests[1]
+    assert hashlib.sha256(other.read_bytes()).hexdigest() != digests[0]
+
+
+def test_malformed_corpus_line_fails_with_its_line_and_leaves_nothing(tmp_path, sample_corpus, tokenizer_dir):
+    shard = tmp_path / "corpus/train/shard-0000.jsonl"
+    shard.parent.mkdir(parents=True)
+    lines = (sample_corpus / "valid/shard-0000.jsonl").read_text().splitlines()
+    shard.write_text("\n".join(lines[:2] + ["{oops"]) + "\n")
+    out = tmp_path / "out" / "shard-0000.tfrecord"
+    result = run_bertpipe("tfrecords", "build", "--input", shard, "--tokenizer", tokenizer_dir, "--out", out,
+                          "--stats", tmp_path / "out" / "stats.json")
+    assert result.returncode == 1 and f"{shard}, line 3: malformed corpus record" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+def test_empty_shard_gives_an_empty_file_and_zero_stats(tmp_path, tokenizer_dir):
+    shard = tmp_path / "corpus/train/shard-0000.jsonl"
+    shard.parent.mkdir(parents=True)
+    shard.write_text("")
+    spec = InstanceSpec(seq_length=128, max_predictions=20, dupe_factor=2)
+    stats = build_shard(shard, tokenizer_dir, tmp_path / "x.tfrecord", tmp_path / "x.json", spec, 1)
+    assert stats["instances"] == 0 and (tmp_path / "x.tfrecord").stat().st_size == 0
+
+
+def test_missing_tokenizer_is_a_clear_error(tmp_path, sample_corpus):
+    with pytest.raises(BertpipeError, match="not a bertpipe tokenizer folder"):
+        build_shard(sample_corpus / "valid/shard-0000.jsonl", tmp_path, tmp_path / "x", tmp_path / "y",
+                    InstanceSpec(), 1)

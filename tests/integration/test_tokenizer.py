@@ -1,0 +1,64 @@
+"""The tokenizer stage with the real SentencePiece and HuggingFace tokenizers, on the bundled sample's corpus."""
+
+import json
+
+import pytest
+
+from bertpipe import BertpipeError
+from bertpipe.tokenizer import META, SPECIAL_TOKENS, Tokenizer, sample_sentences, train, train_shards
+
+
+@pytest.mark.parametrize("kind, model_type", [("sentencepiece", "unigram"), ("sentencepiece", "bpe"),
+                                              ("wordpiece", "unigram")])
+def test_trained_tokenizer_has_special_tokens_at_fixed_ids_and_says_what_it_is(tmp_path, sample_corpus, kind,
+                                                                                 model_type):
+    meta = train([sample_corpus], tmp_path / "tok", kind=kind, model_type=model_type, vocab_size=4000,
+                 input_sentence_size=5000)
+    assert meta["special_ids"] == {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    written = json.loads((tmp_path / "tok" / META).read_text())
+    assert written["kind"] == kind and written["lowercase"] is True and written["vocab_size"] == meta["vocab_size"]
+    assert 1000 < meta["vocab_size"] <= 4000
+    tokenizer = Tokenizer(tmp_path / "tok")
+    ids = tokenizer.encode(["Anarchism is a political philosophy.", "[MASK] [CLS] text"])
+    assert all(ids) and all(0 <= i < tokenizer.vocab_size for s in ids for i in s)
+    assert tokenizer.mask_id not in ids[1] and tokenizer.cls_id not in ids[1], "text never encodes to a special id"
+    assert tokenizer.encode(["ANARCHISM"]) == tokenizer.encode(["anarchism"]), "lowercased"
+
+
+def test_small_corpus_with_a_large_vocab_still_trains(tmp_path, sample_corpus):
+    meta = train([sample_corpus], tmp_path / "tok", vocab_size=100_000, input_sentence_size=3000)
+    assert meta["vocab_size"] < 100_000 and meta["requested_vocab_size"] == 100_000
+
+
+def test_sentence_sample_is_bounded_seeded_and_uniform(sample_corpus):
+    shards = train_shards([sample_corpus])
+    everything = sample_sentences(shards, 10**9, seed=1)
+    sample = sample_sentences(shards, 500, seed=1)
+    assert len(sample) == 500 and sample == sample_sentences(shards, 500, seed=1)
+    assert sample != sample_sentences(shards, 500, seed=2)
+    positions = sorted(everything.index(s) for s in sample)
+    assert positions[len(positions) // 2] == pytest.approx(len(everything) / 2, rel=0.15), "not just the first lines"
+
+
+def test_given_vocab_file_is_adopted_with_its_own_ids(tmp_path, sample_corpus):
+    train([sample_corpus], tmp_path / "trained", kind="wordpiece", vocab_size=3000, input_sentence_size=5000)
+    tokens = (tmp_path / "trained/vocab.txt").read_text().splitlines()
+    google_order = ["[PAD]"] + [f"[unused{i}]" for i in range(3)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(google_order + [t for t in tokens if t not in SPECIAL_TOKENS]) + "\n")
+    meta = train([], tmp_path / "adopted", kind="wordpiece", vocab_file=vocab)
+    assert meta["special_ids"] == {"[PAD]": 0, "[UNK]": 4, "[CLS]": 5, "[SEP]": 6, "[MASK]": 7}
+    assert meta["trained"] is False
+    adopted_tokens = vocab.read_text().splitlines()
+    text = ["Anarchism is a political philosophy."]
+    pieces = [adopted_tokens[i] for i in Tokenizer(tmp_path / "adopted").encode(text)[0]]
+    assert pieces == [tokens[i] for i in Tokenizer(tmp_path / "trained").encode(text)[0]], "same pieces, own ids"
+    assert "[UNK]" not in pieces
+
+
+def test_vocab_file_missing_a_special_token_is_a_clear_error(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n##s\n")
+    with pytest.raises(BertpipeError, match=r"vocab.txt: the vocab lacks the special token\(s\) \[MASK\]"):
+        train([], tmp_path / "tok", kind="wordpiece", vocab_file=vocab)
+    assert not (tmp_path / "tok").exists()
