@@ -57,7 +57,8 @@ def _serialize(batch: dict):
     for row in range(len(weights)):
         feature = {name: Feature(int64_list=Int64List(value=columns[name][row])) for name in INT_FEATURES}
         feature["masked_lm_weights"] = Feature(float_list=tf.train.FloatList(value=weights[row]))
-        yield tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+        # deterministic: map fields (the features) in key order, not in this process's hash order
+        yield tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def shard_seed(seed: int, *identity) -> int:

@@ -65,7 +65,7 @@ def train(corpus_parts, outdir, kind: str = "sentencepiece", vocab_size: int = 3
             sentences = sample_sentences(train_shards(corpus_parts), input_sentence_size, seed)
             if kind == "sentencepiece":
                 meta = _train_sentencepiece(sentences, temp, vocab_size, model_type, lowercase, character_coverage,
-                                            threads)
+                                            threads, seed)
             elif kind == "wordpiece":
                 meta = _train_wordpiece(sentences, temp, vocab_size, lowercase)
             else:
@@ -77,9 +77,11 @@ def train(corpus_parts, outdir, kind: str = "sentencepiece", vocab_size: int = 3
     return meta
 
 
-def _train_sentencepiece(sentences, folder: Path, vocab_size, model_type, lowercase, character_coverage, threads):
+def _train_sentencepiece(sentences, folder: Path, vocab_size, model_type, lowercase, character_coverage, threads,
+                         seed):
     import sentencepiece as spm
 
+    spm.set_random_generator_seed(seed)  # unseeded, the same input gives another model each time
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
         model_prefix=str(folder / "spm"),
@@ -95,6 +97,13 @@ def _train_sentencepiece(sentences, folder: Path, vocab_size, model_type, lowerc
         num_threads=threads,
         minloglevel=1,
     )
+    # The model records the path it was trained to, here a temporary folder: keep only the name, so that the same
+    # input and seed give the same bytes.
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto.FromString((folder / "spm.model").read_bytes())
+    proto.trainer_spec.model_prefix = "spm"
+    (folder / "spm.model").write_bytes(proto.SerializeToString())
     processor = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
     return {"kind": "sentencepiece", "model_type": model_type, "lowercase": lowercase,
             "vocab_size": processor.get_piece_size(), "files": ["spm.model", "spm.vocab"],
@@ -107,7 +116,10 @@ def _train_wordpiece(sentences, folder: Path, vocab_size, lowercase):
     trainer = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=lowercase, clean_text=True)
     trainer.train_from_iterator(sentences, vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                 show_progress=False)
-    trainer.save_model(str(folder))
+    # The trainer lists the alphabet in hash-map order, different on each run: the special tokens first, then the rest
+    # sorted, gives the same ids for the same vocabulary.
+    pieces = sorted(set(trainer.get_vocab()) - set(SPECIAL_TOKENS))
+    (folder / "vocab.txt").write_text("".join(f"{piece}\n" for piece in (*SPECIAL_TOKENS, *pieces)), encoding="utf-8")
     return _wordpiece_meta(folder, lowercase, trained=True)
 
 

@@ -62,3 +62,11 @@ def test_vocab_file_missing_a_special_token_is_a_clear_error(tmp_path):
     with pytest.raises(BertpipeError, match=r"vocab.txt: the vocab lacks the special token\(s\) \[MASK\]"):
         train([], tmp_path / "tok", kind="wordpiece", vocab_file=vocab)
     assert not (tmp_path / "tok").exists()
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "wordpiece"])
+def test_same_input_and_seed_give_identical_files(tmp_path, sample_corpus, kind):
+    for run in ("first", "second"):
+        train([sample_corpus], tmp_path / run, kind=kind, vocab_size=3000, input_sentence_size=5000, threads=2)
+    for path in (tmp_path / "first").iterdir():
+        assert path.read_bytes() == (tmp_path / "second" / path.name).read_bytes(), path.name

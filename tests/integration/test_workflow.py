@@ -23,32 +23,48 @@ def outputs(folder, pattern):
     return {p: p.stat().st_mtime_ns for p in folder.glob(pattern) if p.is_file()}
 
 
-def test_demo_runs_then_has_nothing_to_do_and_forcerun_corpus_reruns_only_downstream(workflow_dir):
-    snakemake(workflow_dir, *DEMO)
+def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(workflow_dir):
+    first = snakemake(workflow_dir, *DEMO)
+    assert rules_run(first.stderr) == {"download_manifest": 1, "download": 1, "extract": 1, "corpus": 1,
+                                       "corpus_stats": 1, "tokenizer": 1, "tfrecords": 10, "tfrecords_stats": 6,
+                                       "all": 1}
     stats = json.loads((workflow_dir / "results/corpus/stats.json").read_text())
     assert stats["documents_in"] == SAMPLE_ARTICLES
     assert all(stats["splits"][name]["documents"] > 0 for name in ("train", "valid", "test"))
+    for seq, predictions in ((128, 20), (512, 80)):
+        records = json.loads((workflow_dir / f"results/tfrecords/seq{seq}/train/stats.json").read_text())
+        assert records["instances"] > 1000 and records["masked_fraction"] == pytest.approx(0.15, abs=0.01)
 
     dry = snakemake(workflow_dir, "-n", *DEMO)
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
-    before = outputs(workflow_dir, "resources/**/*") | outputs(workflow_dir, "results/extract/*")
-    corpus_before = outputs(workflow_dir, "results/corpus/**/*")
+    upstream = outputs(workflow_dir, "resources/**/*") | outputs(workflow_dir, "results/extract/*")
+    corpus = outputs(workflow_dir, "results/corpus/**/*")
+    records = outputs(workflow_dir, "results/tfrecords/**/*.tfrecord")
+    record_bytes = {path: path.read_bytes() for path in records}
+    rerun = snakemake(workflow_dir, "--forcerun", "tokenizer", *DEMO)
+    assert rules_run(rerun.stderr) == {"tokenizer": 1, "tfrecords": 10, "tfrecords_stats": 6, "all": 1}
+    assert outputs(workflow_dir, "results/corpus/**/*") == corpus
+    rebuilt = outputs(workflow_dir, "results/tfrecords/**/*.tfrecord")
+    assert rebuilt.keys() == records.keys() and all(rebuilt[p] > records[p] for p in records)
+    assert all(path.read_bytes() == data for path, data in record_bytes.items()), "same settings, same bytes"
+
     rerun = snakemake(workflow_dir, "--forcerun", "corpus", *DEMO)
-    assert rules_run(rerun.stderr) == {"corpus": 1, "corpus_stats": 1, "all": 1}
-    assert outputs(workflow_dir, "resources/**/*") | outputs(workflow_dir, "results/extract/*") == before
+    assert rules_run(rerun.stderr) == {"corpus": 1, "corpus_stats": 1, "tokenizer": 1, "tfrecords": 10,
+                                       "tfrecords_stats": 6, "all": 1}
+    assert outputs(workflow_dir, "resources/**/*") | outputs(workflow_dir, "results/extract/*") == upstream
     after = outputs(workflow_dir, "results/corpus/**/*")
-    assert after.keys() == corpus_before.keys()
-    assert all(after[path] > corpus_before[path] for path in after)
+    assert after.keys() == corpus.keys() and all(after[path] > corpus[path] for path in after)
 
 
 def test_http_mirror_with_two_parts_gives_the_same_corpus_split(workflow_dir, mirror):
     server, contents = mirror
     (workflow_dir / "http.yaml").write_text(yaml.safe_dump(
         {"dump": {"mirror": server.url, "wiki": "enwiki", "date": "20260101"}, "download": {"backoff_seconds": 0}}))
-    run = snakemake(workflow_dir, "--cores", "2", "all", "--configfile", "config.demo.yaml", "http.yaml")
+    corpus_stats = "results/corpus/stats.json"
+    run = snakemake(workflow_dir, "--cores", "2", corpus_stats, "--configfile", "config.demo.yaml", "http.yaml")
     assert rules_run(run.stderr) == {"download_manifest": 1, "download": 2, "extract": 2, "corpus": 2,
-                                    "corpus_stats": 1, "all": 1}
+                                    "corpus_stats": 1}
     for name, data in contents.items():
         assert (workflow_dir / "resources/dumps/enwiki/20260101" / name).read_bytes() == data
     two_parts = json.loads((workflow_dir / "results/corpus/stats.json").read_text())
@@ -58,7 +74,8 @@ def test_http_mirror_with_two_parts_gives_the_same_corpus_split(workflow_dir, mi
     for shard in (workflow_dir / "results/corpus/parts").glob("*/*/shard-*.jsonl"):
         for line in shard.read_text().splitlines():
             split_by_id[json.loads(line)["id"]] = shard.parent.name
-    snakemake(workflow_dir, *DEMO, "--config", "results=results-one-part")
+    snakemake(workflow_dir, "--cores", "2", "results-one-part/corpus/stats.json", "--configfile", "config.demo.yaml",
+              "--config", "results=results-one-part")
     one_part = {}
     for shard in (workflow_dir / "results-one-part/corpus/parts").glob("*/*/shard-*.jsonl"):
         for line in shard.read_text().splitlines():
