@@ -116,8 +116,9 @@ def _train_wordpiece(sentences, folder: Path, vocab_size, lowercase):
     trainer = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=lowercase, clean_text=True)
     trainer.train_from_iterator(sentences, vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                 show_progress=False)
-    # The trainer lists the alphabet in hash-map order, different on each run: the special tokens first, then the rest
-    # sorted, gives the same ids for the same vocabulary.
+    # The trainer lists pieces in hash-map order: the special tokens first, then the rest sorted, gives the same ids
+    # for the same vocabulary. (On ties it may even pick other merges, so a retrained WordPiece vocabulary can differ
+    # a little: huggingface/tokenizers#1794. SentencePiece, the default, is reproducible.)
     pieces = sorted(set(trainer.get_vocab()) - set(SPECIAL_TOKENS))
     (folder / "vocab.txt").write_text("".join(f"{piece}\n" for piece in (*SPECIAL_TOKENS, *pieces)), encoding="utf-8")
     return _wordpiece_meta(folder, lowercase, trained=True)

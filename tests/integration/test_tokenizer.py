@@ -64,9 +64,9 @@ def test_vocab_file_missing_a_special_token_is_a_clear_error(tmp_path):
     assert not (tmp_path / "tok").exists()
 
 
-@pytest.mark.parametrize("kind", ["sentencepiece", "wordpiece"])
-def test_same_input_and_seed_give_identical_files(tmp_path, sample_corpus, kind):
+def test_same_input_and_seed_give_identical_sentencepiece_files(tmp_path, sample_corpus):
+    # Not so for WordPiece: HuggingFace's trainer breaks ties in hash-map order (huggingface/tokenizers#1794).
     for run in ("first", "second"):
-        train([sample_corpus], tmp_path / run, kind=kind, vocab_size=3000, input_sentence_size=5000, threads=2)
+        train([sample_corpus], tmp_path / run, vocab_size=3000, input_sentence_size=5000, threads=2)
     for path in (tmp_path / "first").iterdir():
         assert path.read_bytes() == (tmp_path / "second" / path.name).read_bytes(), path.name

@@ -1,0 +1,237 @@
+"""BERT for pretraining, as in the paper and google-research/bert: post-LayerNorm, exact GELU, learned positions,
+token types, a pooler, the next-sentence head and the masked-LM head tied to the word embeddings.
+
+Module and parameter names are those of HuggingFace's `BertForPreTraining`, so its state dict is ours, one to one
+(`bert.encoder.layer.3.attention.self.query.weight`, `cls.predictions.transform.dense.bias`, ...).
+Attention goes through `scaled_dot_product_attention` with the padding mask. The masked-LM head runs only at the
+masked positions (as NVIDIA's BERT does): the vocabulary projection, the largest matmul of the model, shrinks from
+every token to the ~15% that are predicted, with the same loss.
+"""
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclasses.dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 1024
+    num_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int = 4096
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layernorm_epsilon: float = 1e-12
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, input_ids, token_type_ids):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        embedded = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+                    + self.token_type_embeddings(token_type_ids))
+        return self.dropout(self.LayerNorm(embedded))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = config.attention_dropout
+
+    def forward(self, hidden, attend):
+        batch, length, width = hidden.shape
+
+        def split_heads(x):
+            return x.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
+
+        context = F.scaled_dot_product_attention(
+            split_heads(self.query(hidden)), split_heads(self.key(hidden)), split_heads(self.value(hidden)),
+            attn_mask=attend, dropout_p=self.dropout if self.training else 0.0)
+        return context.transpose(1, 2).reshape(batch, length, width)
+
+
+class SelfOutput(nn.Module):
+    """Projection, dropout, residual and LayerNorm after attention (post-LN)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden, residual):
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = SelfAttention(config)
+        self.output = SelfOutput(config)
+
+    def forward(self, hidden, attend):
+        return self.output(self.self(hidden, attend), hidden)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+    def forward(self, hidden):
+        return F.gelu(self.dense(hidden))  # exact (erf) GELU, as BERT
+
+
+class Output(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden, residual):
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+
+
+class Layer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = Attention(config)
+        self.intermediate = Intermediate(config)
+        self.output = Output(config)
+
+    def forward(self, hidden, attend):
+        attended = self.attention(hidden, attend)
+        return self.output(self.intermediate(attended), attended)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
+
+    def forward(self, hidden, attend):
+        for layer in self.layer:
+            hidden = layer(hidden, attend)
+        return hidden
+
+
+class Pooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden):
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class BertModel(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.pooler = Pooler(config)
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        # True where a query may attend to a key: every real token, no padding. Shape (batch, 1, 1, length).
+        attend = attention_mask.bool()[:, None, None, :]
+        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), attend)
+        return hidden, self.pooler(hidden)
+
+
+class PredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+
+    def forward(self, hidden):
+        return self.LayerNorm(F.gelu(self.dense(hidden)))
+
+
+class LMPredictionHead(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.transform = PredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)  # weight tied to the embeddings
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden):
+        return self.decoder(self.transform(hidden)) + self.bias
+
+
+class PreTrainingHeads(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = LMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, masked_hidden, pooled):
+        return self.predictions(masked_hidden), self.seq_relationship(pooled)
+
+
+class BertForPreTraining(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.cls = PreTrainingHeads(config)
+        self.apply(self._init_weights)
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def _init_weights(self, module):
+        """BERT's initialisation: normal(0, 0.02) weights, zero biases, LayerNorm at identity."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids, token_type_ids, attention_mask, masked_lm_positions):
+        """Masked-LM logits at `masked_lm_positions` (batch, predictions, vocab) and next-sentence logits (batch, 2)."""
+        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        index = masked_lm_positions[:, :, None].expand(-1, -1, hidden.shape[-1])
+        return self.cls(torch.gather(hidden, 1, index), pooled)
+
+
+def pretraining_loss(mlm_logits, nsp_logits, masked_lm_ids, masked_lm_weights, next_sentence_labels):
+    """(total, masked-LM, next-sentence) losses: the masked-LM loss is the mean over real predictions
+    (sum(loss * weight) / sum(weight), as Megatron and Google), computed in float32."""
+    token_losses = F.cross_entropy(mlm_logits.float().flatten(0, 1), masked_lm_ids.flatten(), reduction="none")
+    weights = masked_lm_weights.flatten().float()
+    mlm = (token_losses * weights).sum() / weights.sum().clamp(min=1.0)
+    nsp = F.cross_entropy(nsp_logits.float(), next_sentence_labels.flatten())
+    return mlm + nsp, mlm, nsp
+
+
+def flops_per_sequence(config: BertConfig, seq_length: int, predictions: int) -> float:
+    """Model FLOPs of one training step (forward and backward, 3x the forward's) for one sequence: the matmuls
+    of the encoder, attention scores and values, pooler and heads (masked-LM head at the predictions only)."""
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_layers
+    per_token = layers * (2 * 4 * h * h + 2 * 2 * h * i + 2 * 2 * seq_length * h)
+    heads = predictions * (2 * h * h + 2 * h * config.vocab_size) + 2 * h * h + 2 * h * 2
+    return 3.0 * (seq_length * per_token + heads)
