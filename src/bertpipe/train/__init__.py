@@ -1,0 +1,1 @@
+"""Pretraining's components, one concern each: precision (loss scaling, autocast), optim (AdamW, LR schedule)."""

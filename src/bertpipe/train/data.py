@@ -1,0 +1,114 @@
+"""Pretraining batches from the tfrecords stage's files: an index of every record, a seeded order per epoch, and
+each rank's disjoint slice of each global batch.
+
+The position in the data is the step: global batch `step` is a fixed slice of a fixed permutation, so a resumed run
+reads exactly what the uninterrupted run would have read, and nothing beyond the step needs saving.
+Records are read by offset (random access) and parsed with TensorFlow's Example protobuf, as Megatron did.
+"""
+
+import functools
+import glob
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertpipe import BertpipeError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
+            "next_sentence_labels")
+_HEADER = 12  # uint64 length + uint32 masked crc of it; the record follows, then a uint32 crc of the record
+
+
+def expand_files(patterns) -> list:
+    """Files named or matched by globs, in a fixed order; a pattern that matches nothing is an error."""
+    files = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(str(pattern))) if glob.has_magic(str(pattern)) else [str(pattern)]
+        if not matched or not all(Path(f).is_file() for f in matched):
+            raise BertpipeError(f"{pattern}: no TFRecord file there; check --train-data/--valid-data")
+        files.extend(matched)
+    return files
+
+
+class TFRecordSamples:
+    """Random access to every record of a list of TFRecord files."""
+
+    def __init__(self, files):
+        self.files = expand_files(files)
+        file_ids, offsets, lengths = [], [], []
+        for file_id, path in enumerate(self.files):
+            size, offset = os.path.getsize(path), 0
+            with open(path, "rb") as f:
+                while offset < size:
+                    header = f.read(_HEADER)
+                    if len(header) < _HEADER:
+                        raise BertpipeError(f"{path}: truncated record header at byte {offset}; rebuild this file")
+                    (length,) = struct.unpack("<Q", header[:8])
+                    file_ids.append(file_id)
+                    offsets.append(offset + _HEADER)
+                    lengths.append(length)
+                    offset += _HEADER + length + 4
+                    f.seek(offset)
+            if offset != size:
+                raise BertpipeError(f"{path}: the last record ends past the end of the file; rebuild this file")
+        self.file_ids = np.asarray(file_ids, dtype=np.int32)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        if not len(self.offsets):
+            raise BertpipeError(f"no records in {', '.join(self.files)}")
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def read(self, indices) -> dict:
+        """The records at `indices` as a batch of torch tensors (int64, masked_lm_weights float32)."""
+        from tensorflow.core.example.example_pb2 import Example
+
+        columns = {name: [] for name in FEATURES}
+        handles = {}
+        try:
+            for index in indices:
+                file_id = int(self.file_ids[index])
+                if file_id not in handles:
+                    handles[file_id] = open(self.files[file_id], "rb")
+                handle = handles[file_id]
+                handle.seek(int(self.offsets[index]))
+                feature = Example.FromString(handle.read(int(self.lengths[index]))).features.feature
+                for name in FEATURES:
+                    values = feature[name]
+                    columns[name].append(values.float_list.value if name == "masked_lm_weights"
+                                         else values.int64_list.value)
+        finally:
+            for handle in handles.values():
+                handle.close()
+        return {name: torch.tensor(np.asarray(values, dtype=np.float32 if name == "masked_lm_weights" else np.int64))
+                for name, values in columns.items()}
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(samples: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(samples)
+
+
+def global_batch_indices(step: int, global_batch: int, samples: int, seed: int) -> np.ndarray:
+    """The sample indices of global batch `step` (0-based): epoch after epoch of seeded permutations, in order."""
+    indices, start = [], step * global_batch
+    while len(indices) < global_batch:
+        epoch, offset = divmod(start, samples)
+        taken = _epoch_order(samples, seed, epoch)[offset:offset + global_batch - len(indices)]
+        indices.extend(taken.tolist())
+        start += len(taken)
+    return np.asarray(indices)
+
+
+def rank_micro_batches(step: int, samples: "TFRecordSamples", micro_batch: int, accumulation: int, rank: int,
+                       world: int, seed: int) -> list:
+    """This rank's micro-batches of global batch `step`: its contiguous, disjoint share, cut into `accumulation`."""
+    per_rank = micro_batch * accumulation
+    indices = global_batch_indices(step, per_rank * world, len(samples), seed)[rank * per_rank:(rank + 1) * per_rank]
+    return [samples.read(indices[i * micro_batch:(i + 1) * micro_batch]) for i in range(accumulation)]

@@ -1,0 +1,88 @@
+"""Our BERT against HuggingFace's BertForPreTraining: same parameter names, same losses on the same batch."""
+
+import pytest
+import torch
+import transformers
+
+from bertpipe.model import BertConfig, BertForPreTraining, pretraining_loss
+
+CONFIG = BertConfig(vocab_size=300, hidden_size=64, num_layers=3, num_attention_heads=4, intermediate_size=128,
+                    max_position_embeddings=64)
+
+
+def huggingface_twin(config: BertConfig):
+    hf_config = transformers.BertConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+        hidden_act="gelu", hidden_dropout_prob=config.hidden_dropout,
+        attention_probs_dropout_prob=config.attention_dropout, max_position_embeddings=config.max_position_embeddings,
+        type_vocab_size=config.type_vocab_size, layer_norm_eps=config.layernorm_epsilon)
+    return transformers.BertForPreTraining(hf_config)
+
+
+def batch(config, size=6, length=40, predictions=6, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(12, length + 1, (size,), generator=generator)
+    mask = (torch.arange(length) < lengths[:, None]).long()
+    ids = torch.randint(5, config.vocab_size, (size, length), generator=generator) * mask
+    segments = ((torch.arange(length) >= (lengths // 2)[:, None]) & mask.bool()).long()
+    positions = torch.stack([torch.randperm(int(n) - 2, generator=generator)[:predictions] + 1 for n in lengths])
+    weights = torch.ones(size, predictions)
+    weights[0, -2:] = 0  # padding predictions
+    labels = torch.randint(5, config.vocab_size, (size, predictions), generator=generator)
+    nsp = torch.randint(0, 2, (size, 1), generator=generator)
+    return ids, segments, mask, positions, labels, weights, nsp
+
+
+def test_parameter_names_match_huggingface_one_to_one():
+    ours = BertForPreTraining(CONFIG).state_dict()
+    theirs = huggingface_twin(CONFIG).state_dict()
+    assert set(ours) <= set(theirs)
+    assert set(theirs) - set(ours) <= {"cls.predictions.decoder.bias", "bert.embeddings.position_ids",
+                                      "bert.embeddings.token_type_ids"}
+    assert all(ours[name].shape == theirs[name].shape for name in ours)
+
+
+def test_same_losses_as_huggingface_in_float32():
+    torch.manual_seed(0)
+    ours = BertForPreTraining(CONFIG).eval()
+    theirs = huggingface_twin(CONFIG).eval()
+    missing, unexpected = theirs.load_state_dict(ours.state_dict(), strict=False)
+    assert not unexpected and set(missing) <= {"cls.predictions.decoder.bias"}
+    ids, segments, mask, positions, labels, weights, nsp = batch(CONFIG)
+    with torch.no_grad():
+        mlm_logits, nsp_logits = ours(ids, segments, mask, positions)
+        _, our_mlm, our_nsp = pretraining_loss(mlm_logits, nsp_logits, labels, weights, nsp)
+        out = theirs(input_ids=ids, token_type_ids=segments, attention_mask=mask)
+        hf_logits = torch.gather(out.prediction_logits, 1,
+                                 positions[:, :, None].expand(-1, -1, CONFIG.vocab_size))
+        _, hf_mlm, hf_nsp = pretraining_loss(hf_logits, out.seq_relationship_logits, labels, weights, nsp)
+    assert our_mlm.item() == pytest.approx(hf_mlm.item(), abs=1e-5)
+    assert our_nsp.item() == pytest.approx(hf_nsp.item(), abs=1e-5)
+    torch.testing.assert_close(mlm_logits, hf_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_masked_positions_head_equals_the_full_head():
+    torch.manual_seed(1)
+    model = BertForPreTraining(CONFIG).eval()
+    ids, segments, mask, positions, labels, weights, nsp = batch(CONFIG, seed=3)
+    with torch.no_grad():
+        mlm_logits, _ = model(ids, segments, mask, positions)
+        hidden, _ = model.bert(ids, segments, mask)
+        everywhere = model.cls.predictions(hidden)
+    torch.testing.assert_close(mlm_logits, torch.gather(everywhere, 1, positions[:, :, None].expand(
+        -1, -1, CONFIG.vocab_size)), atol=1e-6, rtol=1e-6)
+
+
+def test_mlm_head_is_tied_to_the_word_embeddings():
+    model = BertForPreTraining(CONFIG)
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+
+
+def test_initialisation_is_berts():
+    model = BertForPreTraining(BertConfig(vocab_size=2000, hidden_size=128, num_layers=2, num_attention_heads=2,
+                                          intermediate_size=256))
+    query = model.bert.encoder.layer[0].attention.self.query
+    assert query.weight.std().item() == pytest.approx(0.02, rel=0.1) and (query.bias == 0).all()
+    norm = model.bert.encoder.layer[1].output.LayerNorm
+    assert (norm.weight == 1).all() and (norm.bias == 0).all()
