@@ -155,11 +155,20 @@ def _tfrecords(subparsers):
     summarize.set_defaults(run=run_summarize)
 
 
+def _pretrain(subparsers):
+    from bertpipe import pretrain
+
+    stage = subparsers.add_parser("pretrain", help="BERT pretraining with Megatron's flags (torchrun for DDP)",
+                                  description=pretrain.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pretrain.add_arguments(stage)
+    stage.set_defaults(run=pretrain.run)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="bertpipe", description=__doc__)
     top.add_argument("--version", action="version", version=f"bertpipe {__version__}")
     subparsers = top.add_subparsers(dest="stage", required=True)
-    for add in (_download, _extract, _corpus, _tokenizer, _tfrecords):
+    for add in (_download, _extract, _corpus, _tokenizer, _tfrecords, _pretrain):
         add(subparsers)
     return top
 

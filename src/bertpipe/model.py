@@ -218,14 +218,16 @@ class BertForPreTraining(nn.Module):
         return self.cls(torch.gather(hidden, 1, index), pooled)
 
 
-def pretraining_loss(mlm_logits, nsp_logits, masked_lm_ids, masked_lm_weights, next_sentence_labels):
-    """(total, masked-LM, next-sentence) losses: the masked-LM loss is the mean over real predictions
-    (sum(loss * weight) / sum(weight), as Megatron and Google), computed in float32."""
+def pretraining_loss_sums(mlm_logits, nsp_logits, masked_lm_ids, masked_lm_weights, next_sentence_labels):
+    """(masked-LM, next-sentence) cross-entropy summed over real predictions and sequences, in float32.
+
+    Sums, not means: the trainer divides by the counts of the whole global batch, so that the loss (and gradient)
+    is the same however the batch is cut into ranks and micro-batches. Over one batch, sum / count is Megatron's and
+    Google's masked-LM loss, sum(loss * weight) / sum(weight)."""
     token_losses = F.cross_entropy(mlm_logits.float().flatten(0, 1), masked_lm_ids.flatten(), reduction="none")
-    weights = masked_lm_weights.flatten().float()
-    mlm = (token_losses * weights).sum() / weights.sum().clamp(min=1.0)
-    nsp = F.cross_entropy(nsp_logits.float(), next_sentence_labels.flatten())
-    return mlm + nsp, mlm, nsp
+    mlm = (token_losses * masked_lm_weights.flatten().float()).sum()
+    nsp = F.cross_entropy(nsp_logits.float(), next_sentence_labels.flatten(), reduction="sum")
+    return mlm, nsp
 
 
 def flops_per_sequence(config: BertConfig, seq_length: int, predictions: int) -> float:

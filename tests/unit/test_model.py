@@ -4,7 +4,7 @@ import pytest
 import torch
 import transformers
 
-from bertpipe.model import BertConfig, BertForPreTraining, pretraining_loss
+from bertpipe.model import BertConfig, BertForPreTraining, pretraining_loss_sums
 
 CONFIG = BertConfig(vocab_size=300, hidden_size=64, num_layers=3, num_attention_heads=4, intermediate_size=128,
                     max_position_embeddings=64)
@@ -52,14 +52,23 @@ def test_same_losses_as_huggingface_in_float32():
     ids, segments, mask, positions, labels, weights, nsp = batch(CONFIG)
     with torch.no_grad():
         mlm_logits, nsp_logits = ours(ids, segments, mask, positions)
-        _, our_mlm, our_nsp = pretraining_loss(mlm_logits, nsp_logits, labels, weights, nsp)
+        our_mlm, our_nsp = pretraining_loss_sums(mlm_logits, nsp_logits, labels, weights, nsp)
         out = theirs(input_ids=ids, token_type_ids=segments, attention_mask=mask)
         hf_logits = torch.gather(out.prediction_logits, 1,
                                  positions[:, :, None].expand(-1, -1, CONFIG.vocab_size))
-        _, hf_mlm, hf_nsp = pretraining_loss(hf_logits, out.seq_relationship_logits, labels, weights, nsp)
-    assert our_mlm.item() == pytest.approx(hf_mlm.item(), abs=1e-5)
-    assert our_nsp.item() == pytest.approx(hf_nsp.item(), abs=1e-5)
+        hf_mlm, hf_nsp = pretraining_loss_sums(hf_logits, out.seq_relationship_logits, labels, weights, nsp)
+    # mean masked-LM loss over real predictions, mean next-sentence loss over sequences
+    assert (our_mlm / weights.sum()).item() == pytest.approx((hf_mlm / weights.sum()).item(), abs=1e-5)
+    assert (our_nsp / len(ids)).item() == pytest.approx((hf_nsp / len(ids)).item(), abs=1e-5)
     torch.testing.assert_close(mlm_logits, hf_logits, atol=1e-5, rtol=1e-5)
+    # HuggingFace's own loss: labels at the masked positions, -100 elsewhere (and on padding predictions).
+    hf_labels = torch.full_like(ids, -100)
+    real = weights.bool()
+    hf_labels[torch.arange(len(ids))[:, None].expand_as(positions)[real], positions[real]] = labels[real]
+    with torch.no_grad():
+        hf_loss = theirs(input_ids=ids, token_type_ids=segments, attention_mask=mask, labels=hf_labels,
+                         next_sentence_label=nsp.flatten()).loss
+    assert (our_mlm / weights.sum() + our_nsp / len(ids)).item() == pytest.approx(hf_loss.item(), abs=1e-5)
 
 
 def test_masked_positions_head_equals_the_full_head():

@@ -1,0 +1,123 @@
+"""Stage `pretrain`: BERT pretraining with the flags of Megatron-LM's `pretrain_bert.py` (March 2019), so that a
+Megatron user's command runs with only its paths changed. Launch it with torchrun for several processes:
+
+    torchrun --nproc-per-node 8 -m bertpipe pretrain --use-tfrecords --train-data 'seq128/train/*/*.tfrecord' ...
+
+What differs from Megatron, and why:
+- Data: `--use-tfrecords` reads the tfrecords stage's files (paths or globs). Megatron's loose-json path
+  (`--loose-json --lazy-loader`) is not implemented yet: such a command stops with a message saying so.
+- Tokenizer: `--tokenizer-path` names the tokenizer stage's folder; a tokenizer named by hub id
+  (`--tokenizer-model-type bert-large-uncased`) cannot be fetched here: its files must be local.
+  `--tokenizer-type` and `--cache-dir` are accepted for compatibility.
+- fp16: autocast over float32 master weights; `--fp32-layernorm` and `--fp32-embedding` are always in effect
+  (see train/precision.py). `--bf16` is the modern alternative.
+- `--num-workers` is accepted; records are read in the training process (an index and random access), and the
+  loader bench shows it keeps up with the trainer.
+"""
+
+import argparse
+
+from bertpipe import BertpipeError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    megatron = parser.add_argument_group("Megatron-LM's pretrain_bert.py flags")
+    megatron.add_argument("--batch-size", type=int, default=4, help="sequences per process and micro-batch")
+    megatron.add_argument("--tokenizer-type", default="BertWordPieceTokenizer",
+                          choices=["BertWordPieceTokenizer", "SentencePieceTokenizer"])
+    megatron.add_argument("--cache-dir", help="accepted for compatibility; tokenizers are local files here")
+    megatron.add_argument("--tokenizer-model-type", help="a hub id such as bert-large-uncased: needs --tokenizer-path")
+    megatron.add_argument("--tokenizer-path", help="the tokenizer stage's folder")
+    megatron.add_argument("--vocab-size", type=int, help="the model's vocab size (at least the tokenizer's)")
+    megatron.add_argument("--train-data", nargs="+", required=True, help="TFRecord files or globs")
+    megatron.add_argument("--loose-json", action="store_true")
+    megatron.add_argument("--text-key", default="text")
+    megatron.add_argument("--split", default="1000,1,1")
+    megatron.add_argument("--lazy-loader", action="store_true")
+    megatron.add_argument("--use-tfrecords", action="store_true")
+    megatron.add_argument("--max-preds-per-seq", type=int, help="must match the records'")
+    megatron.add_argument("--seq-length", type=int, help="must match the records'")
+    megatron.add_argument("--max-position-embeddings", type=int, default=512)
+    megatron.add_argument("--num-layers", type=int, default=24)
+    megatron.add_argument("--hidden-size", type=int, default=1024)
+    megatron.add_argument("--intermediate-size", type=int, default=4096)
+    megatron.add_argument("--num-attention-heads", type=int, default=16)
+    megatron.add_argument("--hidden-dropout", type=float, default=0.1)
+    megatron.add_argument("--attention-dropout", type=float, default=0.1)
+    megatron.add_argument("--train-iters", type=int, default=1000000)
+    megatron.add_argument("--lr", type=float, default=1e-4)
+    megatron.add_argument("--lr-decay-style", default="linear", choices=["linear", "cosine", "exponential",
+                                                                         "constant"])
+    megatron.add_argument("--lr-decay-iters", type=int, help="default: --train-iters")
+    megatron.add_argument("--warmup", type=float, default=0.01, help="fraction of --lr-decay-iters")
+    megatron.add_argument("--weight-decay", type=float, default=0.01)
+    megatron.add_argument("--clip-grad", type=float, default=1.0)
+    megatron.add_argument("--fp16", action="store_true")
+    megatron.add_argument("--fp32-layernorm", action="store_true", help="always in effect with --fp16")
+    megatron.add_argument("--fp32-embedding", action="store_true", help="always in effect with --fp16")
+    megatron.add_argument("--hysteresis", type=int, default=2, help="overflows tolerated before the scale halves")
+    megatron.add_argument("--loss-scale", type=float, help="a fixed fp16 loss scale; default: dynamic")
+    megatron.add_argument("--loss-scale-window", type=int, default=1000)
+    megatron.add_argument("--min-scale", type=float, default=1.0)
+    megatron.add_argument("--num-workers", type=int, default=2, help="accepted for compatibility")
+    megatron.add_argument("--save", help="checkpoint folder")
+    megatron.add_argument("--load", help="resume from the newest checkpoint here (default: --save)")
+    megatron.add_argument("--save-interval", type=int, default=5000)
+    megatron.add_argument("--seed", type=int, default=1234)
+
+    ours = parser.add_argument_group("bertpipe's own flags")
+    ours.add_argument("--bf16", action="store_true", help="bfloat16 autocast, no loss scaling")
+    ours.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    ours.add_argument("--valid-data", nargs="+", help="TFRecord files or globs of the valid split")
+    ours.add_argument("--eval-interval", type=int, default=1000)
+    ours.add_argument("--eval-iters", type=int, default=10)
+    ours.add_argument("--log-interval", type=int, default=10)
+    ours.add_argument("--keep-last", type=int, default=2, help="checkpoints kept")
+    ours.add_argument("--init-from", help="start from the weights of this checkpoint (phase 2 from phase 1)")
+    ours.add_argument("--metrics", help="append each step's metrics here (JSON lines)")
+    ours.add_argument("--layernorm-epsilon", type=float, default=1e-12)
+    ours.add_argument("--deterministic", action="store_true", help="deterministic kernels (bitwise resume on CPU)")
+
+
+def run(args) -> str:
+    from bertpipe.model import BertConfig
+    from bertpipe.tokenizer import Tokenizer
+    from bertpipe.train.data import TFRecordSamples
+    from bertpipe.train.loop import Trainer, TrainSettings
+
+    if not args.use_tfrecords or args.loose_json or args.lazy_loader:
+        raise BertpipeError("the loose-json path (--loose-json/--lazy-loader) is not implemented yet: build TFRecords "
+                            "with the tfrecords stage and pass them with --use-tfrecords --train-data FILES")
+    if not args.tokenizer_path:
+        hint = f" (a hub id such as {args.tokenizer_model_type} cannot be fetched here)" if args.tokenizer_model_type else ""
+        raise BertpipeError(f"--tokenizer-path is required: the tokenizer stage's folder{hint}; its files must be local")
+    if args.fp16 and args.bf16:
+        raise BertpipeError("--fp16 and --bf16 exclude each other")
+    tokenizer = Tokenizer(args.tokenizer_path)
+    vocab_size = args.vocab_size or tokenizer.vocab_size
+    if vocab_size < tokenizer.vocab_size:
+        raise BertpipeError(f"--vocab-size {vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
+    first = TFRecordSamples(args.train_data).read([0])
+    seq_length, predictions = first["input_ids"].shape[1], first["masked_lm_ids"].shape[1]
+    for flag, given, found in (("--seq-length", args.seq_length, seq_length),
+                               ("--max-preds-per-seq", args.max_preds_per_seq, predictions)):
+        if given is not None and given != found:
+            raise BertpipeError(f"{flag} {given}, but the records in --train-data have {found}")
+    if seq_length > args.max_position_embeddings:
+        raise BertpipeError(f"records of length {seq_length} need --max-position-embeddings >= {seq_length}")
+    model_config = BertConfig(
+        vocab_size=vocab_size, hidden_size=args.hidden_size, num_layers=args.num_layers,
+        num_attention_heads=args.num_attention_heads, intermediate_size=args.intermediate_size,
+        max_position_embeddings=args.max_position_embeddings, hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout, layernorm_epsilon=args.layernorm_epsilon)
+    settings = TrainSettings(
+        train_data=args.train_data, valid_data=args.valid_data, micro_batch=args.batch_size,
+        accumulation=args.gradient_accumulation_steps, train_iters=args.train_iters, lr=args.lr,
+        lr_decay_style=args.lr_decay_style, lr_decay_iters=args.lr_decay_iters, warmup=args.warmup,
+        weight_decay=args.weight_decay, clip_grad=args.clip_grad,
+        precision="fp16" if args.fp16 else "bf16" if args.bf16 else "fp32", loss_scale=args.loss_scale,
+        loss_scale_window=args.loss_scale_window, min_scale=args.min_scale, hysteresis=args.hysteresis,
+        seed=args.seed, save=args.save, save_interval=args.save_interval, keep_last=args.keep_last, load=args.load,
+        init_from=args.init_from, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
+        log_interval=args.log_interval, metrics=args.metrics, deterministic=args.deterministic)
+    return Trainer(model_config, settings).train()

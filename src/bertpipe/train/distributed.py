@@ -1,0 +1,53 @@
+"""Process group set-up from torchrun's environment (env://), rank helpers, and preemption signals."""
+
+import os
+import signal
+
+import torch
+import torch.distributed as dist
+
+
+def init() -> tuple:
+    """(rank, world size, device): one process per device; NCCL on GPUs, gloo on CPUs; a plain run is rank 0 of 1."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+
+
+def all_sum(value: float, device) -> float:
+    """The sum of `value` over all ranks (itself when not distributed)."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.item()
+
+
+def gather_objects(value) -> list:
+    """Every rank's `value`, in rank order, on every rank."""
+    if not dist.is_initialized():
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+class StopRequest:
+    """SIGTERM or SIGUSR1 (a cluster's preemption or time-limit warning) asks the trainer to checkpoint and exit; every
+    rank learns of it at the same step, whichever rank got the signal."""
+
+    def __init__(self):
+        self.signalled = False
+        for number in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(number, self._handle)
+
+    def _handle(self, number, frame):
+        self.signalled = True
+
+    def requested(self, device) -> bool:
+        return all_sum(float(self.signalled), device) > 0

@@ -1,0 +1,165 @@
+"""Pretraining for real on TFRecords from the bundled sample: exact resume after SIGKILL, a checkpoint on SIGTERM,
+torchrun with two gloo processes against one, fp16 loss scaling on the CPU, and the Megatron flags' errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from bertpipe.instances import InstanceSpec
+from bertpipe.tfrecords import build_shard
+from bertpipe.tokenizer import train
+from bertpipe.train import checkpoint
+from tests.conftest import VENV_BIN
+
+pytestmark = pytest.mark.slow
+
+SPEC = InstanceSpec(seq_length=64, max_predictions=10, dupe_factor=2)
+
+
+@pytest.fixture(scope="module")
+def records(sample_corpus, tmp_path_factory):
+    """(tokenizer folder, train TFRecords, valid TFRecords) from the sample, seq 64."""
+    folder = tmp_path_factory.mktemp("pretrain-data")
+    train([sample_corpus], folder / "tokenizer", vocab_size=2000, input_sentence_size=20000)
+    for split in ("train", "valid"):
+        for shard in sorted((sample_corpus / split).glob("shard-*.jsonl")):
+            build_shard(shard, folder / "tokenizer", folder / split / f"{shard.stem}.tfrecord",
+                        folder / split / f"{shard.stem}.stats.json", SPEC, seed=1)
+    return folder / "tokenizer", str(folder / "train" / "*.tfrecord"), str(folder / "valid" / "*.tfrecord")
+
+
+def command(records, out, *extra, launcher=(str(VENV_BIN / "bertpipe"),)):
+    tokenizer, train_data, valid_data = records
+    return [*launcher, "pretrain", "--use-tfrecords", "--train-data", train_data, "--valid-data", valid_data,
+            "--tokenizer-path", str(tokenizer), "--num-layers", "2", "--hidden-size", "64", "--intermediate-size",
+            "128", "--num-attention-heads", "2", "--max-position-embeddings", "64", "--lr", "1e-3", "--warmup", "0.1",
+            "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1", "--save", str(out / "ckpt"),
+            "--metrics", str(out / "metrics.jsonl"), "--seed", "5", *map(str, extra)]
+
+
+def environment():
+    # One thread: the same kernels and summation order in every run, for bitwise comparisons.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def losses(metrics_file) -> dict:
+    """step -> the last recorded training metrics of that step (a resumed run records steps again)."""
+    by_step = {}
+    for line in open(metrics_file):
+        record = json.loads(line)
+        if "loss" in record:
+            by_step[record["step"]] = record
+    return by_step
+
+
+def run(args):
+    result = subprocess.run(args, capture_output=True, text=True, env=environment())
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_resume_after_sigkill_repeats_the_uninterrupted_run_bitwise(tmp_path, records):
+    steps = ("--train-iters", 12, "--save-interval", 3, "--batch-size", 8, "--deterministic")
+    run(command(records, tmp_path / "straight", *steps))
+    expected = losses(tmp_path / "straight/metrics.jsonl")
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command(records, killed, *steps), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True, env=environment())
+    for line in process.stdout:
+        if line.startswith("saved") and "step-00000006" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    resumed_from = checkpoint.latest(killed / "ckpt")
+    assert resumed_from is not None and resumed_from.name >= "step-00000006"
+
+    resumed = run(command(records, killed, *steps))
+    assert f"resumed from {resumed_from}" in resumed.stdout
+    got = losses(killed / "metrics.jsonl")
+    assert sorted(got) == sorted(expected) == list(range(1, 13))
+    for step in range(1, 13):
+        for key in ("loss", "mlm_loss", "nsp_loss", "lr", "grad_norm"):
+            assert got[step][key] == expected[step][key], (step, key)
+
+
+def test_sigterm_leaves_a_complete_checkpoint_and_a_clean_exit(tmp_path, records):
+    process = subprocess.Popen(command(records, tmp_path, "--train-iters", 10000, "--save-interval", 10000,
+                                       "--batch-size", 4),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environment())
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if line.startswith("step 2 "):
+            process.send_signal(signal.SIGTERM)
+    assert process.wait() == 0, "".join(output)
+    saved = checkpoint.latest(tmp_path / "ckpt")
+    assert saved is not None and int(saved.name.split("-")[1]) >= 2
+    state = checkpoint.load(saved)
+    assert state["iteration"] == int(saved.name.split("-")[1]) and "model" in state and "optimizer" in state
+    assert any(line.startswith("stopping at step") for line in output)
+
+
+def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path, records):
+    no_dropout = ("--hidden-dropout", 0, "--attention-dropout", 0, "--train-iters", 5, "--save-interval", 100)
+    run(command(records, tmp_path / "one", *no_dropout, "--batch-size", 8))
+    torchrun = (str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "bertpipe")
+    two = run(command(records, tmp_path / "two", *no_dropout, "--batch-size", 4, launcher=torchrun))
+    one, both = losses(tmp_path / "one/metrics.jsonl"), losses(tmp_path / "two/metrics.jsonl")
+    assert sorted(one) == sorted(both) == [1, 2, 3, 4, 5], two.stdout
+    for step in one:
+        for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm"):
+            assert both[step][key] == pytest.approx(one[step][key], rel=1e-5, abs=1e-6), (step, key)
+
+
+def test_fp16_on_cpu_scales_skips_overflows_and_holds_the_schedule(tmp_path, records):
+    result = run(command(records, tmp_path, "--fp16", "--fp32-layernorm", "--fp32-embedding", "--hysteresis", 2,
+                         "--train-iters", 30, "--save-interval", 100, "--batch-size", 4))
+    metrics = losses(tmp_path / "metrics.jsonl")
+    first = metrics[1]
+    assert first["loss_scale"] == 2.0**32 and first["overflow"], "2^32 overflows float16 gradients at once"
+    # From 2^32 the scale comes down to what float16 holds within ~20 steps (hysteresis 2: the first overflow only
+    # uses up the counter), after which steps are taken.
+    skipped = metrics[30]["skipped"]
+    assert 10 < skipped < 30 and not metrics[30]["overflow"]
+    scales = [metrics[step]["loss_scale"] for step in range(1, skipped + 1)]
+    assert scales == [2.0**32, 2.0**32] + [2.0 ** (32 - k) for k in range(1, skipped - 1)]
+    # The schedule's clock stops on skipped steps: the LR of the first taken step is the LR of step 0.
+    taken = [m for m in metrics.values() if not m["overflow"]]
+    assert taken[0]["lr"] == 0.0 and taken[1]["lr"] > 0
+    assert metrics[30]["loss_scale"] == scales[-1] / 2, "the scale after the last overflow holds"
+    assert "fp16 on a CPU" in result.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--loose-json", "--lazy-loader"), "loose-json path"),
+    (("--seq-length", 128), "--seq-length 128, but the records in --train-data have 64"),
+    (("--fp16", "--bf16"), "exclude each other"),
+])
+def test_megatron_flags_that_cannot_work_stop_with_a_clear_message(tmp_path, records, flags, message):
+    result = subprocess.run(command(records, tmp_path, "--train-iters", 1, *flags), capture_output=True, text=True,
+                            env=environment())
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_megatron_readme_command_runs_with_only_paths_changed(tmp_path, records):
+    tokenizer, train_data, _ = records
+    # The original README's single-GPU command, with our paths, a tiny size and 2 steps.
+    args = ["--batch-size", "4", "--tokenizer-type", "BertWordPieceTokenizer", "--cache-dir", str(tmp_path / "cache"),
+            "--tokenizer-model-type", "bert-large-uncased", "--tokenizer-path", str(tokenizer), "--vocab-size", "2000",
+            "--train-data", train_data, "--use-tfrecords", "--split", "1000,1,1", "--max-preds-per-seq", "10",
+            "--seq-length", "64", "--max-position-embeddings", "64", "--num-layers", "2", "--hidden-size", "32",
+            "--intermediate-size", "64", "--num-attention-heads", "2", "--hidden-dropout", "0.1",
+            "--attention-dropout", "0.1", "--train-iters", "2", "--lr", "0.0001", "--lr-decay-style", "linear",
+            "--lr-decay-iters", "990000", "--warmup", ".01", "--weight-decay", "1e-2", "--clip-grad", "1.0",
+            "--fp16", "--fp32-layernorm", "--fp32-embedding", "--hysteresis", "2", "--num-workers", "2",
+            "--save", str(tmp_path / "ckpt")]
+    result = subprocess.run([sys.executable, "-m", "bertpipe", "pretrain", *args], capture_output=True, text=True,
+                            env=environment())
+    assert result.returncode == 0, result.stderr
+    assert checkpoint.latest(tmp_path / "ckpt").name == "step-00000002"
