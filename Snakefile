@@ -28,6 +28,7 @@ rule all:
     input:
         f"{RESULTS}/corpus/stats.json",
         lambda wildcards: tfrecords_stats(),
+        f"{RESULTS}/pretrain/phase{len(config['pretrain']['phases'])}/done.json",
     default_target: True
 
 
@@ -36,3 +37,4 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/tfrecords.smk"
+include: "workflow/rules/pretrain.smk"

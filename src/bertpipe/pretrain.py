@@ -16,6 +16,7 @@ What differs from Megatron, and why:
 """
 
 import argparse
+import json
 
 from bertpipe import BertpipeError
 
@@ -77,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ours.add_argument("--metrics", help="append each step's metrics here (JSON lines)")
     ours.add_argument("--layernorm-epsilon", type=float, default=1e-12)
     ours.add_argument("--deterministic", action="store_true", help="deterministic kernels (bitwise resume on CPU)")
+    ours.add_argument("--done", help="write this JSON file (final checkpoint and step) once training is complete; "
+                                     "a run stopped by a signal does not, so the workflow reruns and resumes it")
 
 
 def run(args) -> str:
@@ -120,4 +123,13 @@ def run(args) -> str:
         seed=args.seed, save=args.save, save_interval=args.save_interval, keep_last=args.keep_last, load=args.load,
         init_from=args.init_from, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
         log_interval=args.log_interval, metrics=args.metrics, deterministic=args.deterministic)
-    return Trainer(model_config, settings).train()
+    trainer = Trainer(model_config, settings)
+    outcome = trainer.train()
+    if outcome == "done" and args.done and trainer.rank == 0:
+        from bertpipe.atomic import atomic_file
+        from bertpipe.train import checkpoint
+
+        final = checkpoint.latest(args.save) if args.save else None
+        with atomic_file(args.done) as temp:
+            temp.write_text(json.dumps({"step": trainer.iteration, "checkpoint": str(final) if final else None}) + "\n")
+    return outcome

@@ -19,39 +19,65 @@ def rules_run(output: str) -> Counter:
     return Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output))
 
 
+def rules_run_planned(output: str) -> dict:
+    """The 'Job stats' table of a dry run: {rule: count}."""
+    table = output[output.index("Job stats:"):].splitlines()[3:]
+    planned = {}
+    for line in table:
+        fields = line.split()
+        if len(fields) != 2 or fields[0] == "total":
+            break
+        planned[fields[0]] = int(fields[1])
+    return planned
+
+
 def outputs(folder, pattern):
     return {p: p.stat().st_mtime_ns for p in folder.glob(pattern) if p.is_file()}
+
+
+TFRECORD_STATS = [f"results/tfrecords/seq{seq}/{split}/stats.json" for seq in (128, 512)
+                  for split in ("train", "valid", "test")]
 
 
 def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(workflow_dir):
     first = snakemake(workflow_dir, *DEMO)
     assert rules_run(first.stderr) == {"download_manifest": 1, "download": 1, "extract": 1, "corpus": 1,
                                        "corpus_stats": 1, "tokenizer": 1, "tfrecords": 10, "tfrecords_stats": 6,
-                                       "all": 1}
+                                       "pretrain": 2, "all": 1}
     stats = json.loads((workflow_dir / "results/corpus/stats.json").read_text())
     assert stats["documents_in"] == SAMPLE_ARTICLES
     assert all(stats["splits"][name]["documents"] > 0 for name in ("train", "valid", "test"))
-    for seq, predictions in ((128, 20), (512, 80)):
+    for seq in (128, 512):
         records = json.loads((workflow_dir / f"results/tfrecords/seq{seq}/train/stats.json").read_text())
         assert records["instances"] > 1000 and records["masked_fraction"] == pytest.approx(0.15, abs=0.01)
+    for phase, steps in ((1, 300), (2, 20)):
+        done = json.loads((workflow_dir / f"results/pretrain/phase{phase}/done.json").read_text())
+        assert done["step"] == steps and (workflow_dir / done["checkpoint"] / "state.pt").is_file()
+    phase2_log = (workflow_dir / "logs/pretrain/phase2.log").read_text()
+    assert "initialised from the weights of results/pretrain/phase1/checkpoints/step-00000300" in phase2_log
 
     dry = snakemake(workflow_dir, "-n", *DEMO)
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
+    # The reruns below stop at the TFRecords (pretraining again would only cost time).
     upstream = outputs(workflow_dir, "resources/**/*") | outputs(workflow_dir, "results/extract/*")
     corpus = outputs(workflow_dir, "results/corpus/**/*")
     records = outputs(workflow_dir, "results/tfrecords/**/*.tfrecord")
     record_bytes = {path: path.read_bytes() for path in records}
-    rerun = snakemake(workflow_dir, "--forcerun", "tokenizer", *DEMO)
-    assert rules_run(rerun.stderr) == {"tokenizer": 1, "tfrecords": 10, "tfrecords_stats": 6, "all": 1}
+    rerun = snakemake(workflow_dir, "--forcerun", "tokenizer", "--cores", "2", *TFRECORD_STATS,
+                      "--configfile", "config.demo.yaml")
+    assert rules_run(rerun.stderr) == {"tokenizer": 1, "tfrecords": 10, "tfrecords_stats": 6}
     assert outputs(workflow_dir, "results/corpus/**/*") == corpus
     rebuilt = outputs(workflow_dir, "results/tfrecords/**/*.tfrecord")
     assert rebuilt.keys() == records.keys() and all(rebuilt[p] > records[p] for p in records)
     assert all(path.read_bytes() == data for path, data in record_bytes.items()), "same settings, same bytes"
+    dry = snakemake(workflow_dir, "-n", *DEMO)
+    assert rules_run_planned(dry.stdout + dry.stderr) == {"pretrain": 2, "all": 1}
 
-    rerun = snakemake(workflow_dir, "--forcerun", "corpus", *DEMO)
+    rerun = snakemake(workflow_dir, "--forcerun", "corpus", "--cores", "2", "results/corpus/stats.json",
+                      *TFRECORD_STATS, "--configfile", "config.demo.yaml")
     assert rules_run(rerun.stderr) == {"corpus": 1, "corpus_stats": 1, "tokenizer": 1, "tfrecords": 10,
-                                       "tfrecords_stats": 6, "all": 1}
+                                       "tfrecords_stats": 6}
     assert outputs(workflow_dir, "resources/**/*") | outputs(workflow_dir, "results/extract/*") == upstream
     after = outputs(workflow_dir, "results/corpus/**/*")
     assert after.keys() == corpus.keys() and all(after[path] > corpus[path] for path in after)

@@ -42,3 +42,28 @@ def tfrecords_stats():
         for phase in config["tfrecords"]["phases"]
         for split in config["tfrecords"]["splits"]
     ]
+
+
+# Pretraining phases: each needs TFRecords of its sequence length; phase N > 1 starts from phase N - 1.
+PRETRAIN = config["pretrain"]
+MODEL = config["model"]
+TFRECORD_LENGTHS = {phase["seq_length"] for phase in config["tfrecords"]["phases"]}
+for number, phase in enumerate(PRETRAIN["phases"], 1):
+    if phase["seq_length"] not in TFRECORD_LENGTHS:
+        raise WorkflowError(
+            f"pretrain.phases[{number - 1}]: seq_length {phase['seq_length']} has no TFRecords; "
+            f"add it to tfrecords.phases (now {sorted(TFRECORD_LENGTHS)})"
+        )
+
+
+def pretrain_phase(wildcards):
+    return PRETRAIN["phases"][int(wildcards.phase) - 1]
+
+
+def previous_phase(wildcards):
+    number = int(wildcards.phase)
+    return [f"{RESULTS}/pretrain/phase{number - 1}/done.json"] if number > 1 else []
+
+
+def pretrain_data(split):
+    return lambda wildcards: tfrecord_files(pretrain_phase(wildcards)["seq_length"], split, "tfrecord")

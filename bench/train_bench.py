@@ -1,0 +1,176 @@
+"""Speed of a training step (forward, backward, AdamW) of our BERT against HuggingFace's BertForPreTraining with the
+same config, batch and thread count, in one run; and how fast the TFRecord loader feeds it.
+
+    .venv/bin/python bench/train_bench.py                 # CPU: a small BERT, float32 and bf16 autocast
+    .venv/bin/python bench/train_bench.py --gpu           # CUDA: BERT-Large, seq 128, fp16 and bf16
+
+Prints samples/s of each model, our rate over HuggingFace's, and achieved model FLOP/s as a fraction of a plain
+matmul's FLOP/s measured in the same run (CPU) or of the GPU's peak (GPU: `--peak-tflops`, default the H100/H200
+SXM dense figure for fp16/bf16, 989). Model FLOPs count what BERT needs: our masked-LM head runs at the masked
+positions only, so HuggingFace's head over every position is extra work for the same loss, not extra credit.
+"""
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from bertpipe.model import BertConfig, BertForPreTraining, flops_per_sequence, pretraining_loss_sums  # noqa: E402
+from bertpipe.train.precision import autocast  # noqa: E402
+
+
+def huggingface_model(config: BertConfig):
+    return transformers.BertForPreTraining(transformers.BertConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.max_position_embeddings, hidden_act="gelu",
+        hidden_dropout_prob=config.hidden_dropout, attention_probs_dropout_prob=config.attention_dropout,
+        attn_implementation="sdpa"))
+
+
+def synthetic_batch(config, batch, length, predictions, device):
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, config.vocab_size, (batch, length), generator=generator)
+    positions = torch.sort(torch.stack([torch.randperm(length - 2, generator=generator)[:predictions] + 1
+                                        for _ in range(batch)]), dim=1).values
+    labels = torch.gather(ids, 1, positions)
+    hf_labels = torch.full_like(ids, -100).scatter(1, positions, labels)
+    tensors = {"input_ids": ids, "segment_ids": (torch.arange(length) >= length // 2).long().expand(batch, -1),
+               "input_mask": torch.ones(batch, length, dtype=torch.long), "masked_lm_positions": positions,
+               "masked_lm_ids": labels, "masked_lm_weights": torch.ones(batch, predictions),
+               "next_sentence_labels": torch.zeros(batch, 1, dtype=torch.long), "hf_labels": hf_labels}
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
+def ours_step(model, optimizer, batch, precision, device):
+    with autocast(precision, device.type):
+        mlm_logits, nsp_logits = model(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+                                       batch["masked_lm_positions"])
+    mlm, nsp = pretraining_loss_sums(mlm_logits, nsp_logits, batch["masked_lm_ids"], batch["masked_lm_weights"],
+                                     batch["next_sentence_labels"])
+    loss = mlm / batch["masked_lm_weights"].sum() + nsp / len(nsp_logits)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def hf_step(model, optimizer, batch, precision, device):
+    with autocast(precision, device.type):
+        loss = model(input_ids=batch["input_ids"], token_type_ids=batch["segment_ids"],
+                     attention_mask=batch["input_mask"], labels=batch["hf_labels"],
+                     next_sentence_label=batch["next_sentence_labels"][:, 0]).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def seconds_per_step(step, model, batch, precision, device, warmup, repeats):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    model.train()
+    for _ in range(warmup):
+        step(model, optimizer, batch, precision, device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        step(model, optimizer, batch, precision, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def matmul_flops(dtype, device, size=2048, repeats=10) -> float:
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    for _ in range(3):
+        a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - started)
+
+
+def loader_rate(batch_size, seconds=3.0) -> float:
+    """Samples/s of the TFRecord loader on records of the bundled sample (built here, seq 128)."""
+    from bertpipe.corpus import build_part
+    from bertpipe.extract import extract_part
+    from bertpipe.instances import InstanceSpec
+    from bertpipe.tfrecords import build_shard
+    from bertpipe.tokenizer import train
+    from bertpipe.train.data import TFRecordSamples, rank_micro_batches
+
+    sample = REPO / "data/mirror/enwiki/latest/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    with tempfile.TemporaryDirectory() as temp:
+        temp = Path(temp)
+        extract_part(sample, temp / "a.jsonl", processes=2)
+        build_part(temp / "a.jsonl", temp / "c", split="1", shard_max_bytes=64 << 20)
+        train([temp / "c"], temp / "tok", vocab_size=8000)
+        build_shard(temp / "c/train/shard-0000.jsonl", temp / "tok", temp / "r.tfrecord", temp / "r.json",
+                    InstanceSpec(dupe_factor=2), 1)
+        samples = TFRecordSamples([temp / "r.tfrecord"])
+        read, started, step = 0, time.perf_counter(), 0
+        while time.perf_counter() - started < seconds:
+            read += sum(len(b["input_ids"]) for b in rank_micro_batches(step, samples, batch_size, 1, 0, 1, 0))
+            step += 1
+        return read / (time.perf_counter() - started)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="BERT-Large on CUDA, fp16 and bf16")
+    parser.add_argument("--batch", type=int, help="default: 32 on CPU, 64 on GPU")
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense fp16/bf16 peak")
+    args = parser.parse_args()
+
+    if args.gpu:
+        device = torch.device("cuda")
+        config = BertConfig(vocab_size=30522, hidden_size=1024, num_layers=24, num_attention_heads=16,
+                            intermediate_size=4096)
+        precisions, batch_size = ("fp16", "bf16"), args.batch or 64
+    else:
+        device = torch.device("cpu")
+        config = BertConfig(vocab_size=30522, hidden_size=256, num_layers=4, num_attention_heads=4,
+                            intermediate_size=1024)
+        precisions, batch_size = ("fp32", "bf16"), args.batch or 32
+    predictions = math.ceil(args.seq * 0.15 / 10) * 10  # Megatron's default max predictions
+    batch = synthetic_batch(config, batch_size, args.seq, predictions, device)
+    flops = flops_per_sequence(config, args.seq, predictions) * batch_size
+    print(f"device {torch.cuda.get_device_name() if args.gpu else 'cpu'}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, layers {config.num_layers}, hidden {config.hidden_size}, "
+          f"batch {batch_size}, seq {args.seq}, predictions {predictions}")
+    for precision in precisions:
+        torch.manual_seed(0)
+        ours = BertForPreTraining(config).to(device)
+        theirs = huggingface_model(config).to(device)
+        warmup = 3 if args.gpu else 1
+        ours_s = seconds_per_step(ours_step, ours, batch, precision, device, warmup, args.repeats)
+        hf_s = seconds_per_step(hf_step, theirs, batch, precision, device, warmup, args.repeats)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        reference = args.peak_tflops * 1e12 if args.gpu else matmul_flops(dtype, device)
+        what = "GPU peak" if args.gpu else "matmul"
+        print(f"{precision}: ours {batch_size / ours_s:8.1f} samples/s, HF {batch_size / hf_s:8.1f} samples/s, "
+              f"ours/HF {hf_s / ours_s:.2f}x; model FLOP/s ours {flops / ours_s / 1e9:.0f} G = "
+              f"{flops / ours_s / reference:.0%} of {what} ({reference / 1e9:.0f} G), "
+              f"HF {flops / hf_s / reference:.0%}")
+        del ours, theirs
+    if not args.gpu:
+        print(f"loader: {loader_rate(batch_size):.0f} samples/s on one core (TFRecord index, random access, parse)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+# Stage `pretrain`: one torchrun job per phase (seq 128, then 512 from phase 1's weights). Checkpoints live beside
+# the phase's `done.json` but are not outputs, so a failed or preempted job's checkpoints survive and the rerun
+# resumes from the newest one. To train a phase from scratch, delete its checkpoints folder.
+
+rule pretrain:
+    input:
+        train=pretrain_data("train"),
+        valid=pretrain_data("valid"),
+        tokenizer=f"{RESULTS}/tokenizer",
+        previous=previous_phase,
+    output:
+        f"{RESULTS}/pretrain/phase{{phase}}/done.json",
+    params:
+        folder=lambda wildcards: f"{RESULTS}/pretrain/phase{wildcards.phase}",
+        phase=lambda wildcards: " ".join(
+            f"--{flag} {pretrain_phase(wildcards)[key]}"
+            for flag, key in (
+                ("seq-length", "seq_length"),
+                ("batch-size", "batch_size"),
+                ("gradient-accumulation-steps", "gradient_accumulation_steps"),
+                ("train-iters", "train_iters"),
+                ("lr", "lr"),
+            )
+        ),
+        init=lambda wildcards, input: (
+            f"--init-from {Path(input.previous[0]).parent}/checkpoints" if input.previous else ""
+        ),
+        precision={"fp32": "", "fp16": "--fp16 --fp32-layernorm --fp32-embedding", "bf16": "--bf16"}[
+            PRETRAIN["precision"]
+        ],
+        model=" ".join(f"--{key.replace('_', '-')} {value}" for key, value in MODEL.items()),
+        training=" ".join(
+            f"--{key.replace('_', '-')} {PRETRAIN[key]}"
+            for key in (
+                "hysteresis", "weight_decay", "clip_grad", "lr_decay_style", "warmup", "seed",
+                "save_interval", "keep_last", "eval_interval", "eval_iters", "log_interval",
+            )
+        ),
+        nproc=PRETRAIN["nproc_per_node"],
+    threads: PRETRAIN["nproc_per_node"]
+    conda:
+        "../../envs/pretrain.yaml"
+    log:
+        f"{LOGS}/pretrain/phase{{phase}}.log",
+    shell:
+        "torchrun --standalone --nproc-per-node {params.nproc} -m bertpipe pretrain --use-tfrecords"
+        " --train-data {input.train:q} --valid-data {input.valid:q} --tokenizer-path {input.tokenizer:q}"
+        " {params.phase} {params.model} {params.training} {params.precision} {params.init}"
+        " --save {params.folder}/checkpoints --metrics {params.folder}/metrics.jsonl --done {output:q} > {log:q} 2>&1"
