@@ -78,7 +78,7 @@ def _truncate(a0, a1, b0, b1, max_tokens, rng):
     return a0, a1, b0, b1
 
 
-def _document_pairs(shard, document, starts, spec, rng, out, forced):
+def document_pairs(shard, document, starts, spec, rng, out, forced):
     """Append the (A, B, label) spans of one document to `out`, as Google's create_instances_from_document;
     append to `forced` the index of each whose B is random because A's chunk was a single sentence."""
     first, last = int(shard.document_starts[document]), int(shard.document_starts[document + 1])
@@ -125,7 +125,7 @@ def pair_spans(shard: TokenizedShard, spec: InstanceSpec, rng: random.Random) ->
     spans, forced = [], []
     for _ in range(spec.dupe_factor):
         for document in order:
-            _document_pairs(shard, document, starts, spec, rng, spans, forced)
+            document_pairs(shard, document, starts, spec, rng, spans, forced)
     spans = np.asarray(spans, dtype=np.int64).reshape(-1, SPAN_FIELDS)
     if len(spans):
         spans = spans[np.asarray(_permutation(len(spans), rng), dtype=np.int64)]

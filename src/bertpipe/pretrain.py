@@ -4,8 +4,9 @@ Megatron user's command runs with only its paths changed. Launch it with torchru
     torchrun --nproc-per-node 8 -m bertpipe pretrain --use-tfrecords --train-data 'seq128/train/*/*.tfrecord' ...
 
 What differs from Megatron, and why:
-- Data: `--use-tfrecords` reads the tfrecords stage's files (paths or globs). Megatron's loose-json path
-  (`--loose-json --lazy-loader`) is not implemented yet: such a command stops with a message saying so.
+- Data: `--use-tfrecords` reads the tfrecords stage's files (paths or globs). `--loose-json` reads one JSON
+  document a line, lazily (train/loose_json.py; always lazy, so `--lazy-loader` is accepted and implied), with
+  train and valid documents chosen by `--split` and a hash of the document's id.
 - Tokenizer: `--tokenizer-path` names the tokenizer stage's folder; a tokenizer named by hub id
   (`--tokenizer-model-type bert-large-uncased`) cannot be fetched here: its files must be local.
   `--tokenizer-type` and `--cache-dir` are accepted for compatibility.
@@ -17,6 +18,7 @@ What differs from Megatron, and why:
 
 import argparse
 import json
+import logging
 
 from bertpipe import BertpipeError
 
@@ -82,32 +84,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                      "a run stopped by a signal does not, so the workflow reruns and resumes it")
 
 
+def _samples(args, tokenizer):
+    """(train, valid or None, seq length, predictions) from TFRecords or, Megatron's way, loose json."""
+    import math
+
+    from bertpipe.instances import InstanceSpec
+    from bertpipe.train.data import TFRecordSamples
+    from bertpipe.train.distributed import barrier, init
+    from bertpipe.train.loose_json import LooseJsonSamples, build_lazy
+
+    if args.use_tfrecords:
+        train = TFRecordSamples(args.train_data)
+        first = train.read([0])
+        seq_length, predictions = first["input_ids"].shape[1], first["masked_lm_ids"].shape[1]
+        for flag, given, found in (("--seq-length", args.seq_length, seq_length),
+                                   ("--max-preds-per-seq", args.max_preds_per_seq, predictions)):
+            if given is not None and given != found:
+                raise BertpipeError(f"{flag} {given}, but the records in --train-data have {found}")
+        return train, TFRecordSamples(args.valid_data) if args.valid_data else None, seq_length, predictions
+    if not args.loose_json:
+        raise BertpipeError("say what --train-data holds: --use-tfrecords (the tfrecords stage's files) or "
+                            "--loose-json (one JSON document a line)")
+    seq_length = args.seq_length or 512
+    predictions = args.max_preds_per_seq or math.ceil(seq_length * 0.15 / 10) * 10  # Megatron's default
+    spec = InstanceSpec(seq_length=seq_length, max_predictions=predictions)
+    rank, _, _ = init()
+    if rank == 0:  # one process builds the lazy files, the others wait for them
+        for path in args.train_data:
+            build_lazy(path, args.text_key)
+    barrier()
+    train = LooseJsonSamples(args.train_data, tokenizer, spec, args.split, "train", args.text_key, args.seed,
+                             build=False)
+    try:
+        valid = LooseJsonSamples(args.train_data, tokenizer, spec, args.split, "valid", args.text_key, args.seed,
+                                 build=False)
+    except BertpipeError as error:
+        logging.getLogger(__name__).warning("%s: no validation", error)
+        valid = None
+    return train, valid, seq_length, predictions
+
+
 def run(args) -> str:
     from bertpipe.model import BertConfig
     from bertpipe.tokenizer import Tokenizer
-    from bertpipe.train.data import TFRecordSamples
     from bertpipe.train.loop import Trainer, TrainSettings
 
-    if not args.use_tfrecords or args.loose_json or args.lazy_loader:
-        raise BertpipeError("the loose-json path (--loose-json/--lazy-loader) is not implemented yet: build TFRecords "
-                            "with the tfrecords stage and pass them with --use-tfrecords --train-data FILES")
     if not args.tokenizer_path:
         hint = f" (a hub id such as {args.tokenizer_model_type} cannot be fetched here)" if args.tokenizer_model_type else ""
         raise BertpipeError(f"--tokenizer-path is required: the tokenizer stage's folder{hint}; its files must be local")
     if args.fp16 and args.bf16:
         raise BertpipeError("--fp16 and --bf16 exclude each other")
+    if args.loose_json and args.valid_data:
+        raise BertpipeError("--valid-data goes with --use-tfrecords; loose json takes its valid split by --split")
     tokenizer = Tokenizer(args.tokenizer_path)
     vocab_size = args.vocab_size or tokenizer.vocab_size
     if vocab_size < tokenizer.vocab_size:
         raise BertpipeError(f"--vocab-size {vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
-    first = TFRecordSamples(args.train_data).read([0])
-    seq_length, predictions = first["input_ids"].shape[1], first["masked_lm_ids"].shape[1]
-    for flag, given, found in (("--seq-length", args.seq_length, seq_length),
-                               ("--max-preds-per-seq", args.max_preds_per_seq, predictions)):
-        if given is not None and given != found:
-            raise BertpipeError(f"{flag} {given}, but the records in --train-data have {found}")
+    train_samples, valid_samples, seq_length, _ = _samples(args, tokenizer)
     if seq_length > args.max_position_embeddings:
-        raise BertpipeError(f"records of length {seq_length} need --max-position-embeddings >= {seq_length}")
+        raise BertpipeError(f"sequences of length {seq_length} need --max-position-embeddings >= {seq_length}")
     model_config = BertConfig(
         vocab_size=vocab_size, hidden_size=args.hidden_size, num_layers=args.num_layers,
         num_attention_heads=args.num_attention_heads, intermediate_size=args.intermediate_size,
@@ -123,7 +158,7 @@ def run(args) -> str:
         seed=args.seed, save=args.save, save_interval=args.save_interval, keep_last=args.keep_last, load=args.load,
         init_from=args.init_from, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
         log_interval=args.log_interval, metrics=args.metrics, deterministic=args.deterministic)
-    trainer = Trainer(model_config, settings)
+    trainer = Trainer(model_config, settings, train_samples, valid_samples)
     outcome = trainer.train()
     if outcome == "done" and args.done and trainer.rank == 0:
         from bertpipe.atomic import atomic_file

@@ -137,7 +137,6 @@ def test_fp16_on_cpu_scales_skips_overflows_and_holds_the_schedule(tmp_path, rec
 
 
 @pytest.mark.parametrize("flags, message", [
-    (("--loose-json", "--lazy-loader"), "loose-json path"),
     (("--seq-length", 128), "--seq-length 128, but the records in --train-data have 64"),
     (("--fp16", "--bf16"), "exclude each other"),
 ])
@@ -147,19 +146,29 @@ def test_megatron_flags_that_cannot_work_stop_with_a_clear_message(tmp_path, rec
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_megatron_readme_command_runs_with_only_paths_changed(tmp_path, records):
+def test_train_data_kind_must_be_said(tmp_path, records):
     tokenizer, train_data, _ = records
-    # The original README's single-GPU command, with our paths, a tiny size and 2 steps.
+    result = subprocess.run([str(VENV_BIN / "bertpipe"), "pretrain", "--train-data", train_data, "--tokenizer-path",
+                             str(tokenizer)], capture_output=True, text=True, env=environment())
+    assert result.returncode == 1 and "--use-tfrecords" in result.stderr and "--loose-json" in result.stderr
+
+
+def test_megatron_readme_command_runs_with_only_paths_changed(tmp_path, records, sample_corpus):
+    tokenizer, _, _ = records
+    wikipedia = tmp_path / "wikipedia.jsonl"  # loose json, one document a line, as Megatron's README asks
+    wikipedia.write_text((sample_corpus / "train/shard-0000.jsonl").read_text())
+    # The original README's single-GPU command, with our paths and a tiny size: 2 steps.
     args = ["--batch-size", "4", "--tokenizer-type", "BertWordPieceTokenizer", "--cache-dir", str(tmp_path / "cache"),
             "--tokenizer-model-type", "bert-large-uncased", "--tokenizer-path", str(tokenizer), "--vocab-size", "2000",
-            "--train-data", train_data, "--use-tfrecords", "--split", "1000,1,1", "--max-preds-per-seq", "10",
-            "--seq-length", "64", "--max-position-embeddings", "64", "--num-layers", "2", "--hidden-size", "32",
-            "--intermediate-size", "64", "--num-attention-heads", "2", "--hidden-dropout", "0.1",
-            "--attention-dropout", "0.1", "--train-iters", "2", "--lr", "0.0001", "--lr-decay-style", "linear",
-            "--lr-decay-iters", "990000", "--warmup", ".01", "--weight-decay", "1e-2", "--clip-grad", "1.0",
-            "--fp16", "--fp32-layernorm", "--fp32-embedding", "--hysteresis", "2", "--num-workers", "2",
-            "--save", str(tmp_path / "ckpt")]
+            "--train-data", str(wikipedia), "--loose-json", "--text-key", "text", "--split", "1000,1,1",
+            "--lazy-loader", "--max-preds-per-seq", "80", "--seq-length", "512", "--max-position-embeddings", "512",
+            "--num-layers", "2", "--hidden-size", "32", "--intermediate-size", "64", "--num-attention-heads", "2",
+            "--hidden-dropout", "0.1", "--attention-dropout", "0.1", "--train-iters", "2", "--lr", "0.0001",
+            "--lr-decay-style", "linear", "--lr-decay-iters", "990000", "--warmup", ".01", "--weight-decay", "1e-2",
+            "--clip-grad", "1.0", "--fp16", "--fp32-layernorm", "--fp32-embedding", "--hysteresis", "2",
+            "--num-workers", "2", "--save", str(tmp_path / "ckpt")]
     result = subprocess.run([sys.executable, "-m", "bertpipe", "pretrain", *args], capture_output=True, text=True,
                             env=environment())
     assert result.returncode == 0, result.stderr
     assert checkpoint.latest(tmp_path / "ckpt").name == "step-00000002"
+    assert (tmp_path / "wikipedia.jsonl.lazy/offsets.npy").is_file()

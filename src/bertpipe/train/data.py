@@ -106,7 +106,7 @@ def global_batch_indices(step: int, global_batch: int, samples: int, seed: int) 
     return np.asarray(indices)
 
 
-def rank_micro_batches(step: int, samples: "TFRecordSamples", micro_batch: int, accumulation: int, rank: int,
+def rank_micro_batches(step: int, samples, micro_batch: int, accumulation: int, rank: int,
                        world: int, seed: int) -> list:
     """This rank's micro-batches of global batch `step`: its contiguous, disjoint share, cut into `accumulation`."""
     per_rank = micro_batch * accumulation

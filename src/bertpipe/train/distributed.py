@@ -8,15 +8,22 @@ import torch.distributed as dist
 
 
 def init() -> tuple:
-    """(rank, world size, device): one process per device; NCCL on GPUs, gloo on CPUs; a plain run is rank 0 of 1."""
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """(rank, world size, device): one process per device; NCCL on GPUs, gloo on CPUs; a plain run is rank 0 of 1.
+    Safe to call again: later calls return the same."""
     cuda = torch.cuda.is_available()
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if cuda else "cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
     return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def all_sum(value: float, device) -> float:

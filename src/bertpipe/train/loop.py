@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from bertpipe.model import BertConfig, BertForPreTraining, flops_per_sequence, pretraining_loss_sums
+from bertpipe.model import BertConfig, BertForPreTraining, pretraining_loss_sums
 from bertpipe.train import checkpoint
-from bertpipe.train.data import TFRecordSamples, global_batch_indices, rank_micro_batches
+from bertpipe.train.data import global_batch_indices, rank_micro_batches
 from bertpipe.train.distributed import StopRequest, all_sum, gather_objects, init
 from bertpipe.train.optim import adamw, learning_rate
 from bertpipe.train.precision import ConstantLossScaler, DynamicLossScaler, autocast, gradients_overflow
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class TrainSettings:
-    train_data: list
+    train_data: list  # recorded in checkpoints; the samples themselves are passed to the Trainer
     valid_data: list = None
     micro_batch: int = 4
     accumulation: int = 1
@@ -71,7 +71,10 @@ def _set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, model_config: BertConfig, settings: TrainSettings):
+    """`train_samples` and `valid_samples` (or None) have `len()` and `read(indices) -> batch of tensors`:
+    TFRecordSamples or LooseJsonSamples."""
+
+    def __init__(self, model_config: BertConfig, settings: TrainSettings, train_samples, valid_samples=None):
         self.settings = settings
         self.rank, self.world, self.device = init()
         if settings.precision == "fp16" and self.device.type == "cpu":
@@ -86,8 +89,7 @@ class Trainer:
         self.scaler = scaler_kind(initial_scale=settings.loss_scale or settings.initial_loss_scale,
                                   window=settings.loss_scale_window, min_scale=settings.min_scale,
                                   hysteresis=settings.hysteresis)
-        self.train_samples = TFRecordSamples(settings.train_data)
-        self.valid_samples = TFRecordSamples(settings.valid_data) if settings.valid_data else None
+        self.train_samples, self.valid_samples = train_samples, valid_samples
         self.iteration = 0  # global batches consumed (the data position)
         self.optimizer_steps = 0  # steps taken: the LR schedule's clock, which skipped steps do not advance
         self.stop = StopRequest()
