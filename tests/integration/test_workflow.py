@@ -4,6 +4,7 @@ import json
 import re
 from collections import Counter
 
+import numpy as np
 import pytest
 import yaml
 
@@ -17,6 +18,17 @@ DEMO = ("--cores", "2", "all", "--configfile", "config.demo.yaml")
 def rules_run(output: str) -> Counter:
     """How many jobs of each rule Snakemake finished, from its log lines."""
     return Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output))
+
+
+def unigram_entropy(folder) -> float:
+    """Entropy (nats) of the masked tokens' frequencies over the TFRecords under `folder`."""
+    from bertpipe.train.data import TFRecordSamples
+
+    samples = TFRecordSamples([str(folder / "*" / "*.tfrecord")])
+    batch = samples.read(range(len(samples)))
+    counts = np.bincount(batch["masked_lm_ids"][batch["masked_lm_weights"] > 0].numpy())
+    frequencies = counts[counts > 0] / counts.sum()
+    return float(-(frequencies * np.log(frequencies)).sum())
 
 
 def rules_run_planned(output: str) -> dict:
@@ -50,11 +62,17 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     for seq in (128, 512):
         records = json.loads((workflow_dir / f"results/tfrecords/seq{seq}/train/stats.json").read_text())
         assert records["instances"] > 1000 and records["masked_fraction"] == pytest.approx(0.15, abs=0.01)
-    for phase, steps in ((1, 300), (2, 20)):
+    for phase, steps in ((1, 600), (2, 20)):
         done = json.loads((workflow_dir / f"results/pretrain/phase{phase}/done.json").read_text())
         assert done["step"] == steps and (workflow_dir / done["checkpoint"] / "state.pt").is_file()
     phase2_log = (workflow_dir / "logs/pretrain/phase2.log").read_text()
-    assert "initialised from the weights of results/pretrain/phase1/checkpoints/step-00000300" in phase2_log
+    assert "initialised from the weights of results/pretrain/phase1/checkpoints/step-00000600" in phase2_log
+    # The model learnt: its validation masked-LM loss is well below the unigram entropy of the masked tokens
+    # (the loss of a model that knows only the tokens' frequencies).
+    valid = [json.loads(line) for line in open(workflow_dir / "results/pretrain/phase1/metrics.jsonl")]
+    valid = [m for m in valid if "valid_mlm_loss" in m]
+    assert [m["step"] for m in valid] == [200, 400, 600]
+    assert valid[-1]["valid_mlm_loss"] < unigram_entropy(workflow_dir / "results/tfrecords/seq128/train") - 0.3
 
     dry = snakemake(workflow_dir, "-n", *DEMO)
     assert "Nothing to be done" in dry.stdout + dry.stderr
