@@ -162,6 +162,7 @@ def materialize(tokens: np.ndarray, spans: np.ndarray, spec: InstanceSpec, vocab
     segment_ids = (position >= (a_len + 2)[:, None]) & input_mask
     candidates = input_mask & (position != 0) & (position != (a_len + 1)[:, None]) & (position != (total - 1)[:, None])
     wanted = np.minimum(predictions, np.maximum(1, np.rint(total * spec.masked_lm_prob).astype(np.int64)))
+    wanted = np.minimum(wanted, candidates.sum(axis=1))  # never more than there are tokens to mask
 
     if spec.whole_word_mask:
         positions, chosen = _whole_word_positions(input_ids, candidates, wanted, a_len, vocab, gen, predictions)

@@ -23,9 +23,16 @@ import logging
 from bertpipe import BertpipeError
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     megatron = parser.add_argument_group("Megatron-LM's pretrain_bert.py flags")
-    megatron.add_argument("--batch-size", type=int, default=4, help="sequences per process and micro-batch")
+    megatron.add_argument("--batch-size", type=positive, default=4, help="sequences per process and micro-batch")
     megatron.add_argument("--tokenizer-type", default="BertWordPieceTokenizer",
                           choices=["BertWordPieceTokenizer", "SentencePieceTokenizer"])
     megatron.add_argument("--cache-dir", help="accepted for compatibility; tokenizers are local files here")
@@ -40,14 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     megatron.add_argument("--use-tfrecords", action="store_true")
     megatron.add_argument("--max-preds-per-seq", type=int, help="must match the records'")
     megatron.add_argument("--seq-length", type=int, help="must match the records'")
-    megatron.add_argument("--max-position-embeddings", type=int, default=512)
-    megatron.add_argument("--num-layers", type=int, default=24)
-    megatron.add_argument("--hidden-size", type=int, default=1024)
-    megatron.add_argument("--intermediate-size", type=int, default=4096)
-    megatron.add_argument("--num-attention-heads", type=int, default=16)
+    megatron.add_argument("--max-position-embeddings", type=positive, default=512)
+    megatron.add_argument("--num-layers", type=positive, default=24)
+    megatron.add_argument("--hidden-size", type=positive, default=1024)
+    megatron.add_argument("--intermediate-size", type=positive, default=4096)
+    megatron.add_argument("--num-attention-heads", type=positive, default=16)
     megatron.add_argument("--hidden-dropout", type=float, default=0.1)
     megatron.add_argument("--attention-dropout", type=float, default=0.1)
-    megatron.add_argument("--train-iters", type=int, default=1000000)
+    megatron.add_argument("--train-iters", type=positive, default=1000000)
     megatron.add_argument("--lr", type=float, default=1e-4)
     megatron.add_argument("--lr-decay-style", default="linear", choices=["linear", "cosine", "exponential",
                                                                          "constant"])
@@ -58,24 +65,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     megatron.add_argument("--fp16", action="store_true")
     megatron.add_argument("--fp32-layernorm", action="store_true", help="always in effect with --fp16")
     megatron.add_argument("--fp32-embedding", action="store_true", help="always in effect with --fp16")
-    megatron.add_argument("--hysteresis", type=int, default=2, help="overflows tolerated before the scale halves")
+    megatron.add_argument("--hysteresis", type=positive, default=2, help="overflows tolerated before the scale halves")
     megatron.add_argument("--loss-scale", type=float, help="a fixed fp16 loss scale; default: dynamic")
-    megatron.add_argument("--loss-scale-window", type=int, default=1000)
+    megatron.add_argument("--loss-scale-window", type=positive, default=1000)
     megatron.add_argument("--min-scale", type=float, default=1.0)
     megatron.add_argument("--num-workers", type=int, default=2, help="accepted for compatibility")
     megatron.add_argument("--save", help="checkpoint folder")
     megatron.add_argument("--load", help="resume from the newest checkpoint here (default: --save)")
-    megatron.add_argument("--save-interval", type=int, default=5000)
+    megatron.add_argument("--save-interval", type=positive, default=5000)
     megatron.add_argument("--seed", type=int, default=1234)
 
     ours = parser.add_argument_group("bertpipe's own flags")
     ours.add_argument("--bf16", action="store_true", help="bfloat16 autocast, no loss scaling")
-    ours.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    ours.add_argument("--gradient-accumulation-steps", type=positive, default=1)
     ours.add_argument("--valid-data", nargs="+", help="TFRecord files or globs of the valid split")
-    ours.add_argument("--eval-interval", type=int, default=1000)
-    ours.add_argument("--eval-iters", type=int, default=10)
-    ours.add_argument("--log-interval", type=int, default=10)
-    ours.add_argument("--keep-last", type=int, default=2, help="checkpoints kept")
+    ours.add_argument("--eval-interval", type=positive, default=1000)
+    ours.add_argument("--eval-iters", type=positive, default=10)
+    ours.add_argument("--log-interval", type=positive, default=10)
+    ours.add_argument("--keep-last", type=positive, default=2, help="checkpoints kept")
     ours.add_argument("--init-from", help="start from the weights of this checkpoint (phase 2 from phase 1)")
     ours.add_argument("--metrics", help="append each step's metrics here (JSON lines)")
     ours.add_argument("--layernorm-epsilon", type=float, default=1e-12)
@@ -85,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _samples(args, tokenizer):
-    """(train, valid or None, seq length, predictions) from TFRecords or, Megatron's way, loose json."""
+    """(train, valid or None, seq length) from TFRecords or, Megatron's way, loose json."""
     import math
 
     from bertpipe.instances import InstanceSpec
@@ -95,13 +102,16 @@ def _samples(args, tokenizer):
 
     if args.use_tfrecords:
         train = TFRecordSamples(args.train_data)
-        first = train.read([0])
-        seq_length, predictions = first["input_ids"].shape[1], first["masked_lm_ids"].shape[1]
+        valid = TFRecordSamples(args.valid_data) if args.valid_data else None
+        seq_length, predictions = train.shape
         for flag, given, found in (("--seq-length", args.seq_length, seq_length),
                                    ("--max-preds-per-seq", args.max_preds_per_seq, predictions)):
             if given is not None and given != found:
                 raise BertpipeError(f"{flag} {given}, but the records in --train-data have {found}")
-        return train, TFRecordSamples(args.valid_data) if args.valid_data else None, seq_length, predictions
+        if valid and valid.shape != train.shape:
+            raise BertpipeError(f"--valid-data records have (length, predictions) {valid.shape}, "
+                                f"--train-data records {train.shape}")
+        return train, valid, seq_length
     if not args.loose_json:
         raise BertpipeError("say what --train-data holds: --use-tfrecords (the tfrecords stage's files) or "
                             "--loose-json (one JSON document a line)")
@@ -121,7 +131,7 @@ def _samples(args, tokenizer):
     except BertpipeError as error:
         logging.getLogger(__name__).warning("%s: no validation", error)
         valid = None
-    return train, valid, seq_length, predictions
+    return train, valid, seq_length
 
 
 def run(args) -> str:
@@ -140,14 +150,17 @@ def run(args) -> str:
     vocab_size = args.vocab_size or tokenizer.vocab_size
     if vocab_size < tokenizer.vocab_size:
         raise BertpipeError(f"--vocab-size {vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
-    train_samples, valid_samples, seq_length, _ = _samples(args, tokenizer)
+    train_samples, valid_samples, seq_length = _samples(args, tokenizer)
     if seq_length > args.max_position_embeddings:
         raise BertpipeError(f"sequences of length {seq_length} need --max-position-embeddings >= {seq_length}")
-    model_config = BertConfig(
-        vocab_size=vocab_size, hidden_size=args.hidden_size, num_layers=args.num_layers,
-        num_attention_heads=args.num_attention_heads, intermediate_size=args.intermediate_size,
-        max_position_embeddings=args.max_position_embeddings, hidden_dropout=args.hidden_dropout,
-        attention_dropout=args.attention_dropout, layernorm_epsilon=args.layernorm_epsilon)
+    try:
+        model_config = BertConfig(
+            vocab_size=vocab_size, hidden_size=args.hidden_size, num_layers=args.num_layers,
+            num_attention_heads=args.num_attention_heads, intermediate_size=args.intermediate_size,
+            max_position_embeddings=args.max_position_embeddings, hidden_dropout=args.hidden_dropout,
+            attention_dropout=args.attention_dropout, layernorm_epsilon=args.layernorm_epsilon)
+    except ValueError as error:
+        raise BertpipeError(str(error)) from None
     settings = TrainSettings(
         train_data=args.train_data, valid_data=args.valid_data, micro_batch=args.batch_size,
         accumulation=args.gradient_accumulation_steps, train_iters=args.train_iters, lr=args.lr,

@@ -110,11 +110,23 @@ def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path, r
     run(command(records, tmp_path / "one", *no_dropout, "--batch-size", 8))
     torchrun = (str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "bertpipe")
     two = run(command(records, tmp_path / "two", *no_dropout, "--batch-size", 4, launcher=torchrun))
-    one, both = losses(tmp_path / "one/metrics.jsonl"), losses(tmp_path / "two/metrics.jsonl")
-    assert sorted(one) == sorted(both) == [1, 2, 3, 4, 5], two.stdout
-    for step in one:
-        for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm"):
-            assert both[step][key] == pytest.approx(one[step][key], rel=1e-5, abs=1e-6), (step, key)
+    # and with gradient accumulation: 2 processes x 2 micro-batches x 2 sequences
+    run(command(records, tmp_path / "accumulated", *no_dropout, "--batch-size", 2, "--gradient-accumulation-steps",
+                2, launcher=torchrun))
+    one = losses(tmp_path / "one/metrics.jsonl")
+    for other in ("two", "accumulated"):
+        both = losses(tmp_path / other / "metrics.jsonl")
+        assert sorted(one) == sorted(both) == [1, 2, 3, 4, 5], two.stdout
+        for step in one:
+            for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm"):
+                assert both[step][key] == pytest.approx(one[step][key], rel=1e-5, abs=1e-6), (other, step, key)
+
+
+def test_resume_with_other_batch_settings_is_refused(tmp_path, records):
+    run(command(records, tmp_path, "--train-iters", 2, "--save-interval", 2, "--batch-size", 4))
+    result = subprocess.run(command(records, tmp_path, "--train-iters", 4, "--save-interval", 2, "--batch-size", 8),
+                            capture_output=True, text=True, env=environment())
+    assert result.returncode == 1 and "micro_batch 4 -> 8" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_fp16_on_cpu_scales_skips_overflows_and_holds_the_schedule(tmp_path, records):
@@ -139,11 +151,13 @@ def test_fp16_on_cpu_scales_skips_overflows_and_holds_the_schedule(tmp_path, rec
 @pytest.mark.parametrize("flags, message", [
     (("--seq-length", 128), "--seq-length 128, but the records in --train-data have 64"),
     (("--fp16", "--bf16"), "exclude each other"),
+    (("--log-interval", 0), "must be at least 1"),
+    (("--hidden-size", 30, "--num-attention-heads", 4), "not a multiple of num_attention_heads"),
 ])
 def test_megatron_flags_that_cannot_work_stop_with_a_clear_message(tmp_path, records, flags, message):
     result = subprocess.run(command(records, tmp_path, "--train-iters", 1, *flags), capture_output=True, text=True,
                             env=environment())
-    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_train_data_kind_must_be_said(tmp_path, records):

@@ -159,3 +159,14 @@ def test_sentence_longer_than_the_sequence_is_truncated():
     lengths = (spans[:, 1] - spans[:, 0]) + (spans[:, 3] - spans[:, 2])
     assert len(spans) and (lengths <= SPEC.seq_length - 3).all()
     assert (batch["input_mask"].sum(axis=1) <= SPEC.seq_length).all()
+
+
+def test_high_masking_rate_on_short_pairs_never_masks_cls_or_sep():
+    shard = TokenizedShard.from_documents([[[7, 8], [9, 10]], [[11, 12], [13, 14]]])
+    spec = InstanceSpec(seq_length=16, max_predictions=10, dupe_factor=20, masked_lm_prob=0.9, short_seq_prob=0.0)
+    spans, _, batch = make(shard, spec)
+    for row, (a0, a1, b0, b1, _) in enumerate(spans):
+        la, n = a1 - a0, (a1 - a0) + (b1 - b0) + 3
+        k = int(batch["masked_lm_weights"][row].sum())
+        assert k == n - 3, "every real token, and nothing more"
+        assert not set(batch["masked_lm_positions"][row][:k].tolist()) & {0, la + 1, n - 1}

@@ -54,12 +54,23 @@ def test_constant_scale_skips_but_never_changes():
     assert [s for s, _ in run(scaler, [True, False, True])] == [128.0] * 3 and scaler.skipped == 2
 
 
-def test_state_round_trip():
+def test_state_round_trip_keeps_this_runs_settings():
     scaler = DynamicLossScaler(initial_scale=64.0, window=5, hysteresis=2)
     run(scaler, [True, False, True])
-    restored = DynamicLossScaler()
+    restored = DynamicLossScaler(window=5, hysteresis=2)
     restored.load_state_dict(scaler.state_dict())
     assert run(restored, [False] * 6) == run(scaler, [False] * 6)
+    longer_window = DynamicLossScaler(window=1000, hysteresis=2)
+    longer_window.load_state_dict(scaler.state_dict())
+    assert longer_window.window == 1000 and longer_window.scale == scaler.scale
+
+
+def test_constant_scale_comes_from_the_command_line_on_resume():
+    saved = DynamicLossScaler(initial_scale=2.0**20)
+    run(saved, [True, True])
+    fixed = ConstantLossScaler(initial_scale=8.0)
+    fixed.load_state_dict(saved.state_dict())
+    assert fixed.scale == 8.0 and fixed.skipped == 2
 
 
 def test_overflow_detection_on_real_gradients():

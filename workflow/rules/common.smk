@@ -1,6 +1,7 @@
 # Paths shared by the rules, and what the checkpoints tell: the dump's parts (download_manifest) and each part's
 # corpus shards (corpus).
 import json
+import re
 from pathlib import Path
 
 RESULTS = config["results"]
@@ -36,11 +37,20 @@ def tfrecord_files(seq, split, suffix):
     return files
 
 
+# Splits with a positive weight in corpus.split ("1000,1,1"; missing weights are 0): the others have no shards.
+SPLITS_WITH_DOCUMENTS = [
+    name
+    for name, weight in zip(("train", "valid", "test"), re.split(r"[,/]", config["corpus"]["split"]) + ["0", "0"])
+    if float(weight) > 0
+]
+
+
 def tfrecords_stats():
     return [
         f"{RESULTS}/tfrecords/seq{phase['seq_length']}/{split}/stats.json"
         for phase in config["tfrecords"]["phases"]
         for split in config["tfrecords"]["splits"]
+        if split in SPLITS_WITH_DOCUMENTS
     ]
 
 
@@ -66,4 +76,6 @@ def previous_phase(wildcards):
 
 
 def pretrain_data(split):
+    if split not in SPLITS_WITH_DOCUMENTS:
+        return []
     return lambda wildcards: tfrecord_files(pretrain_phase(wildcards)["seq_length"], split, "tfrecord")

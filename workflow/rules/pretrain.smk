@@ -12,6 +12,9 @@ rule pretrain:
         f"{RESULTS}/pretrain/phase{{phase}}/done.json",
     params:
         folder=lambda wildcards: f"{RESULTS}/pretrain/phase{wildcards.phase}",
+        valid=lambda wildcards, input: (
+            "--valid-data " + " ".join(shlex.quote(f) for f in input.valid) if input.valid else ""
+        ),
         phase=lambda wildcards: " ".join(
             f"--{flag} {pretrain_phase(wildcards)[key]}"
             for flag, key in (
@@ -44,6 +47,6 @@ rule pretrain:
         f"{LOGS}/pretrain/phase{{phase}}.log",
     shell:
         "torchrun --standalone --nproc-per-node {params.nproc} -m bertpipe pretrain --use-tfrecords"
-        " --train-data {input.train:q} --valid-data {input.valid:q} --tokenizer-path {input.tokenizer:q}"
+        " --train-data {input.train:q} {params.valid} --tokenizer-path {input.tokenizer:q}"
         " {params.phase} {params.model} {params.training} {params.precision} {params.init}"
         " --save {params.folder}/checkpoints --metrics {params.folder}/metrics.jsonl --done {output:q} > {log:q} 2>&1"

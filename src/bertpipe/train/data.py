@@ -61,6 +61,15 @@ class TFRecordSamples:
         self.lengths = np.asarray(lengths, dtype=np.int64)
         if not len(self.offsets):
             raise BertpipeError(f"no records in {', '.join(self.files)}")
+        # (sequence length, predictions): the same in every file, or batches could not be stacked
+        shapes = {}
+        for file_id in np.unique(self.file_ids):
+            first = self.read([int(np.argmax(self.file_ids == file_id))])
+            shapes[self.files[file_id]] = (first["input_ids"].shape[1], first["masked_lm_ids"].shape[1])
+        if len(set(shapes.values())) > 1:
+            raise BertpipeError("records of different shapes (length, predictions) in one data set: "
+                                + ", ".join(f"{path} {shape}" for path, shape in shapes.items()))
+        self.shape = next(iter(shapes.values()))
 
     def __len__(self) -> int:
         return len(self.offsets)

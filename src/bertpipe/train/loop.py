@@ -9,6 +9,7 @@ repeats the uninterrupted one exactly (bitwise on a CPU with deterministic setti
 
 import contextlib
 import dataclasses
+import os
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from bertpipe import BertpipeError
 from bertpipe.model import BertConfig, BertForPreTraining, pretraining_loss_sums
 from bertpipe.train import checkpoint
 from bertpipe.train.data import global_batch_indices, rank_micro_batches
@@ -80,9 +82,11 @@ class Trainer:
         if settings.precision == "fp16" and self.device.type == "cpu":
             log.info("fp16 on a CPU: autocast to float16 and loss scaling run here, slowly; use a GPU for speed")
         if settings.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses determinism without it
             torch.use_deterministic_algorithms(True)
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(settings.seed)  # the same initial weights on every rank
         self.model = BertForPreTraining(model_config).to(self.device)
+        torch.manual_seed(settings.seed + self.rank)  # each rank its own dropout masks
         self.ddp = DistributedDataParallel(self.model) if self.world > 1 else None
         self.optimizer = adamw(self.model, settings.lr, settings.weight_decay)
         scaler_kind = ConstantLossScaler if settings.loss_scale else DynamicLossScaler
@@ -100,9 +104,12 @@ class Trainer:
     # -- state -------------------------------------------------------------------------------------------------
     def _resume_or_init(self):
         settings = self.settings
-        found = checkpoint.latest(settings.load or settings.save) if (settings.load or settings.save) else None
+        candidates = [checkpoint.latest(folder) for folder in (settings.save, settings.load) if folder]
+        candidates = [c for c in candidates if c is not None]
+        found = max(candidates, key=lambda c: c.name) if candidates else None  # the newest, --save's on a tie
         if found:
             state = checkpoint.load(found)
+            self._check_compatible(found, state)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
@@ -115,17 +122,36 @@ class Trainer:
             self._log(f"resumed from {found} at step {self.iteration}")
         elif settings.init_from:
             source = checkpoint.latest(settings.init_from) or Path(settings.init_from)
-            self.model.load_state_dict(checkpoint.load(source)["model"])
+            if not (source / "state.pt").is_file():
+                raise BertpipeError(f"--init-from {settings.init_from}: no checkpoint there")
+            state = checkpoint.load(source)
+            if state["model_config"] != dataclasses.asdict(self.model.config):
+                raise BertpipeError(f"--init-from {source}: its model config {state['model_config']} differs from "
+                                    f"this run's {dataclasses.asdict(self.model.config)}")
+            self.model.load_state_dict(state["model"])
             self._log(f"initialised from the weights of {source}")
+
+    def _check_compatible(self, found, state):
+        """A resumed run must read the data the saved run would have read next, with the same model."""
+        saved, settings = state["settings"], self.settings
+        changed = [f"{key} {saved[key]} -> {getattr(settings, key)}" for key in ("micro_batch", "accumulation")
+                   if saved[key] != getattr(settings, key)]
+        if state["world"] != self.world:
+            changed.append(f"processes {state['world']} -> {self.world}")
+        if state["model_config"] != dataclasses.asdict(self.model.config):
+            changed.append("model config")
+        if changed:
+            raise BertpipeError(f"{found} was saved with other settings ({'; '.join(changed)}): resuming would read "
+                                "other samples than the saved run; use the same settings, or a new --save folder")
 
     def save(self):
         rng = gather_objects(_rng_state())
         if self.rank == 0 and self.settings.save:
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "scaler": self.scaler.state_dict(), "iteration": self.iteration,
-                     "optimizer_steps": self.optimizer_steps, "rng": rng,
+                     "optimizer_steps": self.optimizer_steps, "rng": rng, "world": self.world,
                      "model_config": dataclasses.asdict(self.model.config),
-                     "settings": {k: v for k, v in dataclasses.asdict(self.settings).items()}}
+                     "settings": dataclasses.asdict(self.settings)}
             path = checkpoint.save(self.settings.save, self.iteration, state, self.settings.keep_last)
             self._log(f"saved {path}")
 
@@ -160,10 +186,13 @@ class Trainer:
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         if scale != 1.0:
             torch._foreach_div_([p.grad for p in parameters], scale)
-        overflow = settings.precision == "fp16" and gradients_overflow(parameters)
+        overflow = gradients_overflow(parameters)
+        if overflow and settings.precision != "fp16":
+            raise BertpipeError(f"step {self.iteration + 1}: inf or nan in the gradients without fp16 loss scaling; "
+                                "the weights were not updated: lower --lr or check the data, then rerun to resume")
         lr = learning_rate(self.optimizer_steps, settings.lr, settings.lr_decay_iters or settings.train_iters,
                            settings.warmup, settings.lr_decay_style)
-        grad_norm = float("nan")
+        grad_norm = None  # JSON has no nan: a skipped step has no norm
         if not overflow:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, settings.clip_grad or float("inf")))
             for group in self.optimizer.param_groups:
@@ -222,6 +251,7 @@ class Trainer:
         """Train to `train_iters`; returns 'done', or 'stopped' after a signal made it checkpoint and stop."""
         settings = self.settings
         self.model.train()
+        last_saved = None
         while self.iteration < settings.train_iters:
             metrics = self.step()
             self._record(metrics)
@@ -235,9 +265,11 @@ class Trainer:
                 self._log(" ".join(f"{k} {v:.4f}" for k, v in valid.items() if k != "step"))
             if self.iteration % settings.save_interval == 0 or self.iteration == settings.train_iters:
                 self.save()
-            if self.stop.requested(self.device):
-                if self.iteration % settings.save_interval:
+                last_saved = self.iteration
+            if self.iteration < settings.train_iters and self.stop.requested(self.device):
+                if last_saved != self.iteration:
                     self.save()
-                self._log(f"stopping at step {self.iteration} on a signal; rerun to resume")
+                self._log(f"stopping at step {self.iteration} on a signal; "
+                          + ("rerun to resume" if settings.save else "nothing saved: there is no --save folder"))
                 return "stopped"
         return "done"

@@ -27,11 +27,14 @@ from bertpipe.instances import InstanceSpec, TokenizedShard, document_pairs, mat
 TOKENS_PER_BYTE = 0.25  # for the number of samples an epoch holds: about four bytes of English text per token
 
 
-def build_lazy(path: Path, text_key: str) -> Path:
-    """Write `<path>.lazy/` (text, offsets.npy, ids.json) unless it is there; returns the folder."""
+def build_lazy(path, text_key: str) -> Path:
+    """Write `<path>.lazy/` (text, offsets.npy, ids.json, source.json) unless it is there for this file and key;
+    returns the folder."""
+    path = Path(path)
     folder = Path(f"{path}.lazy")
-    if (folder / "offsets.npy").is_file():
-        return folder
+    origin = {"text_key": text_key, "size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns}
+    if (folder / "source.json").is_file() and json.loads((folder / "source.json").read_text()) == origin:
+        return folder  # built before, from this very file and key
     with atomic_dir(folder) as temp, open(path, encoding="utf-8") as source, open(temp / "text", "wb") as text:
         offsets, ids = [0], []
         for line_number, line in enumerate(source, 1):
@@ -46,6 +49,7 @@ def build_lazy(path: Path, text_key: str) -> Path:
             ids.append(str(record.get("id", line_number)))
         np.save(temp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
         (temp / "ids.json").write_text(json.dumps(ids))
+        (temp / "source.json").write_text(json.dumps(origin))
     return folder
 
 
@@ -102,8 +106,15 @@ class LooseJsonSamples:
         return encoded
 
     def _pair(self, index: int) -> tuple:
-        """(tokens, span) of sample `index`: a TokenizedShard of the two documents' needed sentences and one span."""
-        rng = random.Random(f"{self.seed}:{index}")
+        """(tokens, span) of sample `index`: the two documents' needed sentences as flat tokens, and one span."""
+        for attempt in range(100):  # a draw of documents with no tokens gives no pair: draw again
+            found = self._try_pair(f"{self.seed}:{index}:{attempt}")
+            if found:
+                return found
+        raise BertpipeError(f"sample {index}: 100 draws gave no sentence pair; are the documents empty?")
+
+    def _try_pair(self, seed: str):
+        rng = random.Random(seed)
         first = self._draw_document(rng)
         sentences = self._sentences(first)
         start = rng.randrange(len(sentences))
@@ -117,9 +128,7 @@ class LooseJsonSamples:
         spans, forced = [], []
         if shard.documents:
             document_pairs(shard, 0, shard.sentence_starts.tolist(), spec, rng, spans, forced)
-        if not spans:  # a document of one empty sentence: take the next sample's pair instead
-            return self._pair(index + len(self))
-        return shard.tokens, np.asarray([spans[0]], dtype=np.int64)
+        return (shard.tokens, np.asarray([spans[0]], dtype=np.int64)) if spans else None
 
     def read(self, indices) -> dict:
         """Samples `indices` as a batch of torch tensors, with the TFRecords' feature names."""

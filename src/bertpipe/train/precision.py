@@ -41,15 +41,21 @@ class DynamicLossScaler:
             self.scale *= self.factor
         self.iteration += 1
 
+    RUNNING_STATE = ("scale", "hysteresis_left", "iteration", "last_overflow", "skipped")
+
     def state_dict(self) -> dict:
-        return dict(vars(self))
+        return {key: getattr(self, key) for key in self.RUNNING_STATE}
 
     def load_state_dict(self, state: dict) -> None:
-        vars(self).update(state)
+        """Restore the running state; the settings (window, minimum, hysteresis) stay those of this run."""
+        for key in self.RUNNING_STATE:
+            setattr(self, key, state[key])
 
 
 class ConstantLossScaler(DynamicLossScaler):
     """Megatron's `--loss-scale S`: a fixed scale; overflowing steps are still skipped."""
+
+    RUNNING_STATE = ("iteration", "skipped")  # the scale is the one given on this run's command line
 
     def update(self, overflow: bool) -> None:
         self.skipped += int(overflow)
