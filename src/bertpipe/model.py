@@ -72,24 +72,11 @@ class SelfAttention(nn.Module):
         return context.transpose(1, 2).reshape(batch, length, width)
 
 
-class SelfOutput(nn.Module):
-    """Projection, dropout, residual and LayerNorm after attention (post-LN)."""
-
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
-        self.dropout = nn.Dropout(config.hidden_dropout)
-
-    def forward(self, hidden, residual):
-        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
-
-
 class Attention(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.self = SelfAttention(config)
-        self.output = SelfOutput(config)
+        self.output = Output(config, config.hidden_size)
 
     def forward(self, hidden, attend):
         return self.output(self.self(hidden, attend), hidden)
@@ -105,9 +92,11 @@ class Intermediate(nn.Module):
 
 
 class Output(nn.Module):
-    def __init__(self, config: BertConfig):
+    """Projection, dropout, residual and LayerNorm (post-LN): after attention and after the feed-forward."""
+
+    def __init__(self, config: BertConfig, in_features: int):
         super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
@@ -120,7 +109,7 @@ class Layer(nn.Module):
         super().__init__()
         self.attention = Attention(config)
         self.intermediate = Intermediate(config)
-        self.output = Output(config)
+        self.output = Output(config, config.intermediate_size)
 
     def forward(self, hidden, attend):
         attended = self.attention(hidden, attend)

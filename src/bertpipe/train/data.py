@@ -16,11 +16,9 @@ import numpy as np
 import torch
 
 from bertpipe import BertpipeError
+from bertpipe.tfrecords import INT_FEATURES
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
-            "next_sentence_labels")
+FEATURES = (*INT_FEATURES, "masked_lm_weights")
 _HEADER = 12  # uint64 length + uint32 masked crc of it; the record follows, then a uint32 crc of the record
 
 
