@@ -2,6 +2,7 @@
 `weights_only=True` (tensors and plain containers only: a checkpoint cannot run code when it is loaded)."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -13,9 +14,23 @@ from bertpipe.atomic import atomic_dir
 STEP_FOLDER = re.compile(r"^step-(\d{8})$")
 
 
+def _remove_abandoned(folder: Path) -> None:
+    """Remove the temporary folders of saves whose process is gone (killed mid-save): they can hold gigabytes."""
+    for temp in folder.glob(".step-*.tmp-*"):
+        pid = int(temp.name.rsplit("-", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(temp, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 def save(folder, step: int, state: dict, keep_last: int) -> Path:
     """Write `state` as `<folder>/step-NNNNNNNN/` and drop all but the newest `keep_last` checkpoints."""
     target = Path(folder) / f"step-{step:08d}"
+    if target.parent.is_dir():
+        _remove_abandoned(target.parent)
     with atomic_dir(target) as temp:
         torch.save(state, temp / "state.pt")
         (temp / "meta.json").write_text(json.dumps({"step": step}) + "\n")
