@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 
 
+def _zero_counts() -> dict:
+    return {name: {"documents": 0, "sentences": 0, "characters": 0, "shards": 0} for name in SPLITS}
+
+
 def parse_split(spec: str) -> tuple:
     """Megatron's split string ("1000,1,1" or "98/1/1") as three fractions; missing weights are 0."""
     try:
@@ -110,7 +114,7 @@ def build_part(articles, outdir, split: str = "1000,1,1", min_chars: int = 200, 
         "split": split,
         "documents_in": 0,
         "documents_dropped": 0,
-        "splits": {name: {"documents": 0, "sentences": 0, "characters": 0, "shards": 0} for name in SPLITS},
+        "splits": _zero_counts(),
     }
     with atomic_dir(outdir) as temp:
         writers = {name: _ShardWriter(temp / name, shard_max_bytes) for name in SPLITS}
@@ -149,7 +153,7 @@ def summarize(part_dirs, out, split: str) -> dict:
         "parts": len(part_dirs),
         "documents_in": 0,
         "documents_dropped": 0,
-        "splits": {name: {"documents": 0, "sentences": 0, "characters": 0, "shards": 0} for name in SPLITS},
+        "splits": _zero_counts(),
     }
     for folder in part_dirs:
         stats = json.loads((Path(folder) / "stats.json").read_text())

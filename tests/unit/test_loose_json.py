@@ -1,7 +1,6 @@
 """Megatron's loose-json path: lazy files, the split by document id, deterministic samples with BERT's layout."""
 
 import json
-import types
 
 import numpy as np
 import pytest
