@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: demo test test-fast lint clean
+.PHONY: demo test test-fast lint report mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config.demo.yaml all
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) all --configfile config.demo.yaml
 
 test: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest
@@ -24,6 +24,13 @@ test-fast: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint --configfile config.demo.yaml
+
+report: $(VENV)/.installed
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --report report.html --configfile config.demo.yaml
+
+# The demo's MLflow store (config mlflow.tracking_uri: null); http://127.0.0.1:5000
+mlflow-ui: $(VENV)/.installed
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath results)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf results resources logs .snakemake

@@ -22,13 +22,14 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/tracking.smk"
 
 
 rule all:
     input:
         f"{RESULTS}/corpus/stats.json",
         lambda wildcards: tfrecords_stats(),
-        f"{RESULTS}/pretrain/phase{len(config['pretrain']['phases'])}/done.json",
+        f"{RESULTS}/register/model-version.json",
     default_target: True
 
 
@@ -38,3 +39,6 @@ include: "workflow/rules/corpus.smk"
 include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/tfrecords.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/register.smk"

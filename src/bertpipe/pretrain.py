@@ -85,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ours.add_argument("--keep-last", type=positive, default=2, help="checkpoints kept")
     ours.add_argument("--init-from", help="start from the weights of this checkpoint (phase 2 from phase 1)")
     ours.add_argument("--metrics", help="append each step's metrics here (JSON lines)")
+    ours.add_argument("--loss-curve", help="plot the losses of --metrics into this PNG at the end")
     ours.add_argument("--layernorm-epsilon", type=float, default=1e-12)
     ours.add_argument("--deterministic", action="store_true", help="deterministic kernels (bitwise resume on CPU)")
     ours.add_argument("--done", help="write this JSON file (final checkpoint and step) once training is complete; "
@@ -134,7 +135,26 @@ def _samples(args, tokenizer):
     return train, valid, seq_length
 
 
-def run(args) -> str:
+class MetricsToTracking:
+    """Step metrics go to the tracking run in batches of `every` steps (one request, not one per step);
+    validation metrics at once."""
+
+    def __init__(self, run, every: int):
+        self.run, self.every, self.pending = run, every, []
+
+    def __call__(self, metrics: dict):
+        step = metrics["step"]
+        self.pending.append((step, {k: v for k, v in metrics.items() if k != "step"}))
+        if "valid_mlm_loss" in metrics or len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self):
+        if self.pending:
+            self.run.log_metric_history(self.pending)
+            self.pending = []
+
+
+def run(args, tracking_run) -> str:
     from bertpipe.model import BertConfig
     from bertpipe.tokenizer import Tokenizer
     from bertpipe.train.loop import Trainer, TrainSettings
@@ -171,13 +191,33 @@ def run(args) -> str:
         seed=args.seed, save=args.save, save_interval=args.save_interval, keep_last=args.keep_last, load=args.load,
         init_from=args.init_from, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
         log_interval=args.log_interval, metrics=args.metrics, deterministic=args.deterministic)
-    trainer = Trainer(model_config, settings, train_samples, valid_samples)
-    outcome = trainer.train()
-    if outcome == "done" and args.done and trainer.rank == 0:
-        from bertpipe.atomic import atomic_file
-        from bertpipe.train import checkpoint
+    if tracking_run.enabled:
+        from bertpipe.tracking import content_hash
 
-        final = checkpoint.latest(args.save) if args.save else None
+        tracking_run.log_params({"input_hash.train_data": content_hash(*train_samples.files)} | (
+            {"input_hash.valid_data": content_hash(*valid_samples.files)} if args.valid_data else {}))
+    to_tracking = MetricsToTracking(tracking_run, args.log_interval)
+    trainer = Trainer(model_config, settings, train_samples, valid_samples, on_metrics=to_tracking)
+    outcome = trainer.train()
+    to_tracking.flush()
+    if trainer.rank != 0:
+        return outcome
+    from bertpipe.train import checkpoint
+
+    final = checkpoint.latest(args.save) if args.save else None
+    if final:
+        tracking_run.set_tags({"checkpoint": final.resolve()})
+    if args.metrics and args.loss_curve:
+        from bertpipe.plot import loss_curve
+
+        loss_curve(args.metrics, args.loss_curve, title=f"{args.save or ''} (seq {seq_length})")
+        tracking_run.log_artifact(args.loss_curve)
+    if args.metrics:
+        tracking_run.log_artifact(args.metrics)
+    if outcome == "done" and args.done:
+        from bertpipe.atomic import atomic_file
+
         with atomic_file(args.done) as temp:
-            temp.write_text(json.dumps({"step": trainer.iteration, "checkpoint": str(final) if final else None}) + "\n")
+            temp.write_text(json.dumps({"step": trainer.iteration, "checkpoint": str(final) if final else None,
+                                        "mlflow_run_id": tracking_run.run_id}) + "\n")
     return outcome

@@ -20,6 +20,7 @@ from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_file
 from bertpipe.instances import InstanceSpec, TokenizedShard, materialize, pair_spans
 from bertpipe.tokenizer import Tokenizer
+from bertpipe.tracking import file_hash
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -162,6 +163,8 @@ def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: 
         "random_next_share": counts["random_next"] / instances,
         # One-sentence chunks always get a random next segment (as in Google's code); the rest is a coin flip.
         "random_next_forced": forced_random_next,
+        # The records' identity, so that pretraining can name its data without reading it all again.
+        "records_blake2b": file_hash(out),
         "seconds": round(time.perf_counter() - started, 3),
     }
     with atomic_file(stats_out) as temp:

@@ -3,6 +3,7 @@
 import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,11 +52,82 @@ TFRECORD_STATS = [f"results/tfrecords/seq{seq}/{split}/stats.json" for seq in (1
                   for split in ("train", "valid", "test")]
 
 
+STAGES = {"download", "extract", "corpus", "tokenizer", "tfrecords", "pretrain", "evaluate", "export", "register"}
+STEP_METRICS = {"loss", "mlm_loss", "nsp_loss", "lr", "loss_scale", "skipped", "grad_norm", "samples_per_second",
+                "tokens_per_second"}
+
+
+def check_mlflow_store(folder):
+    """One parent run, a finished child run per job of every stage, with params, input hashes, metrics by step,
+    artifacts, and a registered model version whose source is the exported folder."""
+    from urllib.parse import urlparse
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder}/results/mlflow/mlflow.db")
+    experiment = client.get_experiment_by_name("bertpipe")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags["bertpipe.stage"] == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.params["tokenizer.vocab_size"] == "8000"
+    assert "effective-config.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = [r for r in runs if r is not parent]
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in children)
+    assert all(r.info.status == "FINISHED" for r in children), [(r.info.run_name, r.info.status) for r in children]
+    assert {r.data.tags["bertpipe.stage"] for r in children} == STAGES
+    by_stage = {}
+    for run in children:
+        by_stage.setdefault(run.data.tags["bertpipe.stage"], []).append(run)
+        assert "logs" in {a.path for a in client.list_artifacts(run.info.run_id)}, run.info.run_name
+    download = next(r for r in by_stage["download"] if r.info.run_name.startswith("download part"))
+    assert download.data.metrics["bytes"] > 100_000 and "seconds" in download.data.metrics
+    assert by_stage["extract"][0].data.metrics["articles"] == SAMPLE_ARTICLES
+    assert len(by_stage["extract"][0].data.params["input_hash.input"]) == 32
+    tokenizer = by_stage["tokenizer"][0]
+    assert tokenizer.data.params["vocab_size"] == "8000" and tokenizer.data.metrics["vocab_size"] > 7000
+    assert {a.path for a in client.list_artifacts(tokenizer.info.run_id, "tokenizer")} >= {"tokenizer/spm.model"}
+    summaries = [r for r in by_stage["tfrecords"] if r.info.run_name.startswith("tfrecords summarize")]
+    assert len(summaries) == 6 and all(0.14 < r.data.metrics["masked_fraction"] < 0.16 for r in summaries)
+    phase1 = next(r for r in by_stage["pretrain"] if "phase1" in r.info.run_name)
+    assert STEP_METRICS | {"valid_perplexity", "valid_nsp_accuracy"} <= set(phase1.data.metrics)
+    history = client.get_metric_history(phase1.info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, 601))
+    assert [m.step for m in client.get_metric_history(phase1.info.run_id, "valid_perplexity")] == [200, 400, 600]
+    assert {"loss-curve.png", "metrics.jsonl"} <= {a.path for a in client.list_artifacts(phase1.info.run_id)}
+    assert phase1.data.params["input_hash.train_data"] and phase1.data.tags["checkpoint"].endswith("step-00000600")
+    evaluation = by_stage["evaluate"][0].data.metrics
+    assert evaluation["test_perplexity"] > 1 and 0 <= evaluation["test_mlm_accuracy"] <= 1
+
+    register = by_stage["register"][0]
+    versions = client.search_model_versions("name='bertpipe-bert'")
+    assert len(versions) == 1 and versions[0].run_id == register.info.run_id
+    version = versions[0]
+    assert version.source == f"{register.info.artifact_uri}/model"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in Path(urlparse(version.source).path).iterdir()}
+    training_runs = {r.info.run_id for r in by_stage["pretrain"]}
+    assert set(version.tags["lineage.training_run_ids"].split(",")) == training_runs
+    assert version.tags["lineage.dump"] == "enwiki/latest" and "evaluation.test_perplexity" in version.tags
+    record = json.loads((folder / "results/register/model-version.json").read_text())
+    assert record["registered"] and record["version"] == version.version
+
+
+def check_report(folder):
+    """`snakemake --report` makes one page with the loss curves and the stages' stats."""
+    snakemake(folder, "--report", "report.html", "--configfile", "config.demo.yaml")
+    page = (folder / "report.html").read_text()
+    for name in ("loss-curve.png", "metrics.json", "model-version.json", "stats.json"):
+        assert name in page, name
+
+
 def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(workflow_dir):
     first = snakemake(workflow_dir, *DEMO)
     assert rules_run(first.stderr) == {"download_manifest": 1, "download": 1, "extract": 1, "corpus": 1,
                                        "corpus_stats": 1, "tokenizer": 1, "tfrecords": 10, "tfrecords_stats": 6,
-                                       "pretrain": 2, "all": 1}
+                                       "pretrain": 2, "evaluate": 1, "export": 1, "register": 1, "all": 1}
+    check_mlflow_store(workflow_dir)
+    check_report(workflow_dir)
     stats = json.loads((workflow_dir / "results/corpus/stats.json").read_text())
     assert stats["documents_in"] == SAMPLE_ARTICLES
     assert all(stats["splits"][name]["documents"] > 0 for name in ("train", "valid", "test"))
@@ -90,7 +162,8 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     assert rebuilt.keys() == records.keys() and all(rebuilt[p] > records[p] for p in records)
     assert all(path.read_bytes() == data for path, data in record_bytes.items()), "same settings, same bytes"
     dry = snakemake(workflow_dir, "-n", *DEMO)
-    assert rules_run_planned(dry.stdout + dry.stderr) == {"pretrain": 2, "all": 1}
+    assert rules_run_planned(dry.stdout + dry.stderr) == {"pretrain": 2, "evaluate": 1, "export": 1, "register": 1,
+                                                          "all": 1}
 
     rerun = snakemake(workflow_dir, "--forcerun", "corpus", "--cores", "2", "results/corpus/stats.json",
                       *TFRECORD_STATS, "--configfile", "config.demo.yaml")

@@ -79,3 +79,14 @@ def pretrain_data(split):
     if split not in SPLITS_WITH_DOCUMENTS:
         return []
     return lambda wildcards: tfrecord_files(pretrain_phase(wildcards)["seq_length"], split, "tfrecord")
+
+
+# The final model: the last phase's checkpoints, evaluated on that phase's sequence length.
+LAST_PHASE = len(PRETRAIN["phases"])
+LAST_PHASE_DIR = f"{RESULTS}/pretrain/phase{LAST_PHASE}"
+LAST_SEQ_LENGTH = PRETRAIN["phases"][-1]["seq_length"]
+if "test" not in SPLITS_WITH_DOCUMENTS or "test" not in config["tfrecords"]["splits"]:
+    raise WorkflowError(
+        f"the evaluate stage reads the test split: give it a weight in corpus.split (now {config['corpus']['split']!r})"
+        f" and list it in tfrecords.splits (now {config['tfrecords']['splits']})"
+    )

@@ -9,7 +9,13 @@ rule pretrain:
         tokenizer=f"{RESULTS}/tokenizer",
         previous=previous_phase,
     output:
-        f"{RESULTS}/pretrain/phase{{phase}}/done.json",
+        done=f"{RESULTS}/pretrain/phase{{phase}}/done.json",
+        curve=report(
+            f"{RESULTS}/pretrain/phase{{phase}}/loss-curve.png",
+            caption="../report/loss_curve.rst",
+            category="Training",
+            subcategory="phase {phase}",
+        ),
     params:
         folder=lambda wildcards: f"{RESULTS}/pretrain/phase{wildcards.phase}",
         valid=lambda wildcards, input: (
@@ -49,4 +55,5 @@ rule pretrain:
         "torchrun --standalone --nproc-per-node {params.nproc} -m bertpipe pretrain --use-tfrecords"
         " --train-data {input.train:q} {params.valid} --tokenizer-path {input.tokenizer:q}"
         " {params.phase} {params.model} {params.training} {params.precision} {params.init}"
-        " --save {params.folder}/checkpoints --metrics {params.folder}/metrics.jsonl --done {output:q} > {log:q} 2>&1"
+        " --save {params.folder}/checkpoints --metrics {params.folder}/metrics.jsonl --loss-curve {output.curve:q}"
+        " --done {output.done:q} > {log:q} 2>&1"

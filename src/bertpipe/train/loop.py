@@ -72,12 +72,47 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def forward_sums(model, batch: dict, device, precision: str):
+    """(batch on `device`, masked-LM logits, next-sentence logits, (masked-LM loss sum, next-sentence loss sum))."""
+    batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+    with autocast(precision, device.type):
+        mlm_logits, nsp_logits = model(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+                                       batch["masked_lm_positions"])
+    return batch, mlm_logits, nsp_logits, pretraining_loss_sums(
+        mlm_logits, nsp_logits, batch["masked_lm_ids"], batch["masked_lm_weights"], batch["next_sentence_labels"])
+
+
+@torch.no_grad()
+def evaluation_totals(model, batches, device, precision: str) -> dict:
+    """Sums over `batches` of the masked-LM loss, real predictions, correct predictions (argmax, as MLPerf's
+    masked-LM accuracy), correct next-sentence labels and sequences."""
+    totals = dict.fromkeys(("mlm", "predictions", "mlm_correct", "nsp_correct", "sequences"), 0.0)
+    for batch in batches:
+        batch, mlm_logits, nsp_logits, (mlm, _) = forward_sums(model, batch, device, precision)
+        weights = batch["masked_lm_weights"]
+        totals["mlm"] += mlm.item()
+        totals["predictions"] += float(weights.sum())
+        totals["mlm_correct"] += float(((mlm_logits.argmax(-1) == batch["masked_lm_ids"]) * weights).sum())
+        totals["nsp_correct"] += float((nsp_logits.argmax(-1) == batch["next_sentence_labels"][:, 0]).sum())
+        totals["sequences"] += len(weights)
+    return totals
+
+
+def evaluation_metrics(totals: dict, prefix: str) -> dict:
+    mlm_loss = totals["mlm"] / max(totals["predictions"], 1)
+    return {f"{prefix}mlm_loss": mlm_loss, f"{prefix}perplexity": math.exp(min(mlm_loss, 50)),
+            f"{prefix}mlm_accuracy": totals["mlm_correct"] / max(totals["predictions"], 1),
+            f"{prefix}nsp_accuracy": totals["nsp_correct"] / max(totals["sequences"], 1)}
+
+
 class Trainer:
     """`train_samples` and `valid_samples` (or None) have `len()` and `read(indices) -> batch of tensors`:
-    TFRecordSamples or LooseJsonSamples."""
+    TFRecordSamples or LooseJsonSamples. On rank 0, `on_metrics` gets every step's and validation's metrics."""
 
-    def __init__(self, model_config: BertConfig, settings: TrainSettings, train_samples, valid_samples=None):
+    def __init__(self, model_config: BertConfig, settings: TrainSettings, train_samples, valid_samples=None,
+                 on_metrics=None):
         self.settings = settings
+        self.on_metrics = on_metrics
         self.rank, self.world, self.device = init()
         if settings.precision == "fp16" and self.device.type == "cpu":
             log.info("fp16 on a CPU: autocast to float16 and loss scaling run here, slowly; use a GPU for speed")
@@ -156,14 +191,6 @@ class Trainer:
             self._log(f"saved {path}")
 
     # -- one step ----------------------------------------------------------------------------------------------
-    def _forward_sums(self, batch, module):
-        batch = {name: tensor.to(self.device, non_blocking=True) for name, tensor in batch.items()}
-        with autocast(self.settings.precision, self.device.type):
-            mlm_logits, nsp_logits = module(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
-                                            batch["masked_lm_positions"])
-        return batch, mlm_logits, nsp_logits, pretraining_loss_sums(
-            mlm_logits, nsp_logits, batch["masked_lm_ids"], batch["masked_lm_weights"], batch["next_sentence_labels"])
-
     def step(self) -> dict:
         settings, model = self.settings, self.ddp or self.model
         started = time.perf_counter()
@@ -176,7 +203,7 @@ class Trainer:
         for index, batch in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
             with model.no_sync() if self.ddp and not last else contextlib.nullcontext():
-                _, _, _, (mlm, nsp) = self._forward_sums(batch, model)
+                _, _, _, (mlm, nsp) = forward_sums(model, batch, self.device, self.settings.precision)
                 # DDP averages gradients over ranks; the world factor turns that into the sum the global mean needs.
                 loss = (mlm / predictions + nsp / sequences) * self.world
                 (loss * scale).backward()
@@ -212,30 +239,21 @@ class Trainer:
                 "tokens_per_second": sequences * micro_batches[0]["input_ids"].shape[1] / seconds}
 
     # -- validation ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def validate(self) -> dict:
         """Masked-LM loss, perplexity and accuracy, and next-sentence accuracy over the first `eval_iters` global
         batches of the valid split (the same batches each time)."""
-        settings = self.settings
+        per_rank = self.settings.micro_batch
+
+        def batches():
+            for batch_index in range(self.settings.eval_iters):
+                indices = global_batch_indices(batch_index, per_rank * self.world, len(self.valid_samples), seed=0)
+                yield self.valid_samples.read(indices[self.rank * per_rank:(self.rank + 1) * per_rank])
+
         self.model.eval()
-        totals = dict.fromkeys(("mlm", "predictions", "mlm_correct", "nsp_correct", "sequences"), 0.0)
-        per_rank = settings.micro_batch
-        for batch_index in range(settings.eval_iters):
-            indices = global_batch_indices(batch_index, per_rank * self.world, len(self.valid_samples), seed=0)
-            batch = self.valid_samples.read(indices[self.rank * per_rank:(self.rank + 1) * per_rank])
-            batch, mlm_logits, nsp_logits, (mlm, _) = self._forward_sums(batch, self.model)
-            weights = batch["masked_lm_weights"]
-            totals["mlm"] += mlm.item()
-            totals["predictions"] += float(weights.sum())
-            totals["mlm_correct"] += float(((mlm_logits.argmax(-1) == batch["masked_lm_ids"]) * weights).sum())
-            totals["nsp_correct"] += float((nsp_logits.argmax(-1) == batch["next_sentence_labels"][:, 0]).sum())
-            totals["sequences"] += len(weights)
+        totals = evaluation_totals(self.model, batches(), self.device, self.settings.precision)
         self.model.train()
         totals = {key: all_sum(value, self.device) for key, value in totals.items()}
-        mlm_loss = totals["mlm"] / totals["predictions"]
-        return {"step": self.iteration, "valid_mlm_loss": mlm_loss, "valid_perplexity": math.exp(min(mlm_loss, 50)),
-                "valid_mlm_accuracy": totals["mlm_correct"] / totals["predictions"],
-                "valid_nsp_accuracy": totals["nsp_correct"] / totals["sequences"]}
+        return {"step": self.iteration, **evaluation_metrics(totals, "valid_")}
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def _log(self, message: str):
@@ -243,9 +261,13 @@ class Trainer:
             print(message, flush=True)
 
     def _record(self, metrics: dict):
-        if self.rank == 0 and self.settings.metrics:
+        if self.rank != 0:
+            return
+        if self.settings.metrics:
             with open(self.settings.metrics, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+        if self.on_metrics:
+            self.on_metrics(metrics)
 
     def train(self) -> str:
         """Train to `train_iters`; returns 'done', or 'stopped' after a signal made it checkpoint and stop."""

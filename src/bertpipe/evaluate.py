@@ -1,0 +1,50 @@
+"""Stage `evaluate`: masked-LM perplexity and accuracy (MLPerf's masked-LM accuracy: argmax at the masked positions)
+and next-sentence accuracy of a checkpoint, over every record of the test split."""
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from bertpipe import BertpipeError
+from bertpipe.atomic import atomic_file
+
+log = logging.getLogger(__name__)
+
+
+def load_model(checkpoint_dir):
+    """Our BERT with the weights of a checkpoint folder (or the newest checkpoint under a `checkpoints` folder)."""
+    from bertpipe.model import BertConfig, BertForPreTraining
+    from bertpipe.train import checkpoint
+
+    source = Path(checkpoint_dir)
+    if not (source / "state.pt").is_file():
+        source = checkpoint.latest(source)
+    if source is None:
+        raise BertpipeError(f"{checkpoint_dir}: no checkpoint there; run the pretrain stage first")
+    state = checkpoint.load(source)
+    model = BertForPreTraining(BertConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), source, state
+
+
+def evaluate(checkpoint_dir, test_data, out, batch_size: int = 32, precision: str = "fp32") -> dict:
+    from bertpipe.train.data import TFRecordSamples
+    from bertpipe.train.loop import evaluation_metrics, evaluation_totals
+
+    model, source, state = load_model(checkpoint_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    samples = TFRecordSamples(test_data)
+    batches = (samples.read(list(range(begin, min(begin + batch_size, len(samples)))))
+               for begin in range(0, len(samples), batch_size))
+    totals = evaluation_totals(model, batches, device, precision)
+    metrics = {**evaluation_metrics(totals, "test_"), "test_sequences": int(totals["sequences"]),
+               "test_predictions": int(totals["predictions"]), "checkpoint": str(source),
+               "checkpoint_step": state["iteration"]}
+    with atomic_file(out) as temp:
+        temp.write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("%s: perplexity %.3f, masked-LM accuracy %.4f, next-sentence accuracy %.4f", source,
+             metrics["test_perplexity"], metrics["test_mlm_accuracy"], metrics["test_nsp_accuracy"])
+    return metrics

@@ -1,0 +1,70 @@
+"""Stage `register`: the exported transformers folder logged to MLflow and registered as a new version of a named
+model in the Model Registry, tagged with its lineage and its evaluation metrics.
+
+The version's source is the folder as logged under this stage's run (`runs:/...` resolved to the artifact URI), so
+the registry points at an immutable copy, not at a results folder that a rerun may replace. Without a reachable
+tracking server the stage still completes: it says so and records what it would have registered.
+"""
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from bertpipe import BertpipeError
+from bertpipe.atomic import atomic_file
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+
+
+def lineage(manifest, tokenizer_dir, train_data, training_done) -> dict:
+    """Where the model comes from: the dump, the tokenizer's and the training data's content hashes, the training
+    runs (one per phase) and the code's commit."""
+    from bertpipe.tracking import content_hash
+
+    dump = json.loads(Path(manifest).read_text())
+    phases = [json.loads(Path(done).read_text()) for done in training_done]
+    return {"dump": f"{dump['wiki']}/{dump['date']}", "tokenizer_hash": content_hash(tokenizer_dir),
+            "train_data_hash": content_hash(*train_data), "final_step": phases[-1]["step"],
+            "training_run_ids": ",".join(str(phase.get("mlflow_run_id")) for phase in phases),
+            "git_commit": os.environ.get("BERTPIPE_GIT_COMMIT", "unknown")}
+
+
+def register(run, model_dir, name: str, lineage: dict, evaluation_file, out) -> dict:
+    """Log `model_dir` under `run` and register it as a version of `name`; write what happened to `out`."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise BertpipeError(f"{model_dir}: not an exported model folder (no config.json); run the export stage")
+    evaluation = json.loads(Path(evaluation_file).read_text())
+    metrics = {key: value for key, value in evaluation.items() if key.startswith("test_")}
+    tags = {**{f"lineage.{key}": str(value) for key, value in lineage.items()},
+            **{f"evaluation.{key}": f"{value:.6g}" for key, value in metrics.items()}}
+    run.log_metrics(metrics)
+    run.set_tags(tags)
+    run.log_artifact(model_dir, MODEL_ARTIFACT)
+    source = run.artifact_uri(MODEL_ARTIFACT)
+    version = None
+    if source is not None:
+        version = run.call(_create_version, name, source, run.run_id, tags, what="register_model")
+    record = {"name": name, "version": version, "source": source, "run_id": run.run_id, "tags": tags,
+              "registered": version is not None}
+    if version is None:
+        log.warning("model %s was not registered (MLflow could not be reached); %s says what to register", name, out)
+    else:
+        log.info("registered %s version %s from %s", name, version, source)
+    with atomic_file(out) as temp:
+        temp.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _create_version(client, name, source, run_id, tags):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description="BERT pretrained by bertpipe")
+    except MlflowException as error:
+        if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
+            raise
+    return client.create_model_version(name, source, run_id=run_id, tags=tags).version

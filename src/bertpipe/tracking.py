@@ -1,0 +1,300 @@
+"""MLflow tracking: one parent run per pipeline run (a `snakemake` invocation), one child run per job under it.
+
+The Snakefile turns config `mlflow` into the environment of every job (so Slurm jobs get it too):
+- `MLFLOW_TRACKING_URI`, `MLFLOW_EXPERIMENT_NAME`: MLflow's own variables;
+- `BERTPIPE_MLFLOW_DIR`: a folder under the results with `pipeline-run.json` (the parent run, written when the
+  pipeline starts) and `offline/` (what could not be logged);
+- `BERTPIPE_GIT_COMMIT`: the workflow's commit.
+Without `MLFLOW_TRACKING_URI` (a `bertpipe` command run by hand) nothing is tracked.
+
+Tracking never stops the work: the first call that fails (server down, database locked, ...) logs one warning, and
+from then on this process appends what it would have logged to `offline/<run>.jsonl` (JSON lines, one per call),
+so nothing is lost. Under torchrun only rank 0 tracks.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# MLflow retries an unreachable server for minutes by default; a stage must go on within seconds.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+PIPELINE_RUN = "pipeline-run.json"
+METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
+PARAM_CHARS = 6000  # MLflow's param value limit
+
+
+def content_hash(*paths) -> str:
+    """blake2b-128 of the paths' contents: a file's bytes, a folder's relative paths and file bytes in sorted order.
+
+    A TFRecord file whose stats file (`<name>.stats.json`, written by the tfrecords stage) records its hash is not
+    read again: pretraining data runs to hundreds of gigabytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in map(Path, paths):
+        recorded = _recorded_records_hash(path)
+        if recorded:
+            digest.update(recorded.encode())
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if path.is_dir():
+                digest.update(str(file.relative_to(path)).encode() + b"\0")
+            digest.update(file_hash(file).encode())
+    return digest.hexdigest()
+
+
+def file_hash(path) -> str:
+    """blake2b-128 of one file's bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _recorded_records_hash(path: Path):
+    stats = path.with_name(path.name.removesuffix(".tfrecord") + ".stats.json")
+    if path.suffix != ".tfrecord" or not stats.is_file():
+        return None
+    try:
+        return json.loads(stats.read_text()).get("records_blake2b")
+    except ValueError:
+        return None
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}"""
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def numeric(values: dict) -> dict:
+    """The finite numbers among flattened `values` (booleans as 0/1), as metrics."""
+    out = {}
+    for key, value in flatten(values).items():
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
+            out[key] = float(value)
+    return out
+
+
+def _key(name: str) -> str:
+    """A metric or param name MLflow accepts (letters, digits, _ - . space : /)."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:120]
+
+
+def _is_rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+class Run:
+    """One MLflow run, or its offline record once MLflow cannot be reached. Every method is best effort."""
+
+    def __init__(self, name: str, stage: str, parent_id: str = None, tags: dict = None, run_id: str = None):
+        """A new run, or (`run_id`) one that exists already."""
+        self.name, self.stage = name, stage
+        self.uri = os.environ.get("MLFLOW_TRACKING_URI")
+        self.enabled = bool(self.uri) and _is_rank_zero()
+        self.folder = Path(os.environ.get("BERTPIPE_MLFLOW_DIR", "mlflow"))
+        self.offline_file = self.folder / "offline" / f"{_safe_name(name)}-{uuid.uuid4().hex[:8]}.jsonl"
+        self.offline = False
+        self.run_id = run_id
+        if not self.enabled:
+            return
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        if run_id:
+            self.offline = run_id.startswith("offline-")
+            self._call(self._connect, {"op": "attach"})
+            return
+        tags = {"bertpipe.stage": stage, **(tags or {})}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        commit = os.environ.get("BERTPIPE_GIT_COMMIT")
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        self.run_id = self._call(self._create, {"op": "create_run", "name": name, "tags": tags}, tags)
+        if self.run_id is None:
+            self.run_id = f"offline-{uuid.uuid4().hex}"
+            self._write({"op": "offline_run_id"})
+
+    # -- MLflow, or the offline file ---------------------------------------------------------------------------
+    def _connect(self):
+        from mlflow import MlflowClient
+
+        # urllib3 warns on each retry; the one warning below says what happened and where the records go.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+        self.client = MlflowClient(self.uri)
+
+    def _create(self, tags):
+        self._connect()
+        experiment_id = experiment(self.client, self.folder)
+        return self.client.create_run(experiment_id, run_name=self.name, tags=tags).info.run_id
+
+    def _call(self, function, record, *args):
+        if not self.enabled:
+            return None
+        if not self.offline:
+            try:
+                return function(*args)
+            except Exception as error:  # noqa: BLE001: whatever MLflow raises, tracking must not stop the stage
+                self.offline = True
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                log.warning("MLflow tracking at %s failed (%s: %s); %s goes on without it and keeps what it "
+                            "would have logged in %s", self.uri, type(error).__name__, first_line, self.name,
+                            self.offline_file)
+        self._write(record)
+        return None
+
+    def _write(self, record):
+        self.offline_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.offline_file, "a") as f:
+            f.write(json.dumps({"time": time.time(), "run": self.name, "run_id": self.run_id, **record},
+                               default=str) + "\n")
+
+    # -- what stages log ---------------------------------------------------------------------------------------
+    def log_params(self, params: dict):
+        from_values = {_key(k): str(v)[:PARAM_CHARS] for k, v in flatten(params).items() if v is not None}
+        if not from_values:
+            return
+
+        def send():
+            from mlflow.entities import Param
+
+            items = [Param(k, v) for k, v in from_values.items()]
+            for start in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+        self._call(send, {"op": "params", "params": from_values})
+
+    def log_metrics(self, metrics: dict, step: int = None):
+        self.log_metric_history([(step, metrics)])
+
+    def log_metric_history(self, steps: list):
+        """[(step or None, {name: value}), ...] in one or a few requests."""
+        stamp = int(time.time() * 1000)
+        rows = [(_key(key), value, step or 0) for step, metrics in steps for key, value in numeric(metrics).items()]
+        if not rows:
+            return
+
+        def send():
+            from mlflow.entities import Metric
+
+            items = [Metric(key, value, stamp, step) for key, value, step in rows]
+            for start in range(0, len(items), METRICS_PER_REQUEST):
+                self.client.log_batch(self.run_id, metrics=items[start:start + METRICS_PER_REQUEST])
+
+        self._call(send, {"op": "metrics", "metrics": rows})
+
+    def set_tags(self, tags: dict):
+        tags = {_key(k): str(v) for k, v in tags.items()}
+        self._call(lambda: [self.client.set_tag(self.run_id, k, v) for k, v in tags.items()],
+                   {"op": "tags", "tags": tags})
+
+    def log_artifact(self, path, artifact_path: str = None):
+        """A file or a folder (its contents under `artifact_path`)."""
+        path = Path(path)
+        if not path.exists():
+            return
+
+        def send():
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+        self._call(send, {"op": "artifact", "path": str(path.resolve()), "artifact_path": artifact_path})
+
+    def artifact_uri(self, artifact_path: str):
+        return self._call(lambda: f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}",
+                          {"op": "artifact_uri", "artifact_path": artifact_path})
+
+    def call(self, function, *args, what: str):
+        """`function(client, *args)` with this run's MLflow client; None once offline (the call is recorded)."""
+        return self._call(lambda: function(self.client, *args), {"op": what, "args": list(args)})
+
+    def end(self, status: str = "FINISHED"):
+        self._call(lambda: self.client.set_terminated(self.run_id, status), {"op": "end", "status": status})
+
+
+def experiment(client, folder: Path) -> str:
+    """The id of `MLFLOW_EXPERIMENT_NAME` (default "bertpipe"), created on first use. With a local database the
+    artifacts go beside it, under the results; a tracking server keeps them where it is configured to."""
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "bertpipe")
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    location = None
+    if client.tracking_uri.startswith("sqlite:"):
+        location = (folder.resolve() / "artifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another job created it first
+        found = client.get_experiment_by_name(name)
+        if found:
+            return found.experiment_id
+        raise
+
+
+def pipeline_parent() -> str:
+    """The running pipeline's parent run id, or None outside a pipeline run."""
+    folder = os.environ.get("BERTPIPE_MLFLOW_DIR")
+    if not folder:
+        return None
+    try:
+        return json.loads((Path(folder) / PIPELINE_RUN).read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def stage_run(name: str, stage: str, tags: dict = None) -> Run:
+    """A child run of the running pipeline (a top-level run when there is none)."""
+    return Run(name, stage, parent_id=pipeline_parent(), tags=tags)
+
+
+def start_pipeline(config: dict, command: list) -> Run:
+    """The parent run of a pipeline run, with the whole effective config as params and as an artifact; its id goes
+    to `pipeline-run.json` for the jobs."""
+    from bertpipe.atomic import atomic_file
+
+    run = Run(f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}", "pipeline",
+              tags={"bertpipe.command": " ".join(command)})
+    if not run.enabled:
+        return run
+    run.log_params(config)
+    with atomic_file(run.folder / "effective-config.json") as temp:
+        temp.write_text(json.dumps(config, indent=2) + "\n")
+    run.log_artifact(run.folder / "effective-config.json")
+    with atomic_file(run.folder / PIPELINE_RUN) as temp:
+        temp.write_text(json.dumps({"run_id": run.run_id, "tracking_uri": run.uri}) + "\n")
+    return run
+
+
+def end_pipeline(status: str, log_files=()) -> None:
+    """Close the parent run named in `pipeline-run.json` (FINISHED or FAILED), with Snakemake's log files."""
+    parent = pipeline_parent()
+    if not parent:
+        return
+    run = Run("pipeline", "pipeline", run_id=parent)
+    for log_file in log_files:
+        run.log_artifact(log_file, "snakemake")
+    run.end(status)

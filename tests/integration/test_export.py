@@ -1,0 +1,91 @@
+"""Export: our checkpoint and tokenizer as a transformers folder that HuggingFace loads offline and that computes
+what ours computes (logits within 1e-5, the same token ids), for each tokenizer kind."""
+
+import json
+
+import pytest
+import torch
+
+from bertpipe.export import export
+from bertpipe.model import BertConfig, BertForPreTraining
+from bertpipe.tokenizer import Tokenizer, train
+from bertpipe.train import checkpoint
+
+pytestmark = pytest.mark.slow
+
+TOKENIZERS = [("sentencepiece", "unigram"), ("sentencepiece", "bpe"), ("wordpiece", None)]
+
+
+def sentences_of(corpus, limit=3000):
+    found = []
+    for shard in sorted(corpus.glob("*/shard-*.jsonl")):
+        for line in shard.read_text(encoding="utf-8").splitlines():
+            found.extend(json.loads(line)["text"].split("\n"))
+    return found[:limit]
+
+
+@pytest.fixture(scope="module", params=TOKENIZERS, ids=lambda p: "-".join(filter(None, p)))
+def exported(request, tmp_path_factory, sample_corpus):
+    kind, model_type = request.param
+    folder = tmp_path_factory.mktemp(f"export-{kind}")
+    train([sample_corpus], folder / "tokenizer", kind=kind, model_type=model_type or "unigram", vocab_size=2000)
+    vocab_size = Tokenizer(folder / "tokenizer").vocab_size
+    config = BertConfig(vocab_size=vocab_size + 7, hidden_size=64, num_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=128, hidden_dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    model = BertForPreTraining(config)
+    with torch.no_grad():  # a trained model's biases and LayerNorms are not at their initial values
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    import dataclasses
+
+    checkpoint.save(folder / "checkpoints", 7, {"model": model.state_dict(), "iteration": 7,
+                                                "model_config": dataclasses.asdict(config)}, keep_last=1)
+    export(folder / "checkpoints", folder / "tokenizer", folder / "hf")
+    return folder, model.eval(), config
+
+
+def test_folder_has_config_safetensors_and_tokenizer_files_and_no_pickle(exported):
+    folder, _, _ = exported
+    names = {p.name for p in (folder / "hf").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in names)
+    assert not list(folder.glob(".hf.tmp-*"))
+
+
+def test_huggingface_model_gives_our_logits(exported, monkeypatch):
+    import transformers
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder, model, config = exported
+    theirs = transformers.AutoModelForPreTraining.from_pretrained(folder / "hf").eval()
+    assert type(theirs).__name__ == "BertForPreTraining"
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, config.vocab_size, (3, 40), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 30:] = 0
+    segments = (torch.arange(40) >= 20).long().expand(3, -1) * mask
+    positions = torch.tensor([[1, 5, 9], [2, 3, 29], [10, 20, 39]])
+    with torch.no_grad():
+        our_mlm, our_nsp = model(ids, segments, mask, positions)
+        out = theirs(input_ids=ids, token_type_ids=segments, attention_mask=mask)
+    their_mlm = torch.gather(out.prediction_logits, 1, positions[:, :, None].expand(-1, -1, config.vocab_size))
+    torch.testing.assert_close(our_mlm, their_mlm, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(our_nsp, out.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_huggingface_tokenizer_gives_our_ids(exported, sample_corpus, monkeypatch):
+    import transformers
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder, _, _ = exported
+    ours = Tokenizer(folder / "tokenizer")
+    theirs = transformers.AutoTokenizer.from_pretrained(folder / "hf")
+    sentences = sentences_of(sample_corpus) + ["  Two  spaces,\ttabs and ÜNICODE ﬁ ligatures — ½ café. ", "x"]
+    assert theirs(sentences, add_special_tokens=False)["input_ids"] == ours.encode(sentences)
+    pair = theirs(sentences[0], sentences[1])
+    a, b = ours.encode(sentences[:2])
+    assert pair["input_ids"] == [ours.cls_id, *a, ours.sep_id, *b, ours.sep_id]
+    assert pair["token_type_ids"] == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    # HuggingFace users write [MASK] for fill-mask: the exported tokenizer reads it as the special token.
+    assert ours.mask_id in theirs("the [MASK] sat")["input_ids"]

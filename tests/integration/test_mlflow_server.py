@@ -1,0 +1,138 @@
+"""The demo pipeline against a real `mlflow server` on 127.0.0.1: runs found through its REST API; and a server that
+stops mid-run, after which the pipeline still completes, with a warning and the local fallback files."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import VENV_BIN
+from tests.integration.test_tracking import free_port
+
+pytestmark = pytest.mark.slow
+
+# The demo with short training: these tests are about tracking, test_workflow.py about learning.
+SHORT_TRAINING = {"pretrain": {"save_interval": 20, "eval_interval": 20, "log_interval": 10, "phases": [
+    {"seq_length": 128, "batch_size": 8, "gradient_accumulation_steps": 1, "train_iters": 40, "lr": 1.0e-3},
+    {"seq_length": 512, "batch_size": 2, "gradient_accumulation_steps": 1, "train_iters": 4, "lr": 1.0e-4}]}}
+
+
+class MlflowServer:
+    """`mlflow server` in its own process group; ready once it says it is listening (read from its log, no polling)."""
+
+    def __init__(self, folder):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.lines, self.ready = [], threading.Event()
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "store")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"})
+        threading.Thread(target=self._drain, daemon=True).start()
+        if not self.ready.wait(timeout=120) or self.process.poll() is not None:
+            self.stop()
+            raise RuntimeError("mlflow server did not start:\n" + "".join(self.lines))
+
+    def _drain(self):
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if re.search(r"Uvicorn running on|Listening at|Application startup complete", line):
+                self.ready.set()
+        self.ready.set()  # the process ended: let the waiter look
+
+    def api(self, method, path, **kwargs):
+        response = requests.request(method, f"{self.url}/api/2.0/mlflow/{path}", timeout=30, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def stop(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the whole group: gunicorn/uvicorn workers too
+        self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path)
+    yield server
+    server.stop()
+
+
+def write_overlay(workflow_dir, url):
+    (workflow_dir / "server.yaml").write_text(yaml.safe_dump({**SHORT_TRAINING, "mlflow": {"tracking_uri": url}}))
+    return ("--cores", "2", "all", "--configfile", "config.demo.yaml", "server.yaml")
+
+
+def snakemake_process(workflow_dir, *args):
+    return subprocess.Popen([str(VENV_BIN / "snakemake"), *args], cwd=workflow_dir, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"})
+
+
+def test_demo_against_a_tracking_server_is_found_through_its_rest_api(workflow_dir, mlflow_server):
+    result = subprocess.run([str(VENV_BIN / "snakemake"), *write_overlay(workflow_dir, mlflow_server.url)],
+                            cwd=workflow_dir, capture_output=True, text=True,
+                            env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (workflow_dir / "results/mlflow/mlflow.db").exists(), "the server is the store, not a local file"
+    assert not (workflow_dir / "results/mlflow/offline").exists()
+
+    experiment = mlflow_server.api("GET", "experiments/get-by-name", params={"experiment_name": "bertpipe"})
+    runs = mlflow_server.api("POST", "runs/search", json={
+        "experiment_ids": [experiment["experiment"]["experiment_id"]], "max_results": 1000})["runs"]
+    tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs]
+    parents = [run for run, tag in zip(runs, tags) if tag["bertpipe.stage"] == "pipeline"]
+    assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
+    parent_id = parents[0]["info"]["run_id"]
+    children = [(run, tag) for run, tag in zip(runs, tags) if tag["bertpipe.stage"] != "pipeline"]
+    assert all(tag["mlflow.parentRunId"] == parent_id and run["info"]["status"] == "FINISHED"
+               for run, tag in children)
+    assert {tag["bertpipe.stage"] for _, tag in children} == {
+        "download", "extract", "corpus", "tokenizer", "tfrecords", "pretrain", "evaluate", "export", "register"}
+    phase1 = next(run for run, tag in children if run["info"]["run_name"].endswith("phase1/checkpoints"))
+    history = mlflow_server.api("GET", "metrics/get-history",
+                                params={"run_id": phase1["info"]["run_id"], "metric_key": "loss"})["metrics"]
+    assert sorted(int(m["step"]) for m in history) == list(range(1, 41))
+
+    versions = mlflow_server.api("POST", "model-versions/search", json={"filter": "name='bertpipe-bert'"})
+    (version,) = versions["model_versions"]
+    register = next(run for run, tag in children if tag["bertpipe.stage"] == "register")
+    assert version["run_id"] == register["info"]["run_id"]
+    assert version["source"] == f"{register['info']['artifact_uri']}/model"
+    files = requests.get(f"{mlflow_server.url}/api/2.0/mlflow/artifacts/list", timeout=30,
+                         params={"run_id": version["run_id"], "path": "model"}).json()["files"]
+    assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json"} <= {f["path"] for f in files}
+
+
+def test_pipeline_completes_when_the_tracking_server_stops_mid_run(workflow_dir, mlflow_server):
+    process = snakemake_process(workflow_dir, *write_overlay(workflow_dir, mlflow_server.url))
+    output = []
+    for line in process.stdout:  # Snakemake's own log, line by line as it runs
+        output.append(line)
+        if re.search(r"Finished jobid: \d+ \(Rule: tokenizer\)", line):
+            mlflow_server.stop()
+    assert process.wait() == 0, "".join(output)
+    assert mlflow_server.process.poll() is not None, "the server was stopped mid-run"
+    assert (workflow_dir / "results/register/model-version.json").is_file()
+
+    # Before the stop: tracked on the server. After it: a clear warning in each job's log, and the local file.
+    assert "failed" not in (workflow_dir / "logs/tokenizer.log").read_text()
+    warning = f"MLflow tracking at {mlflow_server.url} failed"
+    pretrain_log = (workflow_dir / "logs/pretrain/phase1.log").read_text()
+    assert warning in pretrain_log and "goes on without it" in pretrain_log
+    assert warning in "".join(output), "Snakemake's own output warns when the pipeline run cannot be closed"
+    offline = list((workflow_dir / "results/mlflow/offline").glob("*.jsonl"))
+    records = [json.loads(line) for path in offline for line in path.read_text().splitlines()]
+    pretrain_steps = [m for r in records if r["op"] == "metrics" and r["run"].startswith("pretrain")
+                      for m in r["metrics"] if m[0] == "loss"]
+    assert sorted(step for _, _, step in pretrain_steps) == list(range(1, 41)) + list(range(1, 5))
+    registered = json.loads((workflow_dir / "results/register/model-version.json").read_text())
+    assert registered["registered"] is False and registered["version"] is None
+    assert any(r["op"] == "artifact" and r["path"].endswith("export/huggingface") for r in records)

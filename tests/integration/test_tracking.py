@@ -1,0 +1,93 @@
+"""Tracking against a real MLflow store (SQLite), and what happens when MLflow cannot be reached."""
+
+import json
+import logging
+import socket
+
+import pytest
+
+from bertpipe import tracking
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
+    monkeypatch.setenv("BERTPIPE_MLFLOW_DIR", str(tmp_path / "mlflow"))
+    monkeypatch.setenv("BERTPIPE_GIT_COMMIT", "0123abcd")
+    monkeypatch.delenv("RANK", raising=False)
+    return tmp_path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_stage_runs_are_children_of_the_pipeline_run_with_params_metrics_and_artifacts(store):
+    from mlflow import MlflowClient
+
+    parent = tracking.start_pipeline({"tokenizer": {"vocab_size": 8000, "kind": "sentencepiece"}}, ["snakemake"])
+    run = tracking.stage_run("tokenizer results/tokenizer", "tokenizer")
+    run.log_params({"vocab_size": 8000, "special_ids": {"[MASK]": 4}})
+    run.log_metric_history([(1, {"loss": 2.5, "ok": True}), (2, {"loss": 2.0, "nan": float("nan")})])
+    (store / "stats.json").write_text("{}")
+    run.log_artifact(store / "stats.json")
+    run.end()
+    tracking.end_pipeline("FINISHED")
+
+    client = MlflowClient()
+    child = client.get_run(run.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert child.data.tags["mlflow.source.git.commit"] == "0123abcd"
+    assert child.data.params == {"vocab_size": "8000", "special_ids._MASK_": "4"}
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")] == [(1, 2.5), (2, 2.0)]
+    assert "nan" not in child.data.metrics and child.data.metrics["ok"] == 1.0
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["stats.json"]
+    assert child.info.status == "FINISHED"
+    top = client.get_run(parent.run_id)
+    assert top.info.status == "FINISHED" and top.data.params["tokenizer.vocab_size"] == "8000"
+    assert not (store / "mlflow/offline").exists()
+
+
+def test_unreachable_server_warns_once_and_keeps_everything_in_a_local_file(store, monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    with caplog.at_level(logging.WARNING, logger="bertpipe.tracking"):
+        run = tracking.stage_run("pretrain phase1", "pretrain")
+        run.log_params({"lr": 0.001})
+        run.log_metric_history([(step, {"loss": 1.0 / step}) for step in range(1, 4)])
+        run.log_artifact(store)
+        run.end("FINISHED")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "goes on without it" in warnings[0].getMessage()
+    assert str(run.offline_file) in warnings[0].getMessage()
+    records = [json.loads(line) for line in run.offline_file.read_text().splitlines()]
+    assert [r["op"] for r in records] == ["create_run", "offline_run_id", "params", "metrics", "artifact", "end"]
+    assert records[0]["tags"]["bertpipe.stage"] == "pretrain"
+    assert records[3]["metrics"] == [["loss", 1.0, 1], ["loss", 0.5, 2], ["loss", 1 / 3, 3]]
+    assert run.run_id.startswith("offline-") and all(r["run_id"] == run.run_id for r in records[1:])
+
+
+@pytest.mark.parametrize("environment", [{"RANK": "1"}, {"MLFLOW_TRACKING_URI": None}], ids=["rank-1", "no-uri"])
+def test_nothing_is_tracked_off_rank_zero_or_without_a_tracking_uri(store, monkeypatch, environment):
+    for key, value in environment.items():
+        if value is None:
+            monkeypatch.delenv(key)
+        else:
+            monkeypatch.setenv(key, value)
+    run = tracking.stage_run("pretrain", "pretrain")
+    run.log_metrics({"loss": 1.0})
+    run.end()
+    assert not run.enabled and run.run_id is None
+    assert not (store / "mlflow").exists()
+
+
+def test_content_hash_reads_bytes_and_folder_layout(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/x.txt").write_text("one")
+    first = tracking.content_hash(tmp_path / "a")
+    (tmp_path / "a/x.txt").write_text("two")
+    second = tracking.content_hash(tmp_path / "a")
+    (tmp_path / "a/x.txt").rename(tmp_path / "a/y.txt")
+    assert len({first, second, tracking.content_hash(tmp_path / "a")}) == 3

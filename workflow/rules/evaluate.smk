@@ -1,0 +1,20 @@
+# Stage `evaluate`: the final checkpoint on every record of the test split.
+
+
+rule evaluate:
+    input:
+        done=f"{LAST_PHASE_DIR}/done.json",
+        test=lambda wildcards: tfrecord_files(LAST_SEQ_LENGTH, "test", "tfrecord"),
+    output:
+        report(f"{RESULTS}/evaluate/metrics.json", caption="../report/evaluate.rst", category="Evaluation"),
+    params:
+        checkpoints=f"{LAST_PHASE_DIR}/checkpoints",
+        batch_size=config["evaluate"]["batch_size"],
+        precision="fp32" if PRETRAIN["precision"] == "fp32" else PRETRAIN["precision"],
+    conda:
+        "../../envs/evaluate.yaml"
+    log:
+        f"{LOGS}/evaluate.log",
+    shell:
+        "python -m bertpipe evaluate --checkpoint {params.checkpoints:q} --test-data {input.test:q}"
+        " --batch-size {params.batch_size} --precision {params.precision} --out {output:q} 2> {log:q}"

@@ -1,0 +1,26 @@
+# Stage `register`: the exported folder as a new version of config mlflow.registered_model, with its lineage and
+# evaluation as tags.
+
+
+rule register:
+    input:
+        model=f"{RESULTS}/export/huggingface",
+        evaluation=f"{RESULTS}/evaluate/metrics.json",
+        manifest=f"{DUMP_DIR}/manifest.json",
+        tokenizer=f"{RESULTS}/tokenizer",
+        train=lambda wildcards: [
+            f for phase in PRETRAIN["phases"] for f in tfrecord_files(phase["seq_length"], "train", "tfrecord")
+        ],
+        done=[f"{RESULTS}/pretrain/phase{number}/done.json" for number in range(1, LAST_PHASE + 1)],
+    output:
+        report(f"{RESULTS}/register/model-version.json", caption="../report/register.rst", category="Model"),
+    params:
+        name=config["mlflow"]["registered_model"],
+    conda:
+        "../../envs/register.yaml"
+    log:
+        f"{LOGS}/register.log",
+    shell:
+        "python -m bertpipe register --model {input.model:q} --name {params.name:q}"
+        " --evaluation {input.evaluation:q} --manifest {input.manifest:q} --tokenizer {input.tokenizer:q}"
+        " --train-data {input.train:q} --training-done {input.done:q} --out {output:q} 2> {log:q}"
