@@ -101,6 +101,11 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:120]
 
 
+def redacted(uri: str) -> str:
+    """`uri` without user and password (http://user:secret@host -> http://host): logs and params carry no secrets."""
+    return re.sub(r"(//)[^/@]*@", r"\1", uri) if uri else uri
+
+
 def _is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -160,7 +165,8 @@ class Run:
                 self.offline = True
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 log.warning("MLflow tracking at %s failed (%s: %s); %s goes on without it and keeps what it "
-                            "would have logged in %s", self.uri, type(error).__name__, first_line, self.name,
+                            "would have logged in %s", redacted(self.uri), type(error).__name__,
+                            redacted(first_line), self.name,
                             self.offline_file)
         self._write(record)
         return None
@@ -280,12 +286,14 @@ def start_pipeline(config: dict, command: list) -> Run:
               tags={"bertpipe.command": " ".join(command)})
     if not run.enabled:
         return run
+    config = {**config, "mlflow": {**config.get("mlflow", {}),
+                                   "tracking_uri": redacted(config.get("mlflow", {}).get("tracking_uri"))}}
     run.log_params(config)
     with atomic_file(run.folder / "effective-config.json") as temp:
         temp.write_text(json.dumps(config, indent=2) + "\n")
     run.log_artifact(run.folder / "effective-config.json")
     with atomic_file(run.folder / PIPELINE_RUN) as temp:
-        temp.write_text(json.dumps({"run_id": run.run_id, "tracking_uri": run.uri}) + "\n")
+        temp.write_text(json.dumps({"run_id": run.run_id, "tracking_uri": redacted(run.uri)}) + "\n")
     return run
 
 

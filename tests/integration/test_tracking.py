@@ -52,7 +52,7 @@ def test_stage_runs_are_children_of_the_pipeline_run_with_params_metrics_and_art
 
 
 def test_unreachable_server_warns_once_and_keeps_everything_in_a_local_file(store, monkeypatch, caplog):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://bert:secret@127.0.0.1:{free_port()}")
     with caplog.at_level(logging.WARNING, logger="bertpipe.tracking"):
         run = tracking.stage_run("pretrain phase1", "pretrain")
         run.log_params({"lr": 0.001})
@@ -62,6 +62,7 @@ def test_unreachable_server_warns_once_and_keeps_everything_in_a_local_file(stor
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "goes on without it" in warnings[0].getMessage()
     assert str(run.offline_file) in warnings[0].getMessage()
+    assert "secret" not in caplog.text + run.offline_file.read_text() and "http://127.0.0.1:" in warnings[0].getMessage()
     records = [json.loads(line) for line in run.offline_file.read_text().splitlines()]
     assert [r["op"] for r in records] == ["create_run", "offline_run_id", "params", "metrics", "artifact", "end"]
     assert records[0]["tags"]["bertpipe.stage"] == "pretrain"
