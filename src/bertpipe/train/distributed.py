@@ -45,12 +45,14 @@ def gather_objects(value) -> list:
 
 
 class StopRequest:
-    """SIGTERM or SIGUSR1 (a cluster's preemption or time-limit warning) asks the trainer to checkpoint and exit; every
-    rank learns of it at the same step, whichever rank got the signal."""
+    """SIGTERM, SIGUSR1 or SIGURG (a cluster's preemption or time-limit warning) asks the trainer to checkpoint and
+    exit; every rank learns of it at the same step, whichever rank got the signal. SIGURG is the Slurm profile's
+    time-limit warning: every other process ignores it by default, so Slurm can signal a whole job step with it
+    (see launch.py)."""
 
     def __init__(self):
         self.signalled = False
-        for number in (signal.SIGTERM, signal.SIGUSR1):
+        for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG):
             signal.signal(number, self._handle)
 
     def _handle(self, number, frame):
