@@ -5,6 +5,7 @@ setting is what it is."""
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -73,6 +74,17 @@ def slurm_conf(folder: Path, nodes: list, cpus: int, memory_mb: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def running(command: str) -> bool:
+    """Whether a process of this name runs (from /proc: procps may be missing on a bare Debian)."""
+    for stat in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if stat.read_text().strip() == command:
+                return True
+        except OSError:  # the process ended while we looked
+            continue
+    return False
+
+
 def munge_works() -> bool:
     encode = subprocess.run(["munge", "-n"], capture_output=True)
     if encode.returncode != 0:
@@ -95,14 +107,13 @@ class SlurmCluster:
 
     def __init__(self, folder: Path, nodes: int = 1, cpus: int = 2, memory_mb: int = 20000):
         self.folder = folder
-        self.nodes = [subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()] \
-            if nodes == 1 else [f"n{index}" for index in range(1, nodes + 1)]
+        self.nodes = [socket.gethostname().split(".")[0]] if nodes == 1 else [f"n{index}" for index in range(1, nodes + 1)]
         self.cpus, self.memory_mb = cpus, memory_mb
         self.processes = []  # (name, Popen), in start order
         self.saved_conf = None
 
     def start(self) -> "SlurmCluster":
-        if subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0:
+        if running("slurmctld"):
             raise RuntimeError("a slurmctld is already running on this machine; the tests start their own")
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "state").mkdir(exist_ok=True)
