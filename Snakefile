@@ -22,7 +22,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/cluster.smk"
+include: "workflow/slurm.smk"
 
 
 rule all:
