@@ -166,21 +166,21 @@ def _pretrain(subparsers):
 
 def _launch(subparsers):
     from bertpipe import launch
+    from bertpipe.pretrain import positive
 
     stage = subparsers.add_parser("launch", help="a bertpipe command under torchrun, on one machine or on Slurm nodes",
                                   description=launch.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    stage.add_argument("--nodes", type=int, default=1, help="nodes (more than one: in a Slurm job only)")
-    stage.add_argument("--nproc-per-node", type=int, default=1, help="torchrun processes per node")
-    stage.add_argument("--cpus-per-node", type=int, default=1, help="CPUs of each node's srun task")
+    stage.add_argument("--nodes", type=positive, default=1, help="nodes (more than one: in a Slurm job only)")
+    stage.add_argument("--nproc-per-node", type=positive, default=1, help="torchrun processes per node")
+    stage.add_argument("--cpus-per-node", type=positive, default=1, help="CPUs of each node's srun task")
     stage.add_argument("--gpus-per-node", type=int, default=0, help="GPUs of each node's srun task")
-    stage.add_argument("--srun", default="srun", help="the srun command for several nodes")
     stage.add_argument("command", nargs=argparse.REMAINDER, help="the bertpipe command, e.g. pretrain ...")
 
     def run(args):
         if not args.command:
             raise BertpipeError("name the command to launch, e.g. `bertpipe launch --nodes 2 pretrain ...`")
         raise SystemExit(launch.run(args.nodes, args.nproc_per_node, args.command, cpus_per_node=args.cpus_per_node,
-                                    gpus_per_node=args.gpus_per_node, srun=args.srun))
+                                    gpus_per_node=args.gpus_per_node))
 
     stage.set_defaults(run=run)
 

@@ -23,7 +23,6 @@ import sys
 from bertpipe import BertpipeError
 
 STOPPED = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again to resume
-WARNING_SIGNAL = "URG"
 
 
 def torchrun_command(nproc_per_node: int, command: list, nnodes: int = 1, endpoint: str = None,
@@ -60,8 +59,8 @@ def free_port(address: str) -> int:
         return probe.getsockname()[1]
 
 
-def multi_node_command(nnodes: int, nproc_per_node: int, cpus_per_node: int, gpus_per_node: int, srun: str,
-                       command: list, environ) -> list:
+def multi_node_command(nnodes: int, nproc_per_node: int, cpus_per_node: int, gpus_per_node: int, command: list,
+                       environ) -> list:
     """`srun` with one task per node, each running torchrun with a c10d rendezvous on this node."""
     job = environ.get("SLURM_JOB_ID")
     node = environ.get("SLURMD_NODENAME")
@@ -70,7 +69,7 @@ def multi_node_command(nnodes: int, nproc_per_node: int, cpus_per_node: int, gpu
                             "pretrain.nodes to 1 for a run on this machine")
     address = node_address(node)
     endpoint = f"[{address}]:{free_port(address)}" if ":" in address else f"{address}:{free_port(address)}"
-    step = [*srun.split(), "--nodes", str(nnodes), "--ntasks", str(nnodes), "--ntasks-per-node", "1",
+    step = ["srun", "--nodes", str(nnodes), "--ntasks", str(nnodes), "--ntasks-per-node", "1",
             "--cpus-per-task", str(cpus_per_node), "--kill-on-bad-exit=1"]
     if gpus_per_node:
         step.append(f"--gres=gpu:{gpus_per_node}")
@@ -87,13 +86,12 @@ def done_file(command: list):
     return None
 
 
-def run(nnodes: int, nproc_per_node: int, command: list, cpus_per_node: int = 1, gpus_per_node: int = 0,
-        srun: str = "srun") -> int:
+def run(nnodes: int, nproc_per_node: int, command: list, cpus_per_node: int = 1, gpus_per_node: int = 0) -> int:
     """Runs `bertpipe <command>` across `nnodes` x `nproc_per_node` processes; returns the exit status."""
     if nnodes == 1:
         argv = torchrun_command(nproc_per_node, command)
     else:
-        argv = multi_node_command(nnodes, nproc_per_node, cpus_per_node, gpus_per_node, srun, command, os.environ)
+        argv = multi_node_command(nnodes, nproc_per_node, cpus_per_node, gpus_per_node, command, os.environ)
     return supervise(argv, done_file(command))
 
 

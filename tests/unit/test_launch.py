@@ -43,7 +43,7 @@ def test_free_port_can_be_bound():
 
 def test_several_nodes_outside_a_slurm_job_are_refused_with_what_to_do():
     with pytest.raises(BertpipeError, match="--profile slurm"):
-        launch.multi_node_command(2, 1, 1, 0, "srun", ["pretrain"], environ={})
+        launch.multi_node_command(2, 1, 1, 0, ["pretrain"], environ={})
 
 
 def test_done_file_is_found_in_either_spelling():
