@@ -22,7 +22,8 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/tracking.smk"
+include: "workflow/slurm.smk"
+include: "workflow/tracking.smk"
 
 
 rule all:

@@ -148,16 +148,20 @@ def run_bertpipe(*args, cwd=None):
     return subprocess.run([str(VENV_BIN / "bertpipe"), *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
-@pytest.fixture
-def workflow_dir(tmp_path):
-    """A copy of the workflow (Snakefile, configs, workflow/, envs/, data/, src/) to run Snakemake in, as a fresh clone would."""
-    folder = tmp_path / "wf"
-    folder.mkdir()
+def copy_workflow(folder: Path) -> Path:
+    """A copy of the workflow (Snakefile, configs, workflow/, envs/, data/, src/, the slurm/ profile) in `folder`, to
+    run Snakemake in as a fresh clone would."""
+    folder.mkdir(parents=True)
     for name in ("Snakefile", "config.yaml", "config.demo.yaml"):
         shutil.copy(REPO / name, folder / name)
-    for name in ("workflow", "envs", "data", "src"):
+    for name in ("workflow", "envs", "data", "src", "slurm"):
         shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
     return folder
+
+
+@pytest.fixture
+def workflow_dir(tmp_path):
+    return copy_workflow(tmp_path / "wf")
 
 
 def snakemake(folder: Path, *args, check=True):

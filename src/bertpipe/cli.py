@@ -242,11 +242,34 @@ def _register(subparsers):
     stage.set_defaults(run=run, label="name", inputs=("model",))
 
 
+def _launch(subparsers):
+    from bertpipe import launch
+    from bertpipe.pretrain import positive
+
+    stage = subparsers.add_parser("launch", help="a bertpipe command under torchrun, on one machine or on Slurm nodes",
+                                  description=launch.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    stage.add_argument("--nodes", type=positive, default=1, help="nodes (more than one: in a Slurm job only)")
+    stage.add_argument("--nproc-per-node", type=positive, default=1, help="torchrun processes per node")
+    stage.add_argument("--cpus-per-node", type=positive, default=1, help="CPUs of each node's srun task")
+    stage.add_argument("--gpus-per-node", type=int, default=0, help="GPUs of each node's srun task")
+    stage.add_argument("command", nargs=argparse.REMAINDER, help="the bertpipe command, e.g. pretrain ...")
+
+    def run(args, _):
+        if not args.command:
+            raise BertpipeError("name the command to launch, e.g. `bertpipe launch --nodes 2 pretrain ...`")
+        raise SystemExit(launch.run(args.nodes, args.nproc_per_node, args.command, cpus_per_node=args.cpus_per_node,
+                                    gpus_per_node=args.gpus_per_node))
+
+    # Not a run of its own: the command it launches is tracked (by its rank 0).
+    stage.set_defaults(run=run, label=None, inputs=(), tracked=False)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="bertpipe", description=__doc__)
     top.add_argument("--version", action="version", version=f"bertpipe {__version__}")
     subparsers = top.add_subparsers(dest="stage", required=True)
-    for add in (_download, _extract, _corpus, _tokenizer, _tfrecords, _pretrain, _evaluate, _export, _register):
+    for add in (_download, _extract, _corpus, _tokenizer, _tfrecords, _pretrain, _launch, _evaluate, _export,
+                _register):
         add(subparsers)
     return top
 
@@ -277,8 +300,8 @@ def main(argv=None) -> int:
     from bertpipe import tracking
 
     stage = " ".join(filter(None, (args.stage, getattr(args, "step", None))))
-    label = getattr(args, args.label, None)
-    run = tracking.stage_run(f"{stage} {label}" if label else stage, args.stage)
+    label = getattr(args, args.label) if args.label else None
+    run = tracking.stage_run(f"{stage} {label}" if label else stage, args.stage, enabled=getattr(args, "tracked", True))
     status = "FAILED"
     try:
         if run.enabled:

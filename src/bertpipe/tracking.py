@@ -113,11 +113,13 @@ def _is_rank_zero() -> bool:
 class Run:
     """One MLflow run, or its offline record once MLflow cannot be reached. Every method is best effort."""
 
-    def __init__(self, name: str, stage: str, parent_id: str = None, tags: dict = None, run_id: str = None):
-        """A new run, or (`run_id`) one that exists already."""
+    def __init__(self, name: str, stage: str, parent_id: str = None, tags: dict = None, run_id: str = None,
+                 enabled: bool = True):
+        """A new run, or (`run_id`) one that exists already; `enabled=False` (or no tracking URI, or a rank other
+        than 0) makes every method a no-op."""
         self.name, self.stage = name, stage
         self.uri = os.environ.get("MLFLOW_TRACKING_URI")
-        self.enabled = bool(self.uri) and _is_rank_zero()
+        self.enabled = enabled and bool(self.uri) and _is_rank_zero()
         self.folder = Path(os.environ.get("BERTPIPE_MLFLOW_DIR", "mlflow"))
         self.offline_file = self.folder / "offline" / f"{_safe_name(name)}-{uuid.uuid4().hex[:8]}.jsonl"
         self.offline = False
@@ -272,9 +274,9 @@ def pipeline_parent() -> str:
         return None
 
 
-def stage_run(name: str, stage: str, tags: dict = None) -> Run:
+def stage_run(name: str, stage: str, enabled: bool = True) -> Run:
     """A child run of the running pipeline (a top-level run when there is none)."""
-    return Run(name, stage, parent_id=pipeline_parent(), tags=tags)
+    return Run(name, stage, parent_id=pipeline_parent(), enabled=enabled)
 
 
 def start_pipeline(config: dict, command: list) -> Run:

@@ -12,6 +12,8 @@ checkpoint corpus:
         min_chars=config["corpus"]["min_chars"],
         min_paragraph_words=config["corpus"]["min_paragraph_words"],
         shard_max_bytes=int(config["corpus"]["shard_max_mb"] * 2**20),
+    resources:
+        **slurm_job("corpus"),
     conda:
         "../../envs/corpus.yaml"
     log:
@@ -29,6 +31,8 @@ rule corpus_stats:
         report(f"{RESULTS}/corpus/stats.json", caption="../report/corpus_stats.rst", category="Corpus"),
     params:
         split=config["corpus"]["split"],
+    resources:
+        **slurm_job("corpus_stats"),
     conda:
         "../../envs/corpus.yaml"
     log:

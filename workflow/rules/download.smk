@@ -9,6 +9,8 @@ checkpoint download_manifest:
         wiki=config["dump"]["wiki"],
         date=config["dump"]["date"],
         timeout=config["download"]["timeout_seconds"],
+    resources:
+        **slurm_job("download_manifest"),
     conda:
         "../../envs/download.yaml"
     log:
@@ -27,6 +29,8 @@ rule download:
         retries=config["download"]["retries"],
         backoff=config["download"]["backoff_seconds"],
         timeout=config["download"]["timeout_seconds"],
+    resources:
+        **slurm_job("download"),
     conda:
         "../../envs/download.yaml"
     log:

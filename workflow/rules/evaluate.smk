@@ -11,6 +11,8 @@ rule evaluate:
         checkpoints=f"{LAST_PHASE_DIR}/checkpoints",
         batch_size=config["evaluate"]["batch_size"],
         precision="fp32" if PRETRAIN["precision"] == "fp32" else PRETRAIN["precision"],
+    resources:
+        **slurm_job("evaluate"),
     conda:
         "../../envs/evaluate.yaml"
     log:

@@ -9,6 +9,8 @@ rule export:
         directory(f"{RESULTS}/export/huggingface"),
     params:
         checkpoints=f"{LAST_PHASE_DIR}/checkpoints",
+    resources:
+        **slurm_job("export"),
     conda:
         "../../envs/export.yaml"
     log:

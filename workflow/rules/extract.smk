@@ -7,6 +7,8 @@ rule extract:
     output:
         f"{RESULTS}/extract/{{part}}.jsonl",
     threads: config["extract"]["threads"]
+    resources:
+        **slurm_job("extract"),
     conda:
         "../../envs/extract.yaml"
     log:

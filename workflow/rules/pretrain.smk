@@ -1,6 +1,7 @@
-# Stage `pretrain`: one torchrun job per phase (seq 128, then 512 from phase 1's weights). Checkpoints live beside
-# the phase's `done.json` but are not outputs, so a failed or preempted job's checkpoints survive and the rerun
-# resumes from the newest one. To train a phase from scratch, delete its checkpoints folder.
+# Stage `pretrain`: one torchrun job per phase (seq 128, then 512 from phase 1's weights), on pretrain.nodes nodes
+# (several: a multi-node Slurm job, see slurm_pretrain_job). Checkpoints live beside the phase's `done.json` but are
+# not outputs, so a failed, preempted or timed-out job's checkpoints survive and the rerun resumes from the newest
+# one. To train a phase from scratch, delete its checkpoints folder.
 
 rule pretrain:
     input:
@@ -45,14 +46,19 @@ rule pretrain:
                 "save_interval", "keep_last", "eval_interval", "eval_iters", "log_interval",
             )
         ),
-        nproc=PRETRAIN["nproc_per_node"],
+        launch=(
+            f"--nodes {PRETRAIN['nodes']} --nproc-per-node {PRETRAIN['nproc_per_node']}"
+            f" --cpus-per-node {SLURM['pretrain']['cpus_per_node']} --gpus-per-node {SLURM['pretrain']['gpus_per_node']}"
+        ),
     threads: PRETRAIN["nproc_per_node"]
+    resources:
+        **slurm_pretrain_job(),
     conda:
         "../../envs/pretrain.yaml"
     log:
         f"{LOGS}/pretrain/phase{{phase}}.log",
     shell:
-        "torchrun --standalone --nproc-per-node {params.nproc} -m bertpipe pretrain --use-tfrecords"
+        "python -m bertpipe launch {params.launch} pretrain --use-tfrecords"
         " --train-data {input.train:q} {params.valid} --tokenizer-path {input.tokenizer:q}"
         " {params.phase} {params.model} {params.training} {params.precision} {params.init}"
         " --save {params.folder}/checkpoints --metrics {params.folder}/metrics.jsonl --loss-curve {output.curve:q}"

@@ -16,6 +16,8 @@ rule register:
         report(f"{RESULTS}/register/model-version.json", caption="../report/register.rst", category="Model"),
     params:
         name=config["mlflow"]["registered_model"],
+    resources:
+        **slurm_job("register"),
     conda:
         "../../envs/register.yaml"
     log:

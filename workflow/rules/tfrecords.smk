@@ -14,6 +14,8 @@ rule tfrecords:
     params:
         max_predictions=lambda wildcards: PHASE_OF_LENGTH[int(wildcards.seq)]["max_predictions"],
         whole_word_mask="--whole-word-mask" if TFRECORDS["whole_word_mask"] else "--no-whole-word-mask",
+    resources:
+        **slurm_job("tfrecords"),
     conda:
         "../../envs/tfrecords.yaml"
     log:
@@ -36,6 +38,8 @@ rule tfrecords_stats:
             caption="../report/tfrecords_stats.rst",
             category="TFRecords",
         ),
+    resources:
+        **slurm_job("tfrecords_stats"),
     conda:
         "../../envs/tfrecords.yaml"
     log:

@@ -18,6 +18,8 @@ rule tokenizer:
             f"--vocab-file {config['tokenizer']['vocab_file']}" if config["tokenizer"]["vocab_file"] else ""
         ),
     threads: config["tokenizer"]["threads"]
+    resources:
+        **slurm_job("tokenizer"),
     conda:
         "../../envs/tokenizer.yaml"
     log:

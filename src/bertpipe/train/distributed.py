@@ -1,7 +1,9 @@
 """Process group set-up from torchrun's environment (env://), rank helpers, and preemption signals."""
 
+import logging
 import os
 import signal
+import socket
 
 import torch
 import torch.distributed as dist
@@ -18,6 +20,9 @@ def init() -> tuple:
         if cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if cuda else "gloo")
+        # Which machine each rank runs on (Slurm's node name: nodes may share a host name).
+        node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        logging.getLogger(__name__).info("rank %d of %d on node %s", dist.get_rank(), dist.get_world_size(), node)
     return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank) if cuda else torch.device("cpu")
 
 
@@ -45,12 +50,14 @@ def gather_objects(value) -> list:
 
 
 class StopRequest:
-    """SIGTERM or SIGUSR1 (a cluster's preemption or time-limit warning) asks the trainer to checkpoint and exit; every
-    rank learns of it at the same step, whichever rank got the signal."""
+    """SIGTERM, SIGUSR1 or SIGURG (a cluster's preemption or time-limit warning) asks the trainer to checkpoint and
+    exit; every rank learns of it at the same step, whichever rank got the signal. SIGURG is the Slurm profile's
+    time-limit warning: every other process ignores it by default, so Slurm can signal a whole job step with it
+    (see launch.py)."""
 
     def __init__(self):
         self.signalled = False
-        for number in (signal.SIGTERM, signal.SIGUSR1):
+        for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG):
             signal.signal(number, self._handle)
 
     def _handle(self, number, frame):

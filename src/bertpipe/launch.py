@@ -1,0 +1,117 @@
+"""`bertpipe launch`: runs `bertpipe pretrain` under torchrun on one machine, or on several Slurm nodes.
+
+One node (a workstation, or a one-node Slurm job): `torchrun --standalone --nproc-per-node G -m bertpipe pretrain ...`.
+Several nodes: this process runs in the job's batch step, on the allocation's first node. It takes that node's
+address (its NodeAddr in Slurm, not its name resolved: nodes may share a name's address, as on a test machine) and a
+free port on it, then `srun` starts one task per node, each running
+`torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint ADDR:PORT --rdzv-id JOB_ID`. The torchrun
+on the first node hosts the rendezvous store (c10d picks the agent whose machine matches the endpoint; where several
+match, the first to bind hosts and the others connect).
+
+Stopping: Slurm's time-limit warning is SIGURG (`--signal=URG@<seconds>`), a signal every process ignores unless
+it asks for it; so it reaches the trainer (which checkpoints and stops, see train/distributed.py) through Snakemake,
+the shell, srun and torchrun without stopping any of them. A run that stopped before its last step has no `--done`
+file; launch then exits with STOPPED, so the workflow marks the job failed and its rerun resumes from the checkpoint.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from bertpipe import BertpipeError
+
+STOPPED = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again to resume
+
+
+def torchrun_command(nproc_per_node: int, command: list, nnodes: int = 1, endpoint: str = None,
+                     rendezvous_id: str = None) -> list:
+    """torchrun (as `python -m torch.distributed.run`, so the same interpreter) running `bertpipe <command>`."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node)]
+    if nnodes == 1:
+        torchrun.append("--standalone")
+    else:
+        torchrun += ["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+                     "--rdzv-id", rendezvous_id]
+    return torchrun + ["-m", "bertpipe", *command]
+
+
+def node_address(node: str) -> str:
+    """The NodeAddr of Slurm node `node` (`scontrol show node`)."""
+    result = subprocess.run(["scontrol", "show", "node", node], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BertpipeError(f"scontrol show node {node} failed: {result.stderr.strip()}")
+    return parse_node_address(result.stdout, node)
+
+
+def parse_node_address(scontrol_output: str, node: str) -> str:
+    for field in scontrol_output.split():
+        if field.startswith("NodeAddr="):
+            return field.split("=", 1)[1]
+    raise BertpipeError(f"scontrol show node {node} names no NodeAddr")
+
+
+def free_port(address: str) -> int:
+    """A TCP port free on `address` now (the rendezvous store binds it a moment later)."""
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        probe.bind((address, 0))
+        return probe.getsockname()[1]
+
+
+def multi_node_command(nnodes: int, nproc_per_node: int, cpus_per_node: int, gpus_per_node: int, command: list,
+                       environ) -> list:
+    """`srun` with one task per node, each running torchrun with a c10d rendezvous on this node."""
+    job = environ.get("SLURM_JOB_ID")
+    node = environ.get("SLURMD_NODENAME")
+    if not job or not node:
+        raise BertpipeError(f"{nnodes} nodes need a Slurm job: run the workflow with `--profile slurm`, or set "
+                            "pretrain.nodes to 1 for a run on this machine")
+    address = node_address(node)
+    endpoint = f"[{address}]:{free_port(address)}" if ":" in address else f"{address}:{free_port(address)}"
+    step = ["srun", "--nodes", str(nnodes), "--ntasks", str(nnodes), "--ntasks-per-node", "1",
+            "--cpus-per-task", str(cpus_per_node), "--kill-on-bad-exit=1"]
+    if gpus_per_node:
+        step.append(f"--gres=gpu:{gpus_per_node}")
+    return step + torchrun_command(nproc_per_node, command, nnodes, endpoint, rendezvous_id=job)
+
+
+def done_file(command: list):
+    """The `--done` file of a `pretrain` command, or None."""
+    for index, argument in enumerate(command):
+        if argument == "--done" and index + 1 < len(command):
+            return command[index + 1]
+        if argument.startswith("--done="):
+            return argument.split("=", 1)[1]
+    return None
+
+
+def run(nnodes: int, nproc_per_node: int, command: list, cpus_per_node: int = 1, gpus_per_node: int = 0) -> int:
+    """Runs `bertpipe <command>` across `nnodes` x `nproc_per_node` processes; returns the exit status."""
+    if nnodes == 1:
+        argv = torchrun_command(nproc_per_node, command)
+    else:
+        argv = multi_node_command(nnodes, nproc_per_node, cpus_per_node, gpus_per_node, command, os.environ)
+    return supervise(argv, done_file(command))
+
+
+def supervise(argv: list, done) -> int:
+    """Runs `argv` to its end; its exit status, or STOPPED where it succeeded without writing `done`."""
+    print("launch:", " ".join(argv), flush=True)
+    # Slurm signals every process of a job step, and a terminal every process of its foreground group, so the
+    # trainers get each signal themselves; this process stays to report how they ended. (Handlers, unlike ignored
+    # signals, are reset in the child when it starts.)
+    previous = {number: signal.signal(number, lambda *_: None) for number in (signal.SIGTERM, signal.SIGINT,
+                                                                             signal.SIGHUP)}
+    try:
+        status = subprocess.Popen(argv).wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if status != 0:
+        return status
+    if done and not os.path.exists(done):
+        print(f"launch: training stopped before its last step (a time-limit warning or preemption) and left a "
+              f"checkpoint; run the workflow again to resume from it. Exit status {STOPPED}.", flush=True)
+        return STOPPED
+    return 0

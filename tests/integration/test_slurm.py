@@ -1,0 +1,183 @@
+"""The workflow on a real Slurm cluster that the tests start on this machine (tests/slurm_cluster.py; Debian's
+packages are installed when missing): `snakemake --profile slurm` runs every rule as a Slurm job and gets a local
+run's results, pretrain spans two nodes, a time limit leaves a checkpoint that the next run resumes from, and a
+failed job is reported with its Slurm log."""
+
+import json
+import re
+import shutil
+import time
+from collections import Counter
+
+import pytest
+import yaml
+
+from bertpipe.launch import STOPPED
+from tests.conftest import copy_workflow, snakemake
+from tests.integration.test_workflow import rules_run
+from tests.slurm_cluster import SlurmCluster, install_slurm
+
+pytestmark = pytest.mark.slow
+
+# The demo with 60 + 4 pretraining steps instead of 600 + 20, every step's losses recorded.
+SHORT = {"pretrain": {"save_interval": 20, "eval_interval": 20, "log_interval": 1, "phases": [
+    {"seq_length": 128, "batch_size": 32, "gradient_accumulation_steps": 1, "train_iters": 60, "lr": 1.0e-3},
+    {"seq_length": 512, "batch_size": 4, "gradient_accumulation_steps": 1, "train_iters": 4, "lr": 1.0e-4}]}}
+CONFIGS = ("--configfile", "config.demo.yaml", "short.yaml")
+PHASE1 = "results/pretrain/phase1/done.json"
+
+
+def slurm_jobs(output: str) -> dict:
+    """{Slurm job id: rule} of the jobs Snakemake submitted, from its log lines."""
+    return {job: rule for job, rule in
+            re.findall(r"has been submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+?)/", output)}
+
+
+def run_id(output: str) -> str:
+    return re.search(r"SLURM run ID: (\S+)", output).group(1)
+
+
+def losses(metrics_file) -> dict:
+    """step -> the last recorded training metrics of that step."""
+    records = [json.loads(line) for line in open(metrics_file)]
+    return {record["step"]: record for record in records if "loss" in record}
+
+
+def write_yaml(path, document):
+    path.write_text(yaml.safe_dump(document))
+
+
+@pytest.fixture(scope="module")
+def slurm_installed():
+    install_slurm()
+
+
+@pytest.fixture
+def start_cluster(tmp_path, slurm_installed):
+    """start_cluster(nodes) -> a running SlurmCluster; every daemon is stopped (by PID) after the test."""
+    clusters = []
+
+    def start(nodes):
+        clusters.append(SlurmCluster(tmp_path / f"slurm-{nodes}-nodes", nodes=nodes).start())
+        return clusters[-1]
+
+    yield start
+    for cluster in clusters:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """The short demo run on this machine without Slurm: (workflow folder, Snakemake's log)."""
+    folder = copy_workflow(tmp_path_factory.mktemp("local") / "wf")
+    write_yaml(folder / "short.yaml", SHORT)
+    result = snakemake(folder, "--cores", "2", "all", *CONFIGS)
+    return folder, result.stderr
+
+
+def copy_upstream(local_folder, destination):
+    """A copy of the local run up to the TFRecords (outputs and Snakemake's records of them), without pretraining."""
+    shutil.copytree(local_folder, destination, symlinks=True)
+    for produced in ("results/pretrain", "logs/pretrain"):
+        shutil.rmtree(destination / produced)
+    return destination
+
+
+def test_profile_runs_every_rule_as_a_slurm_job_with_the_results_of_a_local_run(start_cluster, local_run, tmp_path):
+    local, local_log = local_run
+    cluster = start_cluster(1)
+    folder = copy_workflow(tmp_path / "wf")
+    write_yaml(folder / "short.yaml", SHORT)
+    result = snakemake(folder, "--profile", "slurm", "all", *CONFIGS)
+
+    submitted = slurm_jobs(result.stderr)
+    expected = rules_run(local_log) - Counter({"all": 1})  # `all` runs no command: Snakemake finishes it itself
+    assert Counter(submitted.values()) == expected
+    assert rules_run(result.stderr) == rules_run(local_log)
+    records = {record["JobId"]: record for record in cluster.job_records()}
+    for job in submitted:
+        assert records[job]["JobState"] == "COMPLETED" and records[job]["Name"] == run_id(result.stderr), records[job]
+
+    tfrecords = sorted(path.relative_to(local) for path in local.glob("results/tfrecords/**/*.tfrecord"))
+    assert len(tfrecords) == expected["tfrecords"]
+    for path in tfrecords:
+        assert (folder / path).read_bytes() == (local / path).read_bytes(), path
+    for phase, steps in ((1, 60), (2, 4)):
+        on_slurm = losses(folder / f"results/pretrain/phase{phase}/metrics.jsonl")
+        here = losses(local / f"results/pretrain/phase{phase}/metrics.jsonl")
+        assert sorted(on_slurm) == sorted(here) == list(range(1, steps + 1))
+        for step in here:
+            for key in ("loss", "mlm_loss", "nsp_loss"):
+                assert on_slurm[step][key] == here[step][key], (phase, step, key)
+
+
+def test_pretrain_on_two_nodes_matches_one_node_with_the_same_global_batch(start_cluster, local_run, tmp_path):
+    local, _ = local_run
+    cluster = start_cluster(2)
+    folder = copy_upstream(local, tmp_path / "wf")
+    halves = [{**phase, "batch_size": phase["batch_size"] // 2} for phase in SHORT["pretrain"]["phases"]]
+    write_yaml(folder / "two-nodes.yaml", {"pretrain": {"nodes": 2, "phases": halves}})
+    result = snakemake(folder, "--profile", "slurm", PHASE1, *CONFIGS, "two-nodes.yaml")
+
+    assert rules_run(result.stderr) == {"pretrain": 1}
+    (job,) = slurm_jobs(result.stderr)
+    record = {record["JobId"]: record for record in cluster.job_records()}[job]
+    assert record["JobState"] == "COMPLETED" and record["NodeCnt"] == "2", record
+    log = (folder / "logs/pretrain/phase1.log").read_text()
+    ranks = dict(re.findall(r"rank (\d) of 2 on node (\S+)", log))
+    assert sorted(ranks) == ["0", "1"] and ranks["0"] != ranks["1"] and set(ranks.values()) == {"n1", "n2"}, log
+    two_nodes = losses(folder / "results/pretrain/phase1/metrics.jsonl")
+    one_node = losses(local / "results/pretrain/phase1/metrics.jsonl")
+    assert sorted(two_nodes) == sorted(one_node) == list(range(1, 61))
+    for step in one_node:
+        for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm"):
+            assert two_nodes[step][key] == pytest.approx(one_node[step][key], rel=1e-5, abs=1e-6), (step, key)
+
+
+def test_time_limit_leaves_a_checkpoint_that_the_next_run_resumes_from(start_cluster, local_run, tmp_path):
+    local, _ = local_run
+    cluster = start_cluster(1)
+    folder = copy_upstream(local, tmp_path / "wf")
+    # A 2-minute limit, the warning 45 s before it (Slurm sends it up to 30 s earlier still); more steps than fit.
+    long_phase = {**SHORT["pretrain"]["phases"][0], "train_iters": 100000}
+    write_yaml(folder / "limit.yaml", {"slurm": {"pretrain": {"runtime": 2, "warning_seconds": 45}},
+                                       "pretrain": {"phases": [long_phase, SHORT["pretrain"]["phases"][1]]}})
+    arguments = ("--profile", "slurm", PHASE1, *CONFIGS, "limit.yaml")
+    log = folder / "logs/pretrain/phase1.log"
+
+    first = snakemake(folder, *arguments, check=False)
+    assert first.returncode != 0
+    (job,) = slurm_jobs(first.stderr)
+    record = {record["JobId"]: record for record in cluster.job_records()}[job]
+    # FAILED, not TIMEOUT: the trainer stopped on the warning, before the limit, and launch said so.
+    assert record["JobState"] == "FAILED", record
+    stopped = re.search(r"stopping at step (\d+) on a signal", log.read_text())
+    assert stopped and f"Exit status {STOPPED}" in log.read_text(), log.read_text()
+    step = int(stopped.group(1))
+    checkpoint = folder / f"results/pretrain/phase1/checkpoints/step-{step:08d}"
+    assert (checkpoint / "state.pt").is_file() and not (folder / PHASE1).exists()
+    # The failure names the job's Slurm log, which holds the job's own Snakemake report.
+    slurm_log = re.search(r"(\S+/slurm_logs/rule_pretrain/1/\d+\.log)", first.stderr).group(1)
+    assert "exited with non-zero exit code" in open(slurm_log).read()
+
+    second = snakemake(folder, *arguments, check=False)
+    assert f"resumed from results/pretrain/phase1/checkpoints/step-{step:08d} at step {step}" in log.read_text()
+    steps = [json.loads(line)["step"] for line in open(folder / "results/pretrain/phase1/metrics.jsonl")
+             if '"loss"' in line]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > step, "the rerun went on from the checkpoint"
+    assert second.returncode != 0, "stopped again by the same limit"
+
+
+def test_a_failed_job_is_reported_with_its_slurm_log_without_waiting(start_cluster, tmp_path):
+    start_cluster(1)
+    folder = copy_workflow(tmp_path / "wf")
+    write_yaml(folder / "no-mirror.yaml", {"dump": {"mirror": "no-such-mirror"}})
+    started = time.monotonic()
+    result = snakemake(folder, "--profile", "slurm", "all", "--configfile", "config.demo.yaml", "no-mirror.yaml",
+                       check=False)
+    # Status from squeue, without Slurm accounting: the failure is seen and Snakemake stops by itself.
+    assert result.returncode != 0 and time.monotonic() - started < 300
+    assert "Error in rule download_manifest" in result.stderr
+    slurm_log = re.search(r"(\S+/slurm_logs/rule_download_manifest/\d+\.log)", result.stderr).group(1)
+    assert "logs/download/manifest.log" in open(slurm_log).read()
+    assert "no-such-mirror" in (folder / "logs/download/manifest.log").read_text()

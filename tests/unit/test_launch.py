@@ -1,0 +1,63 @@
+"""`bertpipe launch`: the torchrun and srun commands it builds, and what its exit status says."""
+
+import socket
+import sys
+
+import pytest
+
+from bertpipe import BertpipeError, launch
+
+SCONTROL_NODE = """NodeName=n2 Arch=x86_64 CoresPerSocket=1
+   CPUAlloc=0 CPUEfctv=2 CPUTot=2 CPULoad=0.00
+   NodeAddr=127.0.0.1 NodeHostName=localhost Port=17002 Version=22.05.8
+   State=IDLE ThreadsPerCore=1 TmpDisk=0 Weight=1 Owner=N/A MCS_label=N/A
+"""
+
+
+def test_one_node_is_standalone_torchrun_with_the_same_interpreter():
+    command = launch.torchrun_command(2, ["pretrain", "--train-iters", "5"])
+    assert command == [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                       "-m", "bertpipe", "pretrain", "--train-iters", "5"]
+
+
+def test_several_nodes_meet_at_a_c10d_rendezvous_named_by_the_job():
+    command = launch.torchrun_command(8, ["pretrain"], nnodes=4, endpoint="10.0.0.7:29411", rendezvous_id="1234")
+    assert command[command.index("--nnodes") + 1] == "4"
+    assert command[command.index("--rdzv-backend") + 1] == "c10d"
+    assert command[command.index("--rdzv-endpoint") + 1] == "10.0.0.7:29411"
+    assert command[command.index("--rdzv-id") + 1] == "1234"
+    assert "--standalone" not in command
+
+
+def test_the_head_address_is_the_nodes_nodeaddr():
+    assert launch.parse_node_address(SCONTROL_NODE, "n2") == "127.0.0.1"
+    with pytest.raises(BertpipeError, match="no NodeAddr"):
+        launch.parse_node_address("NodeName=n2 State=IDLE", "n2")
+
+
+def test_free_port_can_be_bound():
+    port = launch.free_port("127.0.0.1")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
+
+
+def test_several_nodes_outside_a_slurm_job_are_refused_with_what_to_do():
+    with pytest.raises(BertpipeError, match="--profile slurm"):
+        launch.multi_node_command(2, 1, 1, 0, ["pretrain"], environ={})
+
+
+def test_done_file_is_found_in_either_spelling():
+    assert launch.done_file(["pretrain", "--done", "a/done.json", "--seed", "1"]) == "a/done.json"
+    assert launch.done_file(["pretrain", "--done=b.json"]) == "b.json"
+    assert launch.done_file(["pretrain", "--seed", "1"]) is None
+
+
+def test_a_run_that_stops_early_exits_with_stopped_and_a_complete_one_with_0(tmp_path):
+    done = tmp_path / "done.json"
+    assert launch.supervise([sys.executable, "-c", "pass"], str(done)) == launch.STOPPED
+    write_done = f"open({str(done)!r}, 'w').write('{{}}')"
+    assert launch.supervise([sys.executable, "-c", write_done], str(done)) == 0
+
+
+def test_a_failing_run_keeps_its_exit_status(tmp_path):
+    assert launch.supervise([sys.executable, "-c", "exit(3)"], str(tmp_path / "done.json")) == 3
