@@ -199,6 +199,7 @@ def _evaluate(subparsers):
 
         metrics = evaluate(args.checkpoint, args.test_data, args.out, args.batch_size, args.precision)
         run.log_metrics(metrics)
+        run.set_tags({"checkpoint": metrics["checkpoint"]})
         run.log_artifact(args.out)
 
     stage.set_defaults(run=run, label="out", inputs=("test_data",))
@@ -213,7 +214,9 @@ def _export(subparsers):
     def run(args, run):
         from bertpipe.export import export
 
-        run.log_metrics(export(args.checkpoint, args.tokenizer, args.out))
+        summary = export(args.checkpoint, args.tokenizer, args.out)
+        run.log_metrics(summary)
+        run.set_tags({"checkpoint": summary["checkpoint"]})
         run.log_artifact(Path(args.out) / "config.json")
 
     stage.set_defaults(run=run, label="out", inputs=("tokenizer",))

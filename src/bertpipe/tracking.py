@@ -263,6 +263,22 @@ def experiment(client, folder: Path) -> str:
         raise
 
 
+def configure(settings: dict, results, code) -> None:
+    """The environment of this process and the jobs it starts, from config `mlflow` (tracking_uri null: SQLite under
+    `<results>/mlflow`), with the commit of the checkout `code`."""
+    import subprocess
+
+    folder = Path(results, "mlflow").resolve()
+    commit = subprocess.run(["git", "-C", str(code), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True,
+                            text=True)
+    os.environ.update({
+        "MLFLOW_TRACKING_URI": settings["tracking_uri"] or f"sqlite:///{folder}/mlflow.db",
+        "MLFLOW_EXPERIMENT_NAME": settings["experiment"],
+        "BERTPIPE_MLFLOW_DIR": str(folder),
+        "BERTPIPE_GIT_COMMIT": commit.stdout.strip() if commit.returncode == 0 else "unknown",
+    })
+
+
 def pipeline_parent() -> str:
     """The running pipeline's parent run id, or None outside a pipeline run."""
     folder = os.environ.get("BERTPIPE_MLFLOW_DIR")
