@@ -19,7 +19,9 @@ def init() -> tuple:
     if not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        # NCCL binds the group to this rank's GPU (unnamed, it guesses from the global rank and warns of hangs).
+        dist.init_process_group(backend="nccl" if cuda else "gloo",
+                                device_id=torch.device("cuda", local_rank) if cuda else None)
         # Which machine each rank runs on (Slurm's node name: nodes may share a host name).
         node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
         logging.getLogger(__name__).info("rank %d of %d on node %s", dist.get_rank(), dist.get_world_size(), node)
