@@ -48,7 +48,7 @@ def huggingface_model(model, model_config: dict):
 
 def fast_tokenizer(folder):
     """Our tokenizer folder as a `tokenizers.Tokenizer` with BERT's special tokens and template."""
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, models, normalizers, pre_tokenizers, processors
+    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     ours = Tokenizer(folder)
     if ours.kind == "sentencepiece":
@@ -67,8 +67,6 @@ def fast_tokenizer(folder):
         tokenizer = HFTokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
         tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        from tokenizers import decoders
-
         tokenizer.decoder = decoders.WordPiece()
     tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
     tokenizer.post_processor = processors.TemplateProcessing(

@@ -117,7 +117,7 @@ class Run:
                  enabled: bool = True):
         """A new run, or (`run_id`) one that exists already; `enabled=False` (or no tracking URI, or a rank other
         than 0) makes every method a no-op."""
-        self.name, self.stage = name, stage
+        self.name = name
         self.uri = os.environ.get("MLFLOW_TRACKING_URI")
         self.enabled = enabled and bool(self.uri) and _is_rank_zero()
         self.folder = Path(os.environ.get("BERTPIPE_MLFLOW_DIR", "mlflow"))

@@ -181,8 +181,11 @@ def test_megatron_readme_command_runs_with_only_paths_changed(tmp_path, records,
             "--lr-decay-style", "linear", "--lr-decay-iters", "990000", "--warmup", ".01", "--weight-decay", "1e-2",
             "--clip-grad", "1.0", "--fp16", "--fp32-layernorm", "--fp32-embedding", "--hysteresis", "2",
             "--num-workers", "2", "--save", str(tmp_path / "ckpt")]
+    tracked = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow/mlflow.db", "BERTPIPE_MLFLOW_DIR": str(tmp_path / "mlflow")}
     result = subprocess.run([sys.executable, "-m", "bertpipe", "pretrain", *args], capture_output=True, text=True,
-                            env=environment())
+                            env={**environment(), **tracked})
     assert result.returncode == 0, result.stderr
     assert checkpoint.latest(tmp_path / "ckpt").name == "step-00000002"
     assert (tmp_path / "wikipedia.jsonl.lazy/offsets.npy").is_file()
+    # Tracked like the workflow's TFRecord runs: the loose-json input is hashed too.
+    assert "goes on without it" not in result.stderr and not (tmp_path / "mlflow/offline").exists()

@@ -10,7 +10,7 @@ rule evaluate:
     params:
         checkpoints=f"{LAST_PHASE_DIR}/checkpoints",
         batch_size=config["evaluate"]["batch_size"],
-        precision="fp32" if PRETRAIN["precision"] == "fp32" else PRETRAIN["precision"],
+        precision=PRETRAIN["precision"],
     resources:
         **slurm_job("evaluate"),
     conda:

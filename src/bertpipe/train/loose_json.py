@@ -59,6 +59,7 @@ class LooseJsonSamples:
     def __init__(self, files, tokenizer, spec: InstanceSpec, split: str, which: str, text_key: str, seed: int,
                  build=True):
         self.tokenizer, self.spec, self.seed = tokenizer, spec, seed
+        self.files = [str(path) for path in files]  # as TFRecordSamples: what the run read (its input hash)
         fractions = parse_split(split)
         self.texts, self.documents = [], []  # (memory map, offsets) per file; (file, document) per kept document
         for file_index, path in enumerate(map(Path, files)):
