@@ -70,7 +70,7 @@ def check_mlflow_store(folder):
     parents = [r for r in runs if r.data.tags["bertpipe.stage"] == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    assert parent.data.params["tokenizer.vocab_size"] == "8000"
+    assert parent.data.params["tokenizer.vocab_size"] == "4000"
     assert "effective-config.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     children = [r for r in runs if r is not parent]
     assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in children)
@@ -85,17 +85,17 @@ def check_mlflow_store(folder):
     assert by_stage["extract"][0].data.metrics["articles"] == SAMPLE_ARTICLES
     assert len(by_stage["extract"][0].data.params["input_hash.input"]) == 32
     tokenizer = by_stage["tokenizer"][0]
-    assert tokenizer.data.params["vocab_size"] == "8000" and tokenizer.data.metrics["vocab_size"] > 7000
+    assert tokenizer.data.params["vocab_size"] == "4000" and tokenizer.data.metrics["vocab_size"] > 3500
     assert {a.path for a in client.list_artifacts(tokenizer.info.run_id, "tokenizer")} >= {"tokenizer/spm.model"}
     summaries = [r for r in by_stage["tfrecords"] if r.info.run_name.startswith("tfrecords summarize")]
     assert len(summaries) == 6 and all(0.14 < r.data.metrics["masked_fraction"] < 0.16 for r in summaries)
     phase1 = next(r for r in by_stage["pretrain"] if "phase1" in r.info.run_name)
     assert STEP_METRICS | {"valid_perplexity", "valid_nsp_accuracy"} <= set(phase1.data.metrics)
     history = client.get_metric_history(phase1.info.run_id, "loss")
-    assert sorted(m.step for m in history) == list(range(1, 601))
-    assert [m.step for m in client.get_metric_history(phase1.info.run_id, "valid_perplexity")] == [200, 400, 600]
+    assert sorted(m.step for m in history) == list(range(1, 2401))
+    assert [m.step for m in client.get_metric_history(phase1.info.run_id, "valid_perplexity")] == [800, 1600, 2400]
     assert {"loss-curve.png", "metrics.jsonl"} <= {a.path for a in client.list_artifacts(phase1.info.run_id)}
-    assert phase1.data.params["input_hash.train_data"] and phase1.data.tags["checkpoint"].endswith("step-00000600")
+    assert phase1.data.params["input_hash.train_data"] and phase1.data.tags["checkpoint"].endswith("step-00002400")
     evaluation = by_stage["evaluate"][0].data.metrics
     assert evaluation["test_perplexity"] > 1 and 0 <= evaluation["test_mlm_accuracy"] <= 1
 
@@ -134,17 +134,18 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     for seq in (128, 512):
         records = json.loads((workflow_dir / f"results/tfrecords/seq{seq}/train/stats.json").read_text())
         assert records["instances"] > 1000 and records["masked_fraction"] == pytest.approx(0.15, abs=0.01)
-    for phase, steps in ((1, 600), (2, 20)):
+    for phase, steps in ((1, 2400), (2, 20)):
         done = json.loads((workflow_dir / f"results/pretrain/phase{phase}/done.json").read_text())
         assert done["step"] == steps and (workflow_dir / done["checkpoint"] / "state.pt").is_file()
     phase2_log = (workflow_dir / "logs/pretrain/phase2.log").read_text()
-    assert "initialised from the weights of results/pretrain/phase1/checkpoints/step-00000600" in phase2_log
-    # The model learnt: its validation masked-LM loss is well below the unigram entropy of the masked tokens
-    # (the loss of a model that knows only the tokens' frequencies).
+    assert "initialised from the weights of results/pretrain/phase1/checkpoints/step-00002400" in phase2_log
+    # The model learnt: its validation masked-LM loss is below the unigram entropy of the masked tokens (the loss of
+    # a model that knows only the tokens' frequencies) by 0.4 nats, a perplexity at most 0.67 times the unigram
+    # model's. It gets 0.50, as HuggingFace's BertForPreTraining does with the same recipe (README, Benchmarks).
     valid = [json.loads(line) for line in open(workflow_dir / "results/pretrain/phase1/metrics.jsonl")]
     valid = [m for m in valid if "valid_mlm_loss" in m]
-    assert [m["step"] for m in valid] == [200, 400, 600]
-    assert valid[-1]["valid_mlm_loss"] < unigram_entropy(workflow_dir / "results/tfrecords/seq128/train") - 0.3
+    assert [m["step"] for m in valid] == [800, 1600, 2400]
+    assert valid[-1]["valid_mlm_loss"] < unigram_entropy(workflow_dir / "results/tfrecords/seq128/train") - 0.4
 
     dry = snakemake(workflow_dir, "-n", *DEMO)
     assert "Nothing to be done" in dry.stdout + dry.stderr

@@ -1,0 +1,144 @@
+"""How far below the unigram entropy the demo's model gets, and whether the limit is ours or BERT's.
+
+Trains our BERT and HuggingFace's `BertForPreTraining` with the demo's phase-1 recipe (`config.demo.yaml` over
+`config.yaml`: model sizes, batch, steps, lr, warmup, weight decay, clipping) on the demo's TFRecords, both with
+the same batches in the same order, the same AdamW and schedule, and prints each model's validation masked-LM loss at
+thirds of the run next to two baselines: the unigram entropy of the train split's masked tokens (what the workflow
+test compares with) and the unigram model's cross-entropy on the valid split's masked tokens.
+
+    make demo && .venv/bin/python bench/demo_learning.py               # the demo's recipe, both models
+    .venv/bin/python bench/demo_learning.py --steps 9600 --ours-only  # four times the steps, our model only
+"""
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+import yaml
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from bertpipe.model import BertConfig, BertForPreTraining  # noqa: E402
+from bertpipe.tokenizer import Tokenizer  # noqa: E402
+from bertpipe.train.data import TFRecordSamples, global_batch_indices  # noqa: E402
+from bertpipe.train.loop import evaluation_metrics, evaluation_totals, forward_sums  # noqa: E402
+from bertpipe.train.optim import adamw, learning_rate  # noqa: E402
+
+SEED = 1234
+
+
+class HuggingFaceBert(nn.Module):
+    """transformers.BertForPreTraining behind our model's call: logits at the masked positions, next-sentence logits."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        torch.manual_seed(SEED)
+        self.model = transformers.BertForPreTraining(transformers.BertConfig(
+            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+            max_position_embeddings=config.max_position_embeddings, hidden_act="gelu",
+            hidden_dropout_prob=config.hidden_dropout, attention_probs_dropout_prob=config.attention_dropout,
+            attn_implementation="sdpa"))
+
+    def forward(self, input_ids, token_type_ids, attention_mask, masked_lm_positions):
+        out = self.model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+        index = masked_lm_positions[:, :, None].expand(-1, -1, out.prediction_logits.shape[-1])
+        return torch.gather(out.prediction_logits, 1, index), out.seq_relationship_logits
+
+
+def merged_config() -> dict:
+    def merge(base, overlay):
+        for key, value in overlay.items():
+            base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+        return base
+
+    return merge(yaml.safe_load((REPO / "config.yaml").read_text()),
+                 yaml.safe_load((REPO / "config.demo.yaml").read_text()))
+
+
+def masked_tokens(samples: TFRecordSamples) -> np.ndarray:
+    batch = samples.read(range(len(samples)))
+    return batch["masked_lm_ids"][batch["masked_lm_weights"] > 0].numpy()
+
+
+def unigram_baselines(train: TFRecordSamples, valid: TFRecordSamples, vocab_size: int) -> tuple:
+    """(entropy of the train masks' token frequencies, cross-entropy of the valid masks under those frequencies
+    with add-0.5 smoothing, so that a token unseen in train costs a finite loss)."""
+    train_counts = np.bincount(masked_tokens(train), minlength=vocab_size)
+    frequencies = train_counts[train_counts > 0] / train_counts.sum()
+    entropy = float(-(frequencies * np.log(frequencies)).sum())
+    smoothed = (train_counts + 0.5) / (train_counts.sum() + 0.5 * vocab_size)
+    return entropy, float(-np.log(smoothed[masked_tokens(valid)]).mean())
+
+
+def train(model, train_samples, valid_batches, recipe: dict, steps: int) -> list:
+    """[(step, validation masked-LM loss, next-sentence accuracy)] at each third of `steps`."""
+    torch.manual_seed(SEED)
+    optimizer = adamw(model, recipe["lr"], recipe["weight_decay"])
+    device, results = torch.device("cpu"), []
+    model.train()
+    for step in range(steps):
+        batch = train_samples.read(global_batch_indices(step, recipe["batch_size"], len(train_samples), SEED))
+        _, _, _, (mlm, nsp) = forward_sums(model, batch, device, "fp32")
+        (mlm / batch["masked_lm_weights"].sum() + nsp / len(batch["input_ids"])).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["clip_grad"])
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, recipe["lr"], steps, recipe["warmup"], recipe["lr_decay_style"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % (steps // 3) == 0:
+            model.eval()
+            metrics = evaluation_metrics(evaluation_totals(model, valid_batches, device, "fp32"), "valid_")
+            model.train()
+            results.append((step + 1, metrics["valid_mlm_loss"], metrics["valid_nsp_accuracy"]))
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=REPO / "results", help="the demo's results folder")
+    parser.add_argument("--steps", type=int, help="phase-1 steps (default: the demo's)")
+    parser.add_argument("--ours-only", action="store_true", help="skip HuggingFace's model")
+    args = parser.parse_args()
+
+    config = merged_config()
+    phase = config["pretrain"]["phases"][0]
+    recipe = {**{key: config["pretrain"][key] for key in ("weight_decay", "clip_grad", "warmup", "lr_decay_style")},
+              "lr": phase["lr"], "batch_size": phase["batch_size"]}
+    steps = args.steps or phase["train_iters"]
+    folder = args.results / f"tfrecords/seq{phase['seq_length']}"
+    train_samples = TFRecordSamples([folder / "train/*/*.tfrecord"])
+    valid_samples = TFRecordSamples([folder / "valid/*/*.tfrecord"])
+    model_config = BertConfig(vocab_size=Tokenizer(args.results / "tokenizer").vocab_size,
+                              **config["model"])
+    # The trainer's validation batches: the first eval_iters global batches of the seeded valid order.
+    valid_batches = [valid_samples.read(global_batch_indices(i, phase["batch_size"], len(valid_samples), seed=0))
+                     for i in range(config["pretrain"]["eval_iters"])]
+    entropy, cross_entropy = unigram_baselines(train_samples, valid_samples, model_config.vocab_size)
+
+    print(f"demo phase 1: {steps} steps of {phase['batch_size']} x {phase['seq_length']}, lr {phase['lr']}, "
+          f"{model_config.num_layers} layers x {model_config.hidden_size}, vocab {model_config.vocab_size}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"unigram entropy of the train masks {entropy:.3f} nats; unigram cross-entropy on the valid masks "
+          f"{cross_entropy:.3f}")
+    models = {"ours": lambda: (torch.manual_seed(SEED), BertForPreTraining(model_config))[1]}
+    if not args.ours_only:
+        models["huggingface"] = lambda: HuggingFaceBert(model_config)
+    for name, make in models.items():
+        started = time.perf_counter()
+        for step, loss, nsp_accuracy in train(make(), train_samples, valid_batches, recipe, steps):
+            print(f"{name:12s} step {step:6d}: valid masked-LM loss {loss:.3f} (entropy - {entropy - loss:.3f}, "
+                  f"perplexity x{math.exp(loss - entropy):.2f} of the unigram model's), "
+                  f"next-sentence accuracy {nsp_accuracy:.3f}")
+        print(f"{name:12s} {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
