@@ -1,5 +1,6 @@
 """Speed of a training step (forward, backward, AdamW) of our BERT against HuggingFace's BertForPreTraining with the
-same config, batch and thread count, in one run; and how fast the TFRecord loader feeds it.
+same config, batch and thread count, in one run; and how fast each loader feeds it, with and without reader
+processes (`--num-workers`).
 
     .venv/bin/python bench/train_bench.py                 # CPU: a small BERT, float32 and bf16 autocast
     python bench/train_bench.py --gpu [--compile]         # CUDA: BERT-Large, seq 128, fp16 and bf16
@@ -115,14 +116,29 @@ def matmul_flops(dtype, device, size, repeats=10) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - started)
 
 
-def loader_rate(batch_size, seconds=3.0) -> float:
-    """Samples/s of the TFRecord loader on records of the bundled sample (built here, seq 128)."""
+def stream_rate(samples, batch_size, workers, seconds) -> float:
+    """Samples/s that `rank_batch_stream` delivers to a trainer that takes no time, after its first batch (the
+    reader processes' start)."""
+    from bertpipe.train.data import RankBatches, rank_batch_stream
+
+    stream = rank_batch_stream(RankBatches(samples, batch_size, 1, 0, 1, seed=0), range(10**9), workers)
+    next(stream)
+    read, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        read += sum(len(b["input_ids"]) for b in next(stream))
+    return read / (time.perf_counter() - started)
+
+
+def loader_rates(batch_size, workers=2, seconds=5.0) -> dict:
+    """Samples/s of both loaders on the bundled sample at seq 128, in the trainer's process and with `workers`
+    reader processes: TFRecords (built here) and loose json (Megatron's path: pairs and masks made per sample)."""
     from bertpipe.corpus import build_part
     from bertpipe.extract import extract_part
     from bertpipe.instances import InstanceSpec
     from bertpipe.tfrecords import build_shard
-    from bertpipe.tokenizer import train
-    from bertpipe.train.data import TFRecordSamples, rank_micro_batches
+    from bertpipe.tokenizer import Tokenizer, train
+    from bertpipe.train.data import TFRecordSamples
+    from bertpipe.train.loose_json import LooseJsonSamples
 
     sample = REPO / "data/mirror/enwiki/latest/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
     with tempfile.TemporaryDirectory() as temp:
@@ -132,12 +148,11 @@ def loader_rate(batch_size, seconds=3.0) -> float:
         train([temp / "c"], temp / "tok", vocab_size=8000)
         build_shard(temp / "c/train/shard-0000.jsonl", temp / "tok", temp / "r.tfrecord", temp / "r.json",
                     InstanceSpec(dupe_factor=2), 1)
-        samples = TFRecordSamples([temp / "r.tfrecord"])
-        read, started, step = 0, time.perf_counter(), 0
-        while time.perf_counter() - started < seconds:
-            read += sum(len(b["input_ids"]) for b in rank_micro_batches(step, samples, batch_size, 1, 0, 1, 0))
-            step += 1
-        return read / (time.perf_counter() - started)
+        loaders = {"TFRecords": TFRecordSamples([temp / "r.tfrecord"]),
+                   "loose json": LooseJsonSamples([temp / "c/train/shard-0000.jsonl"], Tokenizer(temp / "tok"),
+                                                  InstanceSpec(), "1", "train", "text", seed=0)}
+        return {f"{name}, {count} reader processes": stream_rate(samples, batch_size, count, seconds)
+                for name, samples in loaders.items() for count in (0, workers)}
 
 
 def main():
@@ -187,7 +202,8 @@ def main():
               f"ours/HF {hf_s / ours_s:.2f}x; model FLOP/s ours {flops / ours_s / 1e12:.2f} T = {utilisation}")
         del ours, theirs
     if not args.gpu:
-        print(f"loader: {loader_rate(batch_size):.0f} samples/s on one core (TFRecord index, random access, parse)")
+        for name, rate in loader_rates(batch_size).items():
+            print(f"loader: {name}: {rate:.0f} samples/s")
 
 
 if __name__ == "__main__":

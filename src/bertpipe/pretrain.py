@@ -12,9 +12,8 @@ What differs from Megatron, and why:
   `--tokenizer-type` and `--cache-dir` are accepted for compatibility.
 - fp16: autocast over float32 master weights; `--fp32-layernorm` and `--fp32-embedding` are always in effect
   (see train/precision.py). `--bf16` is the modern alternative.
-- `--num-workers` is accepted and ignored: samples are made in the training process. TFRecords (an index and random
-  access) keep up with a GPU (bench/train_bench.py); loose json, built pair by pair, fed an H200 only about 250
-  BERT-Large samples/s (README).
+- `--num-workers`: reader processes, as Megatron's DataLoader workers, but each makes a whole step's batches ahead
+  of the trainer (train/data.py). Loose json, built pair by pair, needs them to feed a GPU (bench/train_bench.py).
 """
 
 import argparse
@@ -28,6 +27,13 @@ def positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 0")
     return value
 
 
@@ -70,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     megatron.add_argument("--loss-scale", type=float, help="a fixed fp16 loss scale; default: dynamic")
     megatron.add_argument("--loss-scale-window", type=positive, default=1000)
     megatron.add_argument("--min-scale", type=float, default=1.0)
-    megatron.add_argument("--num-workers", type=int, default=2, help="accepted for compatibility")
+    megatron.add_argument("--num-workers", type=non_negative, default=2,
+                          help="reader processes making the next steps' batches (0: the training process)")
     megatron.add_argument("--save", help="checkpoint folder")
     megatron.add_argument("--load", help="resume from the newest checkpoint here (default: --save)")
     megatron.add_argument("--save-interval", type=positive, default=5000)
@@ -191,7 +198,8 @@ def run(args, tracking_run) -> str:
         loss_scale_window=args.loss_scale_window, min_scale=args.min_scale, hysteresis=args.hysteresis,
         seed=args.seed, save=args.save, save_interval=args.save_interval, keep_last=args.keep_last, load=args.load,
         init_from=args.init_from, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
-        log_interval=args.log_interval, metrics=args.metrics, deterministic=args.deterministic)
+        log_interval=args.log_interval, metrics=args.metrics, deterministic=args.deterministic,
+        num_workers=args.num_workers)
     if tracking_run.enabled:
         from bertpipe.tracking import content_hash
 

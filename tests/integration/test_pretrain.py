@@ -89,14 +89,16 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run_bitwise(tmp_path, re
 
 
 def test_sigterm_leaves_a_complete_checkpoint_and_a_clean_exit(tmp_path, records):
+    # Sent to the whole process group, reader processes included, as Slurm signals every process of a job step.
     process = subprocess.Popen(command(records, tmp_path, "--train-iters", 10000, "--save-interval", 10000,
-                                       "--batch-size", 4),
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environment())
+                                       "--batch-size", 4, "--num-workers", 2),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environment(),
+                               start_new_session=True)
     output = []
     for line in process.stdout:
         output.append(line)
         if line.startswith("step 2 "):
-            process.send_signal(signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGTERM)
     assert process.wait() == 0, "".join(output)
     saved = checkpoint.latest(tmp_path / "ckpt")
     assert saved is not None and int(saved.name.split("-")[1]) >= 2

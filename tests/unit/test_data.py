@@ -1,8 +1,12 @@
-"""The global batch order: seeded epochs, disjoint rank shares, the step as the data position."""
+"""The global batch order: seeded epochs, disjoint rank shares, the step as the data position; reader processes."""
+
+import os
+import signal
 
 import numpy as np
+import pytest
 
-from bertpipe.train.data import global_batch_indices, rank_micro_batches
+from bertpipe.train.data import RankBatches, global_batch_indices, rank_batch_stream, rank_micro_batches
 
 
 class Indices:
@@ -36,3 +40,29 @@ def test_ranks_share_each_global_batch_disjointly_and_completely():
         assert len(shares[0]) == 3 and all(len(b["input_ids"]) == 2 for share in shares for b in share)
         assert sorted(taken) == sorted(global_batch_indices(step, 24, 100, seed=1))
         assert len(set(taken.tolist())) == 24
+
+
+class ReaderPids(Indices):
+    """Record i is i, and says which process read it and how that process treats SIGTERM."""
+
+    def read(self, indices):
+        return {"input_ids": np.asarray(indices), "pid": os.getpid(),
+                "ignores_sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_IGN}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_reader_processes_give_each_step_its_batches_in_order_from_any_start(workers):
+    data = ReaderPids(50)
+    batches = RankBatches(data, micro_batch=2, accumulation=2, rank=1, world=2, seed=7)
+    stream = list(rank_batch_stream(batches, range(5, 12), num_workers=workers))
+    assert len(stream) == 7
+    for step, got in zip(range(5, 12), stream):
+        expected = rank_micro_batches(step, data, micro_batch=2, accumulation=2, rank=1, world=2, seed=7)
+        assert [list(b["input_ids"]) for b in got] == [list(b["input_ids"]) for b in expected]
+    readers = {int(b["pid"]) for share in stream for b in share}
+    if workers:
+        # Slurm signals every process of the job; only the trainer may act on it (it checkpoints, then stops).
+        assert os.getpid() not in readers and len(readers) == 2
+        assert all(b["ignores_sigterm"] for share in stream for b in share)
+    else:
+        assert readers == {os.getpid()}

@@ -43,7 +43,7 @@ rule pretrain:
             f"--{key.replace('_', '-')} {PRETRAIN[key]}"
             for key in (
                 "hysteresis", "weight_decay", "clip_grad", "lr_decay_style", "warmup", "seed",
-                "save_interval", "keep_last", "eval_interval", "eval_iters", "log_interval",
+                "save_interval", "keep_last", "eval_interval", "eval_iters", "log_interval", "num_workers",
             )
         ),
         launch=(

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from bertpipe import BertpipeError
 from bertpipe.model import BertConfig, BertForPreTraining, pretraining_loss_sums
 from bertpipe.train import checkpoint
-from bertpipe.train.data import global_batch_indices, rank_micro_batches
+from bertpipe.train.data import RankBatches, global_batch_indices, rank_batch_stream
 from bertpipe.train.distributed import StopRequest, all_sum, gather_objects, init
 from bertpipe.train.optim import adamw, learning_rate
 from bertpipe.train.precision import ConstantLossScaler, DynamicLossScaler, autocast, gradients_overflow
@@ -60,6 +60,7 @@ class TrainSettings:
     log_interval: int = 10
     metrics: str = None  # JSON lines, rank 0
     deterministic: bool = False
+    num_workers: int = 0  # reader processes making the next steps' batches; 0: the training process reads
 
 
 def _rng_state() -> dict:
@@ -191,11 +192,12 @@ class Trainer:
             self._log(f"saved {path}")
 
     # -- one step ----------------------------------------------------------------------------------------------
-    def step(self) -> dict:
+    def step(self, batches) -> dict:
+        """One optimizer step (or a skipped one) on the next item of `batches`: this rank's micro-batches of global
+        batch `iteration`. Its time includes waiting for them, so samples/s shows a loader that starves the step."""
         settings, model = self.settings, self.ddp or self.model
         started = time.perf_counter()
-        micro_batches = rank_micro_batches(self.iteration, self.train_samples, settings.micro_batch,
-                                           settings.accumulation, self.rank, self.world, settings.seed)
+        micro_batches = next(batches)
         predictions = all_sum(sum(float(b["masked_lm_weights"].sum()) for b in micro_batches), self.device)
         sequences = settings.micro_batch * settings.accumulation * self.world
         scale = self.scaler.scale if settings.precision == "fp16" else 1.0
@@ -274,8 +276,12 @@ class Trainer:
         settings = self.settings
         self.model.train()
         last_saved = None
+        batches = rank_batch_stream(
+            RankBatches(self.train_samples, settings.micro_batch, settings.accumulation, self.rank, self.world,
+                        settings.seed),
+            range(self.iteration, settings.train_iters), settings.num_workers, pin_memory=self.device.type == "cuda")
         while self.iteration < settings.train_iters:
-            metrics = self.step()
+            metrics = self.step(batches)
             self._record(metrics)
             if self.iteration % settings.log_interval == 0 or self.iteration == settings.train_iters:
                 self._log(f"step {metrics['step']} loss {metrics['loss']:.6f} mlm {metrics['mlm_loss']:.6f} "
