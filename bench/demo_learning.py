@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 import yaml
 from torch import nn
 
@@ -30,6 +29,7 @@ from bertpipe.tokenizer import Tokenizer  # noqa: E402
 from bertpipe.train.data import TFRecordSamples, global_batch_indices  # noqa: E402
 from bertpipe.train.loop import evaluation_metrics, evaluation_totals, forward_sums  # noqa: E402
 from bertpipe.train.optim import adamw, learning_rate  # noqa: E402
+from train_bench import huggingface_model  # noqa: E402  (this script's folder is on sys.path)
 
 SEED = 1234
 
@@ -39,13 +39,7 @@ class HuggingFaceBert(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        torch.manual_seed(SEED)
-        self.model = transformers.BertForPreTraining(transformers.BertConfig(
-            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-            num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
-            max_position_embeddings=config.max_position_embeddings, hidden_act="gelu",
-            hidden_dropout_prob=config.hidden_dropout, attention_probs_dropout_prob=config.attention_dropout,
-            attn_implementation="sdpa"))
+        self.model = huggingface_model(config)
 
     def forward(self, input_ids, token_type_ids, attention_mask, masked_lm_positions):
         out = self.model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
@@ -80,7 +74,7 @@ def unigram_baselines(train: TFRecordSamples, valid: TFRecordSamples, vocab_size
 
 def train(model, train_samples, valid_batches, recipe: dict, steps: int) -> list:
     """[(step, validation masked-LM loss, next-sentence accuracy)] at each third of `steps`."""
-    torch.manual_seed(SEED)
+    torch.manual_seed(SEED)  # the trainer's dropout stream on rank 0
     optimizer = adamw(model, recipe["lr"], recipe["weight_decay"])
     device, results = torch.device("cpu"), []
     model.train()
@@ -93,7 +87,7 @@ def train(model, train_samples, valid_batches, recipe: dict, steps: int) -> list
             group["lr"] = learning_rate(step, recipe["lr"], steps, recipe["warmup"], recipe["lr_decay_style"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if (step + 1) % (steps // 3) == 0:
+        if (step + 1) % max(1, steps // 3) == 0:
             model.eval()
             metrics = evaluation_metrics(evaluation_totals(model, valid_batches, device, "fp32"), "valid_")
             model.train()
@@ -116,8 +110,7 @@ def main():
     folder = args.results / f"tfrecords/seq{phase['seq_length']}"
     train_samples = TFRecordSamples([folder / "train/*/*.tfrecord"])
     valid_samples = TFRecordSamples([folder / "valid/*/*.tfrecord"])
-    model_config = BertConfig(vocab_size=Tokenizer(args.results / "tokenizer").vocab_size,
-                              **config["model"])
+    model_config = BertConfig(vocab_size=Tokenizer(args.results / "tokenizer").vocab_size, **config["model"])
     # The trainer's validation batches: the first eval_iters global batches of the seeded valid order.
     valid_batches = [valid_samples.read(global_batch_indices(i, phase["batch_size"], len(valid_samples), seed=0))
                      for i in range(config["pretrain"]["eval_iters"])]
@@ -128,13 +121,13 @@ def main():
           f"{torch.get_num_threads()} threads")
     print(f"unigram entropy of the train masks {entropy:.3f} nats; unigram cross-entropy on the valid masks "
           f"{cross_entropy:.3f}")
-    models = {"ours": lambda: (torch.manual_seed(SEED), BertForPreTraining(model_config))[1]}
-    if not args.ours_only:
-        models["huggingface"] = lambda: HuggingFaceBert(model_config)
-    for name, make in models.items():
+    models = {"ours": BertForPreTraining} | ({} if args.ours_only else {"huggingface": HuggingFaceBert})
+    for name, model_class in models.items():
         started = time.perf_counter()
-        for step, loss, nsp_accuracy in train(make(), train_samples, valid_batches, recipe, steps):
-            print(f"{name:12s} step {step:6d}: valid masked-LM loss {loss:.3f} (entropy - {entropy - loss:.3f}, "
+        torch.manual_seed(SEED)  # the trainer's initial weights
+        model = model_class(model_config)
+        for step, loss, nsp_accuracy in train(model, train_samples, valid_batches, recipe, steps):
+            print(f"{name:12s} step {step:6d}: valid masked-LM loss {loss:.3f} ({entropy - loss:.3f} under the entropy, "
                   f"perplexity x{math.exp(loss - entropy):.2f} of the unigram model's), "
                   f"next-sentence accuracy {nsp_accuracy:.3f}")
         print(f"{name:12s} {time.perf_counter() - started:.0f} s")
