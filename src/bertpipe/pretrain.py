@@ -23,18 +23,19 @@ import logging
 from bertpipe import BertpipeError
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
-    return value
+def at_least(minimum: int):
+    """An argparse type: an integer of at least `minimum`."""
+
+    def integer(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text}: must be at least {minimum}")
+        return value
+
+    return integer
 
 
-def non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be at least 0")
-    return value
+positive, non_negative = at_least(1), at_least(0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
