@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: demo test test-fast lint report mlflow-ui clean
+.PHONY: demo test test-fast settings lint report mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m "not slow"
+
+# The files derived from src/bertpipe/settings.py (tests/unit/test_settings.py fails when they are stale).
+settings: $(VENV)/.installed
+	$(BIN)/bertpipe settings schema > workflow/schemas/config.schema.yaml
+	$(BIN)/bertpipe settings docs > docs/settings.md
 
 lint: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint --configfile config.demo.yaml

@@ -2,6 +2,7 @@
 # the work is done in src/bertpipe/. Run `snakemake --cores 2 all --configfile config.demo.yaml` for the demo
 # (targets before --configfile: it takes several files and would read `all` as one).
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -11,14 +12,23 @@ min_version("9.0")
 # Jobs run `python -m bertpipe` from the library beside this Snakefile, whichever environment runs them (the venv,
 # a rule's conda env, a Slurm job): the workflow and its code always come from one checkout.
 # (Snakemake formats the prefix like a shell command, hence the doubled braces.)
-LIBRARY = shlex.quote(str(Path(workflow.basedir) / "src"))
-shell.prefix(f"export PYTHONPATH={LIBRARY}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+LIBRARY = str(Path(workflow.basedir) / "src")
+shell.prefix(f"export PYTHONPATH={shlex.quote(LIBRARY)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+sys.path.insert(0, LIBRARY)  # bertpipe.settings and bertpipe.tracking from this checkout
+
+from bertpipe import settings as bertpipe_settings
 
 
 configfile: "config.yaml"
 
 
+# The schema is generated from src/bertpipe/settings.py (`bertpipe settings schema`); settings.check then finds
+# what a schema cannot: settings that contradict each other. Both stop the run before any job, naming the keys.
 validate(config, "workflow/schemas/config.schema.yaml")
+SETTINGS = bertpipe_settings.from_dict(bertpipe_settings.Config, config)
+CONFIG_FAULTS = bertpipe_settings.check(SETTINGS)
+if CONFIG_FAULTS:
+    raise WorkflowError("the config contradicts itself:\n  " + "\n  ".join(CONFIG_FAULTS))
 
 
 include: "workflow/rules/common.smk"

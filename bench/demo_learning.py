@@ -26,8 +26,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 from bertpipe.model import BertConfig, BertForPreTraining  # noqa: E402
 from bertpipe.tokenizer import Tokenizer  # noqa: E402
-from bertpipe.train.data import TFRecordSamples, global_batch_indices  # noqa: E402
-from bertpipe.train.loop import evaluation_metrics, evaluation_totals, forward_sums  # noqa: E402
+from bertpipe.records import TFRecordSamples  # noqa: E402
+from bertpipe.train.data import global_batch_indices  # noqa: E402
+from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals, forward_sums  # noqa: E402
 from bertpipe.train.optim import adamw, learning_rate  # noqa: E402
 from train_bench import huggingface_model  # noqa: E402  (this script's folder is on sys.path)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from bertpipe.settings import CorpusSettings, TokenizerSettings  # noqa: E402
 from bertpipe.corpus import build_part  # noqa: E402
 from bertpipe.extract import extract_part  # noqa: E402
 from bertpipe.tokenizer import train  # noqa: E402
@@ -96,10 +97,10 @@ def main():
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
         extract_part(SAMPLE, temp / "articles.jsonl", processes=2)
-        build_part(temp / "articles.jsonl", temp / "sample", split="1")
+        build_part(temp / "articles.jsonl", temp / "sample", CorpusSettings(split="1"))
         documents = [json.loads(line) for shard in sorted((temp / "sample/train").glob("*.jsonl"))
                      for line in shard.read_text().splitlines()]
-        train([temp / "sample"], temp / "tokenizer", kind="wordpiece", vocab_size=16000)
+        train([temp / "sample"], temp / "tokenizer", TokenizerSettings(kind="wordpiece", vocab_size=16000))
 
         print(f"reference: google-research/bert create_pretraining_data.py, {REFERENCE_INSTANCES_PER_SECOND:,.0f} "
               f"instances/s on one core, {REFERENCE_PEAK_RSS_MB} MB peak RSS on 2.6 MB of text (recorded, see docstring)")

@@ -27,19 +27,16 @@ import transformers
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from bertpipe.settings import CorpusSettings, TokenizerSettings  # noqa: E402
 from bertpipe.model import BertConfig, BertForPreTraining, flops_per_sequence, pretraining_loss_sums  # noqa: E402
+from bertpipe.pretrained import huggingface_config  # noqa: E402
 from bertpipe.train.precision import autocast, gradients_overflow  # noqa: E402
 
 LOSS_SCALE = 2.0**16
 
 
 def huggingface_model(config: BertConfig):
-    return transformers.BertForPreTraining(transformers.BertConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
-        max_position_embeddings=config.max_position_embeddings, hidden_act="gelu",
-        hidden_dropout_prob=config.hidden_dropout, attention_probs_dropout_prob=config.attention_dropout,
-        attn_implementation="sdpa"))
+    return transformers.BertForPreTraining(huggingface_config(config, attn_implementation="sdpa"))
 
 
 def synthetic_batch(config, batch, length, predictions, device):
@@ -137,15 +134,15 @@ def loader_rates(batch_size, workers=2, seconds=5.0) -> dict:
     from bertpipe.instances import InstanceSpec
     from bertpipe.tfrecords import build_shard
     from bertpipe.tokenizer import Tokenizer, train
-    from bertpipe.train.data import TFRecordSamples
+    from bertpipe.records import TFRecordSamples
     from bertpipe.train.loose_json import LooseJsonSamples
 
     sample = REPO / "data/mirror/enwiki/latest/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
         extract_part(sample, temp / "a.jsonl", processes=2)
-        build_part(temp / "a.jsonl", temp / "c", split="1", shard_max_bytes=64 << 20)
-        train([temp / "c"], temp / "tok", vocab_size=8000)
+        build_part(temp / "a.jsonl", temp / "c", CorpusSettings(split="1", shard_max_mb=64))
+        train([temp / "c"], temp / "tok", TokenizerSettings(vocab_size=8000))
         build_shard(temp / "c/train/shard-0000.jsonl", temp / "tok", temp / "r.tfrecord", temp / "r.json",
                     InstanceSpec(dupe_factor=2), 1)
         loaders = {"TFRecords": TFRecordSamples([temp / "r.tfrecord"]),

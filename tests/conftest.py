@@ -174,13 +174,21 @@ def snakemake(folder: Path, *args, check=True):
     return result
 
 
+# The demo with 40 + 4 pretraining steps instead of 2400 + 20, every step's losses logged: for the tests whose point
+# is where the workflow runs (Slurm, a tracking server), not what it learns.
+SHORT_TRAINING = {"pretrain": {"save_interval": 20, "eval_interval": 20, "log_interval": 1, "phases": [
+    {"seq_length": 128, "batch_size": 8, "gradient_accumulation_steps": 1, "train_iters": 40, "lr": 1.0e-3},
+    {"seq_length": 512, "batch_size": 2, "gradient_accumulation_steps": 1, "train_iters": 4, "lr": 1.0e-4}]}}
+
+
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory):
     """The bundled sample through extract and corpus (split 8,1,1): the folder of its one part."""
     from bertpipe.corpus import build_part
+    from bertpipe.settings import CorpusSettings
     from bertpipe.extract import extract_part
 
     folder = tmp_path_factory.mktemp("corpus")
     extract_part(SAMPLE, folder / "articles.jsonl", processes=2)
-    build_part(folder / "articles.jsonl", folder / "enwiki-sample", split="8,1,1", shard_max_bytes=1 << 20)
+    build_part(folder / "articles.jsonl", folder / "enwiki-sample", CorpusSettings(split="8,1,1", shard_max_mb=1))
     return folder / "enwiki-sample"

@@ -1,21 +1,20 @@
-# MLflow tracking (src/bertpipe/tracking.py): every job's environment names the store, the experiment and the folder
-# holding the pipeline's parent run; this Snakefile is parsed again inside every Slurm job, so they get it too.
+# MLflow tracking (src/bertpipe/tracking.py): every job's command starts with BERTPIPE, which names the store, the
+# experiment, the tracking folder (holding the pipeline's parent run) and the commit as explicit flags; this
+# Snakefile is parsed again inside every Slurm job, so they get them too.
 # The parent run opens when jobs are about to run (not on a dry run) and closes with the workflow's outcome.
-import sys
-
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # bertpipe.tracking from this checkout
 from bertpipe import tracking
 
-tracking.configure(config["mlflow"], results=RESULTS, code=workflow.basedir)
+TRACKING = tracking.Target.for_pipeline(config["mlflow"], results=RESULTS, code=workflow.basedir)
+BERTPIPE = f"python -m bertpipe {TRACKING.flags()}"
 
 
 onstart:
-    tracking.start_pipeline(config, command=sys.argv)
+    tracking.start_pipeline(TRACKING, config, command=sys.argv)
 
 
 onsuccess:
-    tracking.end_pipeline("FINISHED", log)
+    tracking.end_pipeline(TRACKING, "FINISHED", log)
 
 
 onerror:
-    tracking.end_pipeline("FAILED", log)
+    tracking.end_pipeline(TRACKING, "FAILED", log)

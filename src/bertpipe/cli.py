@@ -1,178 +1,159 @@
-"""`bertpipe <stage> ...`: one subcommand per pipeline stage; each is a thin wrapper around a library function."""
+"""`bertpipe <stage> ...`: one subcommand per pipeline stage; each is a thin wrapper around a library function.
+
+A stage's settings are flags made from their one definition (settings.py), with the same names and defaults as the
+config keys. A stage returns what it measured and made (an `Outcome`); `main` logs that to the stage's MLflow run,
+with the stage's flags as params and the content hashes of its inputs.
+"""
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
-from bertpipe import BertpipeError, __version__
+from bertpipe import BertpipeError, __version__, settings
+from bertpipe.tracking import Outcome
+from bertpipe.settings import (CorpusSettings, DownloadSettings, DumpSettings, EvaluateSettings, ExtractSettings,
+                               InstanceSpec, MlflowSettings, PretrainSettings, SlurmPretrain, TFRecordsSettings,
+                               TokenizerSettings, TrainingSettings)
+
+
+def _stage(subparsers, name, help_text, **options):
+    return subparsers.add_parser(name, help=help_text, description=options.pop("description", help_text),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, **options)
 
 
 def _download(subparsers):
-    stage = subparsers.add_parser("download", help="a Wikimedia dump's article parts, verified and resumable")
+    stage = _stage(subparsers, "download", "a Wikimedia dump's article parts, verified and resumable")
     steps = stage.add_subparsers(dest="step", required=True)
 
-    manifest = steps.add_parser("manifest", help="resolve the dump (dumpstatus.json) into manifest.json")
-    manifest.add_argument("--mirror", required=True, help="http(s) URL, file:// URL or folder of a dump mirror")
-    manifest.add_argument("--wiki", required=True, help="e.g. enwiki")
-    manifest.add_argument("--date", required=True, help="'latest' or YYYYMMDD")
-    manifest.add_argument("--timeout", type=float, default=60, help="seconds")
+    manifest = _stage(steps, "manifest", "resolve the dump (dumpstatus.json) into manifest.json")
+    settings.add_arguments(manifest, DumpSettings)
+    settings.add_arguments(manifest, DownloadSettings, only=("timeout_seconds",))
     manifest.add_argument("--out", required=True, help="manifest.json to write")
 
-    def run_manifest(args, run):
+    def run_manifest(args, _):
         from bertpipe.download import write_manifest
 
-        manifest = write_manifest(args.mirror, args.wiki, args.date, args.out, timeout=args.timeout)
-        run.set_tags({"dump.date": manifest["date"]})
-        run.log_metrics({"parts": len(manifest["parts"]),
-                         "bytes": sum(part["size"] or 0 for part in manifest["parts"].values())})
-        run.log_artifact(args.out)
+        manifest = write_manifest(args.mirror, args.wiki, args.date, args.out, timeout=args.timeout_seconds)
+        return Outcome(metrics={"parts": len(manifest["parts"]),
+                                "bytes": sum(part["size"] or 0 for part in manifest["parts"].values())},
+                       tags={"dump.date": manifest["date"]}, artifacts=[(args.out, None)])
 
     manifest.set_defaults(run=run_manifest, label="out", inputs=())
 
-    part = steps.add_parser("part", help="download one part listed in the manifest")
+    part = _stage(steps, "part", "download one part listed in the manifest")
     part.add_argument("--manifest", required=True)
     part.add_argument("--part", required=True, help="part name: its file name without .bz2")
     part.add_argument("--out", required=True)
-    part.add_argument("--retries", type=int, default=5)
-    part.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry; doubles each time")
-    part.add_argument("--timeout", type=float, default=60, help="seconds without data before a retry")
+    settings.add_arguments(part, DownloadSettings)
 
-    def run_part(args, run):
+    def run_part(args, _):
         from bertpipe.download import download_part
 
         started = time.perf_counter()
-        path = download_part(args.manifest, args.part, args.out, retries=args.retries, backoff=args.backoff,
-                             timeout=args.timeout)
+        path = download_part(args.manifest, args.part, args.out, settings.from_args(DownloadSettings, args))
         seconds = time.perf_counter() - started
         size = path.stat().st_size
-        run.log_metrics({"bytes": size, "seconds": seconds, "megabytes_per_second": size / 2**20 / max(seconds, 1e-9)})
+        return Outcome(metrics={"bytes": size, "seconds": seconds,
+                                "megabytes_per_second": size / 2**20 / max(seconds, 1e-9)})
 
     part.set_defaults(run=run_part, label="part", inputs=("manifest",))
 
 
 def _extract(subparsers):
-    stage = subparsers.add_parser("extract", help="one dump part to loose JSON with WikiExtractor")
+    stage = _stage(subparsers, "extract", "one dump part to loose JSON with WikiExtractor")
     stage.add_argument("--input", required=True, help="a pages-articles dump part (.bz2)")
     stage.add_argument("--out", required=True, help="JSON lines: id, title, url, text")
-    stage.add_argument("--processes", type=int, default=1)
+    settings.add_arguments(stage, ExtractSettings)
 
-    def run(args, run):
+    def run(args, _):
         from bertpipe.extract import extract_part
 
         started = time.perf_counter()
-        articles = extract_part(args.input, args.out, processes=args.processes)
-        run.log_metrics({"articles": articles, "seconds": time.perf_counter() - started,
-                         "bytes_out": Path(args.out).stat().st_size})
+        articles = extract_part(args.input, args.out, processes=args.threads)
+        return Outcome(metrics={"articles": articles, "seconds": time.perf_counter() - started,
+                                "bytes_out": Path(args.out).stat().st_size})
 
     stage.set_defaults(run=run, label="input", inputs=("input",))
 
 
 def _corpus(subparsers):
-    stage = subparsers.add_parser("corpus", help="clean, sentence-split, train/valid/test split and shard")
+    stage = _stage(subparsers, "corpus", "clean, sentence-split, train/valid/test split and shard")
     steps = stage.add_subparsers(dest="step", required=True)
 
-    build = steps.add_parser("build", help="one part's articles into split shards")
+    build = _stage(steps, "build", "one part's articles into split shards")
     build.add_argument("--input", required=True, help="loose JSON articles of one part")
     build.add_argument("--outdir", required=True)
-    build.add_argument("--split", default="1000,1,1", help="train,valid,test weights, as Megatron's --split")
-    build.add_argument("--min-chars", type=int, default=200, help="drop documents with fewer characters")
-    build.add_argument("--min-paragraph-words", type=int, default=5, help="drop shorter paragraphs (headings)")
-    build.add_argument("--shard-max-bytes", type=int, default=256 << 20)
+    settings.add_arguments(build, CorpusSettings)
 
-    def run_build(args, run):
+    def run_build(args, _):
         from bertpipe.corpus import build_part
 
-        stats = build_part(args.input, args.outdir, split=args.split, min_chars=args.min_chars,
-                           min_paragraph_words=args.min_paragraph_words, shard_max_bytes=args.shard_max_bytes)
-        run.log_metrics(stats)
-        run.log_artifact(Path(args.outdir) / "stats.json")
+        stats = build_part(args.input, args.outdir, settings.from_args(CorpusSettings, args))
+        return Outcome(metrics=stats, artifacts=[(Path(args.outdir) / "stats.json", None)])
 
     build.set_defaults(run=run_build, label="input", inputs=("input",))
 
-    summarize = steps.add_parser("summarize", help="add up the parts' stats")
+    summarize = _stage(steps, "summarize", "add up the parts' stats")
     summarize.add_argument("parts", nargs="+", help="the parts' corpus folders")
-    summarize.add_argument("--split", required=True)
+    settings.add_arguments(summarize, CorpusSettings, only=("split",))
     summarize.add_argument("--out", required=True)
 
-    def run_summarize(args, run):
+    def run_summarize(args, _):
         from bertpipe.corpus import summarize as summarize_parts
 
-        run.log_metrics(summarize_parts(args.parts, args.out, args.split))
-        run.log_artifact(args.out)
+        return Outcome(metrics=summarize_parts(args.parts, args.out, args.split), artifacts=[(args.out, None)])
 
     summarize.set_defaults(run=run_summarize, label="out", inputs=("parts",))
 
 
 def _tokenizer(subparsers):
-    stage = subparsers.add_parser("tokenizer", help="train SentencePiece or WordPiece on the train split")
+    stage = _stage(subparsers, "tokenizer", "train SentencePiece or WordPiece on the train split")
     stage.add_argument("--corpus", nargs="+", required=True, help="the corpus parts' folders")
     stage.add_argument("--outdir", required=True)
-    stage.add_argument("--kind", choices=["sentencepiece", "wordpiece"], default="sentencepiece")
-    stage.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram", help="sentencepiece only")
-    stage.add_argument("--vocab-size", type=int, default=30522)
-    stage.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True)
-    stage.add_argument("--character-coverage", type=float, default=0.9999)
-    stage.add_argument("--input-sentence-size", type=int, default=10_000_000,
-                       help="train on a uniform sample of at most this many sentences")
-    stage.add_argument("--seed", type=int, default=12345)
-    stage.add_argument("--vocab-file", help="wordpiece only: adopt this vocab.txt instead of training one")
-    stage.add_argument("--threads", type=int, default=1)
+    settings.add_arguments(stage, TokenizerSettings)
 
-    def run(args, run):
+    def run(args, _):
         from bertpipe.tokenizer import Tokenizer, train
 
-        meta = train(args.corpus, args.outdir, kind=args.kind, vocab_size=args.vocab_size,
-                     model_type=args.model_type, lowercase=args.lowercase,
-                     character_coverage=args.character_coverage, input_sentence_size=args.input_sentence_size,
-                     seed=args.seed, vocab_file=args.vocab_file, threads=args.threads)
+        meta = train(args.corpus, args.outdir, settings.from_args(TokenizerSettings, args))
         tokenizer = Tokenizer(args.outdir)
-        run.log_metrics({**meta, "word_start_pieces": int(tokenizer.is_word_start.sum())})
-        run.log_artifact(args.outdir, "tokenizer")
+        return Outcome(metrics={**meta, "word_start_pieces": int(tokenizer.is_word_start.sum())},
+                       artifacts=[(args.outdir, "tokenizer")])
 
     stage.set_defaults(run=run, label="outdir", inputs=("corpus", "vocab_file"))
 
 
 def _tfrecords(subparsers):
-    stage = subparsers.add_parser("tfrecords", help="masked-LM + next-sentence instances as TFRecords")
+    stage = _stage(subparsers, "tfrecords", "masked-LM + next-sentence instances as TFRecords")
     steps = stage.add_subparsers(dest="step", required=True)
 
-    build = steps.add_parser("build", help="one corpus shard to one TFRecord file and its stats")
+    build = _stage(steps, "build", "one corpus shard to one TFRecord file and its stats")
     build.add_argument("--input", required=True, help="a corpus shard (.jsonl)")
     build.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder")
     build.add_argument("--out", required=True, help="the TFRecord file")
     build.add_argument("--stats", required=True, help="its stats (JSON)")
-    build.add_argument("--seq-length", type=int, default=128)
-    build.add_argument("--max-predictions", type=int, default=20)
-    build.add_argument("--dupe-factor", type=int, default=10)
-    build.add_argument("--short-seq-prob", type=float, default=0.1)
-    build.add_argument("--masked-lm-prob", type=float, default=0.15)
-    build.add_argument("--whole-word-mask", action=argparse.BooleanOptionalAction, default=False)
-    build.add_argument("--seed", type=int, default=12345)
+    settings.add_arguments(build, InstanceSpec)
+    settings.add_arguments(build, TFRecordsSettings, only=("seed",))
 
-    def run_build(args, run):
-        from bertpipe.instances import InstanceSpec
+    def run_build(args, _):
         from bertpipe.tfrecords import build_shard
 
-        spec = InstanceSpec(seq_length=args.seq_length, max_predictions=args.max_predictions,
-                            dupe_factor=args.dupe_factor, short_seq_prob=args.short_seq_prob,
-                            masked_lm_prob=args.masked_lm_prob, whole_word_mask=args.whole_word_mask)
-        run.log_metrics(build_shard(args.input, args.tokenizer, args.out, args.stats, spec, args.seed))
-        run.log_artifact(args.stats)
+        stats = build_shard(args.input, args.tokenizer, args.out, args.stats,
+                            settings.from_args(InstanceSpec, args), args.seed)
+        return Outcome(metrics=stats, artifacts=[(args.stats, None)])
 
     build.set_defaults(run=run_build, label="out", inputs=("input", "tokenizer"))
 
-    summarize = steps.add_parser("summarize", help="add up the shards' stats")
+    summarize = _stage(steps, "summarize", "add up the shards' stats")
     summarize.add_argument("stats", nargs="+")
     summarize.add_argument("--out", required=True)
 
-    def run_summarize(args, run):
+    def run_summarize(args, _):
         from bertpipe.tfrecords import summarize as summarize_shards
 
-        run.log_metrics(summarize_shards(args.stats, args.out))
-        run.log_artifact(args.out)
+        return Outcome(metrics=summarize_shards(args.stats, args.out), artifacts=[(args.out, None)])
 
     summarize.set_defaults(run=run_summarize, label="out", inputs=("stats",))
 
@@ -180,52 +161,73 @@ def _tfrecords(subparsers):
 def _pretrain(subparsers):
     from bertpipe import pretrain
 
-    stage = subparsers.add_parser("pretrain", help="BERT pretraining with Megatron's flags (torchrun for DDP)",
-                                  description=pretrain.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    stage = _stage(subparsers, "pretrain", "BERT pretraining with Megatron's flags (torchrun for DDP)",
+                   description=pretrain.__doc__)
     pretrain.add_arguments(stage)
     stage.set_defaults(run=pretrain.run, label="save", inputs=("tokenizer_path",))
 
 
-def _evaluate(subparsers):
-    stage = subparsers.add_parser("evaluate", help="perplexity, masked-LM and next-sentence accuracy on the test split")
-    stage.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a folder of checkpoints (newest)")
-    stage.add_argument("--test-data", nargs="+", required=True, help="TFRecord files or globs of the test split")
-    stage.add_argument("--batch-size", type=int, default=32)
-    stage.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
-    stage.add_argument("--out", required=True, help="metrics (JSON)")
+def _launch(subparsers):
+    from bertpipe import launch
+
+    stage = _stage(subparsers, "launch", "a bertpipe command under torchrun, on one machine or on Slurm nodes",
+                   description=launch.__doc__)
+    settings.add_arguments(stage, PretrainSettings, only=("nodes", "nproc_per_node"))
+    settings.add_arguments(stage, SlurmPretrain, only=("cpus_per_node", "gpus_per_node"))
+    stage.add_argument("--done", help="the launched pretrain's --done file (given to it): a run that ends without "
+                                      f"it stopped early, and launch exits {launch.STOPPED}")
+    stage.add_argument("command", nargs=argparse.REMAINDER, help="the bertpipe command, e.g. pretrain ...")
 
     def run(args, run):
+        if not args.command:
+            raise BertpipeError("name the command to launch, e.g. `bertpipe launch --nodes 2 pretrain ...`")
+        # The launched command is tracked as this one would be, with this job's log.
+        command = [*run.target.arguments(), *(["--log-file", args.log_file] if args.log_file else []), *args.command,
+                   *(["--done", args.done] if args.done else [])]
+        raise SystemExit(launch.run(args.nodes, args.nproc_per_node, command, cpus_per_node=args.cpus_per_node,
+                                    gpus_per_node=args.gpus_per_node, done=args.done))
+
+    # Not a run of its own: the command it launches is tracked (by its rank 0).
+    stage.set_defaults(run=run, label=None, inputs=(), tracked=False)
+
+
+def _evaluate(subparsers):
+    stage = _stage(subparsers, "evaluate", "perplexity, masked-LM and next-sentence accuracy on the test split")
+    stage.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a folder of checkpoints (newest)")
+    stage.add_argument("--test-data", nargs="+", required=True, help="TFRecord files or globs of the test split")
+    settings.add_arguments(stage, EvaluateSettings)
+    settings.add_arguments(stage, TrainingSettings, only=("precision",))
+    stage.add_argument("--out", required=True, help="metrics (JSON)")
+
+    def run(args, _):
         from bertpipe.evaluate import evaluate
 
         metrics = evaluate(args.checkpoint, args.test_data, args.out, args.batch_size, args.precision)
-        run.log_metrics(metrics)
-        run.set_tags({"checkpoint": metrics["checkpoint"]})
-        run.log_artifact(args.out)
+        return Outcome(metrics=metrics, tags={"checkpoint": metrics["checkpoint"]}, artifacts=[(args.out, None)])
 
     stage.set_defaults(run=run, label="out", inputs=("test_data",))
 
 
 def _export(subparsers):
-    stage = subparsers.add_parser("export", help="a checkpoint as a HuggingFace transformers folder")
+    stage = _stage(subparsers, "export", "a checkpoint as a HuggingFace transformers folder")
     stage.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a folder of checkpoints (newest)")
     stage.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder")
     stage.add_argument("--out", required=True, help="the transformers folder to write")
 
-    def run(args, run):
+    def run(args, _):
         from bertpipe.export import export
 
         summary = export(args.checkpoint, args.tokenizer, args.out)
-        run.log_metrics(summary)
-        run.set_tags({"checkpoint": summary["checkpoint"]})
-        run.log_artifact(Path(args.out) / "config.json")
+        return Outcome(metrics=summary, tags={"checkpoint": summary["checkpoint"]},
+                       artifacts=[(Path(args.out) / "config.json", None)])
 
     stage.set_defaults(run=run, label="out", inputs=("tokenizer",))
 
 
 def _register(subparsers):
-    stage = subparsers.add_parser("register", help="log the exported folder and register it in MLflow's registry")
+    stage = _stage(subparsers, "register", "log the exported folder and register it in MLflow's registry")
     stage.add_argument("--model", required=True, help="the export stage's folder")
-    stage.add_argument("--name", required=True, help="the registered model's name")
+    settings.add_arguments(stage, MlflowSettings, only=("registered_model",))
     stage.add_argument("--evaluation", required=True, help="the evaluate stage's metrics")
     stage.add_argument("--manifest", required=True, help="the dump's manifest.json (lineage)")
     stage.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder (lineage)")
@@ -237,57 +239,51 @@ def _register(subparsers):
         from bertpipe.register import lineage, register
 
         if not run.enabled:
-            raise BertpipeError("no MLflow tracking URI: set MLFLOW_TRACKING_URI (the workflow sets it from "
-                                "config mlflow.tracking_uri) to register a model")
-        origin = lineage(args.manifest, args.tokenizer, args.train_data, args.training_done)
-        run.log_metrics(register(run, args.model, args.name, origin, args.evaluation, args.out))
+            raise BertpipeError("no MLflow tracking URI: give `bertpipe --tracking-uri URI register ...` (the "
+                                "workflow gives config mlflow.tracking_uri) to register a model")
+        origin = lineage(args.manifest, args.tokenizer, args.train_data, args.training_done, run.target.commit)
+        return Outcome(metrics=register(run, args.model, args.registered_model, origin, args.evaluation, args.out))
 
-    stage.set_defaults(run=run, label="name", inputs=("model",))
+    stage.set_defaults(run=run, label="registered_model", inputs=("model",))
 
 
-def _launch(subparsers):
-    from bertpipe import launch
-    from bertpipe.pretrain import positive
-
-    stage = subparsers.add_parser("launch", help="a bertpipe command under torchrun, on one machine or on Slurm nodes",
-                                  description=launch.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    stage.add_argument("--nodes", type=positive, default=1, help="nodes (more than one: in a Slurm job only)")
-    stage.add_argument("--nproc-per-node", type=positive, default=1, help="torchrun processes per node")
-    stage.add_argument("--cpus-per-node", type=positive, default=1, help="CPUs of each node's srun task")
-    stage.add_argument("--gpus-per-node", type=int, default=0, help="GPUs of each node's srun task")
-    stage.add_argument("command", nargs=argparse.REMAINDER, help="the bertpipe command, e.g. pretrain ...")
+def _settings(subparsers):
+    stage = _stage(subparsers, "settings", "the config's schema, its documentation, or a config's faults",
+                   description="Every setting is defined once, in src/bertpipe/settings.py; this writes what is "
+                               "derived from it.")
+    stage.add_argument("what", choices=["schema", "docs"],
+                       help="schema: workflow/schemas/config.schema.yaml; docs: docs/settings.md")
 
     def run(args, _):
-        if not args.command:
-            raise BertpipeError("name the command to launch, e.g. `bertpipe launch --nodes 2 pretrain ...`")
-        raise SystemExit(launch.run(args.nodes, args.nproc_per_node, args.command, cpus_per_node=args.cpus_per_node,
-                                    gpus_per_node=args.gpus_per_node))
+        import yaml
 
-    # Not a run of its own: the command it launches is tracked (by its rank 0).
+        if args.what == "schema":
+            sys.stdout.write("# Generated from src/bertpipe/settings.py by `make settings`: edit that file, not this one.\n"
+                             + yaml.safe_dump(settings.config_schema(), sort_keys=False, width=120))
+        else:
+            sys.stdout.write(settings.settings_table())
+
     stage.set_defaults(run=run, label=None, inputs=(), tracked=False)
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="bertpipe", description=__doc__)
+    from bertpipe import tracking
+
+    top = argparse.ArgumentParser(prog="bertpipe", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--version", action="version", version=f"bertpipe {__version__}")
+    # Not --log: torchrun reads the launched command's flags too, and takes --log for an abbreviation of its own.
+    top.add_argument("--log-file", help="this job's log (the rule's): logged with its run at the end")
+    tracking.add_arguments(top)
     subparsers = top.add_subparsers(dest="stage", required=True)
     for add in (_download, _extract, _corpus, _tokenizer, _tfrecords, _pretrain, _launch, _evaluate, _export,
-                _register):
+                _register, _settings):
         add(subparsers)
     return top
 
 
-def _stderr_file():
-    """The file this process's stderr goes to (the rule's log), if it is a file."""
-    try:
-        target = Path(os.readlink("/proc/self/fd/2"))
-    except OSError:
-        return None
-    return target if target.is_file() else None
-
-
 def _input_hashes(args) -> dict:
-    from bertpipe.tracking import content_hash
+    from bertpipe.hashing import content_hash
 
     hashes = {}
     for name in args.inputs:
@@ -297,6 +293,9 @@ def _input_hashes(args) -> dict:
     return hashes
 
 
+TRACKING_FLAGS = ("log_file", "tracking_uri", "tracking_dir", "experiment", "git_commit")
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -304,22 +303,27 @@ def main(argv=None) -> int:
 
     stage = " ".join(filter(None, (args.stage, getattr(args, "step", None))))
     label = getattr(args, args.label) if args.label else None
-    run = tracking.stage_run(f"{stage} {label}" if label else stage, args.stage, enabled=getattr(args, "tracked", True))
+    target = tracking.target_of(args)
+    run = tracking.Run(target, f"{stage} {label}" if label else stage, args.stage,
+                       parent_id=target.pipeline_parent(), enabled=getattr(args, "tracked", True))
     status = "FAILED"
     try:
         if run.enabled:
             run.log_params({key: value for key, value in vars(args).items()
-                            if key not in ("run", "label", "inputs") and not callable(value)})
+                            if key not in ("run", "label", "inputs", *TRACKING_FLAGS) and not callable(value)})
             run.log_params(_input_hashes(args))
-        outcome = args.run(args, run)
-        status = "KILLED" if outcome == "stopped" else "FINISHED"
+        outcome = args.run(args, run) or Outcome()
+        run.log_metrics(outcome.metrics)
+        run.set_tags(outcome.tags)
+        for path, folder in outcome.artifacts:
+            run.log_artifact(path, folder)
+        status = "KILLED" if outcome.stopped else "FINISHED"
     except BertpipeError as error:
         print(f"bertpipe {args.stage}: error: {error}", file=sys.stderr)
         return 1
     finally:
-        log_file = _stderr_file()
-        if log_file:
-            run.log_artifact(log_file, "logs")
+        if args.log_file:
+            run.log_artifact(args.log_file, "logs")
         run.end(status)
     return 0
 

@@ -9,7 +9,6 @@ Output of one part, `<outdir>/`: `{train,valid,test}/shard-NNNN.jsonl` (one docu
 `text` with one sentence a line, the format Megatron's `--loose-json --text-key text` reads) and `stats.json`.
 """
 
-import hashlib
 import json
 import logging
 import re
@@ -20,38 +19,12 @@ import blingfire
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_dir, atomic_file
+from bertpipe.splits import SPLITS, parse_split, split_of
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
-
-
 def _zero_counts() -> dict:
     return {name: {"documents": 0, "sentences": 0, "characters": 0, "shards": 0} for name in SPLITS}
-
-
-def parse_split(spec: str) -> tuple:
-    """Megatron's split string ("1000,1,1" or "98/1/1") as three fractions; missing weights are 0."""
-    try:
-        weights = [float(w) for w in re.split(r"[,/]", str(spec))]
-    except ValueError:
-        raise BertpipeError(f"split {spec!r}: expected up to three numbers separated by ',' or '/'") from None
-    if len(weights) > 3 or any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise BertpipeError(f"split {spec!r}: expected up to three non-negative weights with a positive sum")
-    weights += [0.0] * (3 - len(weights))
-    return tuple(w / sum(weights) for w in weights)
-
-
-def split_of(doc_id: str, fractions: tuple) -> str:
-    """The split of a document, from a hash of its id: the same id always lands in the same split."""
-    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
-    point = int.from_bytes(digest, "big") / 2**64
-    bound = 0.0
-    for name, fraction in zip(SPLITS, fractions):
-        bound += fraction
-        if point < bound:
-            return name
-    return next(name for name, fraction in zip(reversed(SPLITS), reversed(fractions)) if fraction > 0)
 
 
 def sentences_of(text: str, min_paragraph_words: int) -> list:
@@ -104,10 +77,12 @@ def _records(path: Path):
             yield record
 
 
-def build_part(articles, outdir, split: str = "1000,1,1", min_chars: int = 200, min_paragraph_words: int = 5,
-               shard_max_bytes: int = 256 << 20) -> dict:
-    """Clean, sentence-split and shard one part's articles (loose JSON) into `outdir`; returns its stats."""
+def build_part(articles, outdir, settings) -> dict:
+    """Clean, sentence-split and shard one part's articles (loose JSON) into `outdir` with `settings`
+    (settings.CorpusSettings); returns its stats."""
     articles, outdir = Path(articles), Path(outdir)
+    split, min_chars, min_paragraph_words = settings.split, settings.min_chars, settings.min_paragraph_words
+    shard_max_bytes = int(settings.shard_max_mb * 2**20)
     fractions = parse_split(split)
     stats = {
         "input": str(articles),

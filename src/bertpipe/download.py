@@ -114,7 +114,7 @@ def _finished_job(mirror, wiki, date, timeout):
     return status_url, job
 
 
-def resolve_dump(mirror: str, wiki: str, date: str, timeout: float = 60) -> tuple:
+def resolve_dump(mirror: str, wiki: str, date: str, timeout: float) -> tuple:
     """(date folder, dumpstatus URL, articlesdump job) of a finished dump.
 
     `latest` takes `<wiki>/latest/dumpstatus.json` where the mirror has one, else the newest finished dated dump.
@@ -144,7 +144,7 @@ def part_name(filename: str) -> str:
     return filename.removesuffix(".bz2")
 
 
-def write_manifest(mirror: str, wiki: str, date: str, out, timeout: float = 60) -> dict:
+def write_manifest(mirror: str, wiki: str, date: str, out, timeout: float) -> dict:
     """Resolve the dump and write `manifest.json`: one entry per article part with URL, size and sha1."""
     folder, status_url, job = resolve_dump(mirror, wiki, date, timeout)
     parts = {}
@@ -241,8 +241,10 @@ def _fetch_http(url: str, partial: Path, timeout: float, bar) -> None:
         raise TransientError(f"{url}: {error}") from error
 
 
-def download_part(manifest_path, part: str, out, retries: int = 5, backoff: float = 2.0, timeout: float = 60) -> Path:
-    """Download one part listed in the manifest to `out`, resuming `<out>.part`, verifying sha1 before publishing."""
+def download_part(manifest_path, part: str, out, settings) -> Path:
+    """Download one part listed in the manifest to `out`, resuming `<out>.part`, verifying sha1 before publishing;
+    `settings` (settings.DownloadSettings) say how often and how long to retry."""
+    retries, backoff, timeout = settings.retries, settings.backoff_seconds, settings.timeout_seconds
     manifest = read_manifest(manifest_path)
     if part not in manifest["parts"]:
         raise BertpipeError(f"{manifest_path}: no part named {part!r}; known: {', '.join(manifest['parts'])}")

@@ -13,25 +13,10 @@ from bertpipe.atomic import atomic_file
 log = logging.getLogger(__name__)
 
 
-def load_model(checkpoint_dir):
-    """Our BERT with the weights of a checkpoint folder (or the newest checkpoint under a `checkpoints` folder)."""
-    from bertpipe.model import BertConfig, BertForPreTraining
-    from bertpipe.train import checkpoint
-
-    source = Path(checkpoint_dir)
-    if not (source / "state.pt").is_file():
-        source = checkpoint.latest(source)
-    if source is None:
-        raise BertpipeError(f"{checkpoint_dir}: no checkpoint there; run the pretrain stage first")
-    state = checkpoint.load(source)
-    model = BertForPreTraining(BertConfig(**state["model_config"]))
-    model.load_state_dict(state["model"])
-    return model.eval(), source, state
-
-
-def evaluate(checkpoint_dir, test_data, out, batch_size: int = 32, precision: str = "fp32") -> dict:
-    from bertpipe.train.data import TFRecordSamples
-    from bertpipe.train.loop import evaluation_metrics, evaluation_totals
+def evaluate(checkpoint_dir, test_data, out, batch_size: int, precision: str) -> dict:
+    from bertpipe.pretrained import load_model
+    from bertpipe.records import TFRecordSamples
+    from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals
 
     model, source, state = load_model(checkpoint_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,8 +1,7 @@
 """Stage `export`: a checkpoint as a HuggingFace transformers folder (`config.json`, `model.safetensors`, tokenizer
 files) that `AutoModelForPreTraining.from_pretrained` and `AutoTokenizer.from_pretrained` load offline.
 
-The weights need no conversion: our parameter names are `transformers.BertForPreTraining`'s (model.py). The
-tokenizer becomes a HuggingFace fast tokenizer (`tokenizer.json`) that gives the ids our tokenizer gives:
+The weights map one to one (pretrained.py). The tokenizer becomes a HuggingFace fast tokenizer (`tokenizer.json`) that gives the ids our tokenizer gives:
 - SentencePiece: transformers' own SentencePiece conversion (the model's normalizer, dummy prefix and pieces);
 - WordPiece: the same normalizer, pre-tokenizer and vocabulary as our Tokenizer.
 Both add BERT's template ([CLS] A [SEP] B [SEP], token types 0/1). One difference is deliberate: the exported
@@ -15,35 +14,10 @@ import logging
 from pathlib import Path
 
 from bertpipe.atomic import atomic_dir
+from bertpipe.pretrained import huggingface_model, load_model
 from bertpipe.tokenizer import META, SPECIAL_TOKENS, Tokenizer, read_vocab
 
 log = logging.getLogger(__name__)
-
-
-def huggingface_config(model_config: dict):
-    import transformers
-
-    return transformers.BertConfig(
-        vocab_size=model_config["vocab_size"], hidden_size=model_config["hidden_size"],
-        num_hidden_layers=model_config["num_layers"], num_attention_heads=model_config["num_attention_heads"],
-        intermediate_size=model_config["intermediate_size"], hidden_act="gelu",
-        hidden_dropout_prob=model_config["hidden_dropout"], attention_probs_dropout_prob=model_config["attention_dropout"],
-        max_position_embeddings=model_config["max_position_embeddings"],
-        type_vocab_size=model_config["type_vocab_size"], layer_norm_eps=model_config["layernorm_epsilon"],
-        initializer_range=model_config["initializer_range"], architectures=["BertForPreTraining"])
-
-
-def huggingface_model(model, model_config: dict):
-    """transformers.BertForPreTraining holding our model's weights (the decoder's bias is tied to ours)."""
-    import transformers
-
-    hf_model = transformers.BertForPreTraining(huggingface_config(model_config))
-    missing, unexpected = hf_model.load_state_dict(model.state_dict(), strict=False)
-    # HuggingFace keeps these as buffers or tied copies; everything else must map one to one.
-    allowed = {"cls.predictions.decoder.bias", "bert.embeddings.position_ids", "bert.embeddings.token_type_ids"}
-    if unexpected or set(missing) - allowed:
-        raise RuntimeError(f"parameter names differ from transformers': missing {missing}, unexpected {unexpected}")
-    return hf_model.eval()
 
 
 def fast_tokenizer(folder):
@@ -79,10 +53,8 @@ def export(checkpoint_dir, tokenizer_dir, out) -> dict:
     """Write the HuggingFace folder `out`; returns what was exported (for the stage's stats)."""
     import transformers
 
-    from bertpipe.evaluate import load_model
-
     model, source, state = load_model(checkpoint_dir)
-    hf_model = huggingface_model(model, state["model_config"])
+    hf_model = huggingface_model(model)
     tokenizer, ours = fast_tokenizer(tokenizer_dir)
     hf_tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",

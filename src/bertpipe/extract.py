@@ -57,7 +57,7 @@ def check_dump(path) -> None:
         raise BertpipeError(f"{path}: not a readable bz2 file ({error}); download it again") from error
 
 
-def extract_part(dump, out, processes: int = 1) -> int:
+def extract_part(dump, out, processes: int) -> int:
     """Run WikiExtractor on one dump part and write `out` (JSON lines with FIELDS); returns the article count."""
     dump, out = Path(dump), Path(out)
     check_dump(dump)

@@ -20,18 +20,10 @@ import random
 
 import numpy as np
 
+from bertpipe.settings import InstanceSpec  # noqa: F401 (the instances' settings, for the modules that make them)
+
 SPAN_FIELDS = 5  # a_start, a_end, b_start, b_end, is_random_next
 MASK_SHARE, KEEP_SHARE = 0.8, 0.1  # the rest, 10%, becomes a random token
-
-
-@dataclasses.dataclass(frozen=True)
-class InstanceSpec:
-    seq_length: int = 128
-    max_predictions: int = 20
-    dupe_factor: int = 10
-    short_seq_prob: float = 0.1
-    masked_lm_prob: float = 0.15
-    whole_word_mask: bool = False
 
 
 @dataclasses.dataclass

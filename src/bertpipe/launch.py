@@ -11,7 +11,7 @@ match, the first to bind hosts and the others connect).
 Stopping: Slurm's time-limit warning is SIGURG (`--signal=URG@<seconds>`), a signal every process ignores unless
 it asks for it; so it reaches the trainer (which checkpoints and stops, see train/distributed.py) through Snakemake,
 the shell, srun and torchrun without stopping any of them. A run that stopped before its last step has no `--done`
-file; launch then exits with STOPPED, so the workflow marks the job failed and its rerun resumes from the checkpoint.
+file (launch is given its path); launch then exits with STOPPED, so the workflow marks the job failed and its rerun resumes from the checkpoint.
 """
 
 import os
@@ -76,23 +76,14 @@ def multi_node_command(nnodes: int, nproc_per_node: int, cpus_per_node: int, gpu
     return step + torchrun_command(nproc_per_node, command, nnodes, endpoint, rendezvous_id=job)
 
 
-def done_file(command: list):
-    """The `--done` file of a `pretrain` command, or None."""
-    for index, argument in enumerate(command):
-        if argument == "--done" and index + 1 < len(command):
-            return command[index + 1]
-        if argument.startswith("--done="):
-            return argument.split("=", 1)[1]
-    return None
-
-
-def run(nnodes: int, nproc_per_node: int, command: list, cpus_per_node: int = 1, gpus_per_node: int = 0) -> int:
-    """Runs `bertpipe <command>` across `nnodes` x `nproc_per_node` processes; returns the exit status."""
+def run(nnodes: int, nproc_per_node: int, command: list, cpus_per_node: int, gpus_per_node: int, done=None) -> int:
+    """Runs `bertpipe <command>` across `nnodes` x `nproc_per_node` processes; returns the exit status, STOPPED
+    where it succeeded without writing the file `done` (the trainer's --done)."""
     if nnodes == 1:
         argv = torchrun_command(nproc_per_node, command)
     else:
         argv = multi_node_command(nnodes, nproc_per_node, cpus_per_node, gpus_per_node, command, os.environ)
-    return supervise(argv, done_file(command))
+    return supervise(argv, done)
 
 
 def supervise(argv: list, done) -> int:

@@ -14,22 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bertpipe.settings import ModelSettings
+
 
 @dataclasses.dataclass
-class BertConfig:
-    vocab_size: int = 30522
-    hidden_size: int = 1024
-    num_layers: int = 24
-    num_attention_heads: int = 16
-    intermediate_size: int = 4096
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
-    layernorm_epsilon: float = 1e-12
-    initializer_range: float = 0.02
+class BertConfig(ModelSettings):
+    """The model's settings (settings.ModelSettings) and what the data fixes: the vocabulary and two token types."""
+
+    vocab_size: int = dataclasses.field(default=None, kw_only=True)  # the tokenizer's, or more
+    type_vocab_size: int = dataclasses.field(default=2, kw_only=True)
+    initializer_range: float = dataclasses.field(default=0.02, kw_only=True)
 
     def __post_init__(self):
+        if self.vocab_size is None:
+            raise ValueError("vocab_size: give the tokenizer's vocabulary size")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")

@@ -8,7 +8,6 @@ tracking server the stage still completes: it says so and records what it would 
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from bertpipe import BertpipeError
@@ -19,17 +18,17 @@ log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"
 
 
-def lineage(manifest, tokenizer_dir, train_data, training_done) -> dict:
+def lineage(manifest, tokenizer_dir, train_data, training_done, commit: str = None) -> dict:
     """Where the model comes from: the dump, the tokenizer's and the training data's content hashes, the training
     runs (one per phase) and the code's commit."""
-    from bertpipe.tracking import content_hash
+    from bertpipe.hashing import content_hash
 
     dump = json.loads(Path(manifest).read_text())
     phases = [json.loads(Path(done).read_text()) for done in training_done]
     return {"dump": f"{dump['wiki']}/{dump['date']}", "tokenizer_hash": content_hash(tokenizer_dir),
             "train_data_hash": content_hash(*train_data), "final_step": phases[-1]["step"],
             "training_run_ids": ",".join(str(phase.get("mlflow_run_id")) for phase in phases),
-            "git_commit": os.environ.get("BERTPIPE_GIT_COMMIT", "unknown")}
+            "git_commit": commit or "unknown"}
 
 
 def register(run, model_dir, name: str, lineage: dict, evaluation_file, out) -> dict:

@@ -20,7 +20,8 @@ from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_file
 from bertpipe.instances import InstanceSpec, TokenizedShard, materialize, pair_spans
 from bertpipe.tokenizer import Tokenizer
-from bertpipe.tracking import file_hash
+from bertpipe.hashing import file_hash
+from bertpipe.records import INT_FEATURES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -43,10 +44,6 @@ def feature_spec(seq_length: int, max_predictions: int) -> dict:
         "masked_lm_weights": tf.io.FixedLenFeature([max_predictions], tf.float32),
         "next_sentence_labels": tf.io.FixedLenFeature([1], tf.int64),
     }
-
-
-INT_FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
-                "next_sentence_labels")
 
 
 def _serialize(batch: dict):

@@ -54,18 +54,18 @@ def sample_sentences(shards, size: int, seed: int) -> list:
     return sample
 
 
-def train(corpus_parts, outdir, kind: str = "sentencepiece", vocab_size: int = 30522, model_type: str = "unigram",
-          lowercase: bool = True, character_coverage: float = 0.9999, input_sentence_size: int = 10_000_000,
-          seed: int = 12345, vocab_file=None, threads: int = 1) -> dict:
-    """Build the tokenizer folder `outdir` from the corpus parts' train split (or from `vocab_file`)."""
+def train(corpus_parts, outdir, settings) -> dict:
+    """Build the tokenizer folder `outdir` from the corpus parts' train split (or from `settings.vocab_file`), with
+    `settings` (settings.TokenizerSettings)."""
+    kind, vocab_size, lowercase, vocab_file = settings.kind, settings.vocab_size, settings.lowercase, settings.vocab_file
     with atomic_dir(outdir) as temp:
         if kind == "wordpiece" and vocab_file:
             meta = _adopt_vocab(Path(vocab_file), temp, lowercase)
         else:
-            sentences = sample_sentences(train_shards(corpus_parts), input_sentence_size, seed)
+            sentences = sample_sentences(train_shards(corpus_parts), settings.input_sentence_size, settings.seed)
             if kind == "sentencepiece":
-                meta = _train_sentencepiece(sentences, temp, vocab_size, model_type, lowercase, character_coverage,
-                                            threads, seed)
+                meta = _train_sentencepiece(sentences, temp, vocab_size, settings.model_type, lowercase,
+                                            settings.character_coverage, settings.threads, settings.seed)
             elif kind == "wordpiece":
                 meta = _train_wordpiece(sentences, temp, vocab_size, lowercase)
             else:

@@ -1,18 +1,17 @@
 """MLflow tracking: one parent run per pipeline run (a `snakemake` invocation), one child run per job under it.
 
-The Snakefile turns config `mlflow` into the environment of every job (so Slurm jobs get it too):
-- `MLFLOW_TRACKING_URI`, `MLFLOW_EXPERIMENT_NAME`: MLflow's own variables;
-- `BERTPIPE_MLFLOW_DIR`: a folder under the results with `pipeline-run.json` (the parent run, written when the
-  pipeline starts) and `offline/` (what could not be logged);
-- `BERTPIPE_GIT_COMMIT`: the workflow's commit.
-Without `MLFLOW_TRACKING_URI` (a `bertpipe` command run by hand) nothing is tracked.
+Where runs go is a `Target`, which every job gets as explicit flags of `bertpipe` (`Target.flags`, put in front of
+each rule's command by workflow/tracking.smk, so Slurm jobs get it too): the tracking URI, the experiment, the
+workflow's commit, and the tracking folder under the results, which holds `pipeline-run.json` (the parent run,
+written when the pipeline starts) and `offline/` (what could not be logged). A `bertpipe` command without
+`--tracking-uri` (run by hand) is not tracked.
 
 Tracking never stops the work: the first call that fails (server down, database locked, ...) logs one warning, and
 from then on this process appends what it would have logged to `offline/<run>.jsonl` (JSON lines, one per call),
 so nothing is lost. Under torchrun only rank 0 tracks.
 """
 
-import hashlib
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +19,8 @@ import re
 import time
 import uuid
 from pathlib import Path
+
+from bertpipe.settings import MlflowSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,44 +30,6 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
 PIPELINE_RUN = "pipeline-run.json"
 METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
 PARAM_CHARS = 6000  # MLflow's param value limit
-
-
-def content_hash(*paths) -> str:
-    """blake2b-128 of the paths' contents: a file's bytes, a folder's relative paths and file bytes in sorted order.
-
-    A TFRecord file whose stats file (`<name>.stats.json`, written by the tfrecords stage) records its hash is not
-    read again: pretraining data runs to hundreds of gigabytes."""
-    digest = hashlib.blake2b(digest_size=16)
-    for path in map(Path, paths):
-        recorded = _recorded_records_hash(path)
-        if recorded:
-            digest.update(recorded.encode())
-            continue
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            if path.is_dir():
-                digest.update(str(file.relative_to(path)).encode() + b"\0")
-            digest.update(file_hash(file).encode())
-    return digest.hexdigest()
-
-
-def file_hash(path) -> str:
-    """blake2b-128 of one file's bytes."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _recorded_records_hash(path: Path):
-    stats = path.with_name(path.name.removesuffix(".tfrecord") + ".stats.json")
-    if path.suffix != ".tfrecord" or not stats.is_file():
-        return None
-    try:
-        return json.loads(stats.read_text()).get("records_blake2b")
-    except ValueError:
-        return None
 
 
 def flatten(values: dict, prefix: str = "") -> dict:
@@ -110,22 +73,95 @@ def _is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+@dataclasses.dataclass
+class Target:
+    """Where a job's runs go: the tracking URI (None: nowhere), the experiment, the tracking folder (the pipeline's
+    parent run and offline records) and the commit of the code that runs."""
+
+    uri: str = None
+    folder: str = "mlflow"
+    experiment: str = MlflowSettings.experiment
+    commit: str = None
+
+    @classmethod
+    def for_pipeline(cls, settings: dict, results, code) -> "Target":
+        """The pipeline's target from config `mlflow` (tracking_uri null: SQLite under `<results>/mlflow`), with the
+        commit of the checkout `code`."""
+        import subprocess
+
+        folder = Path(results, "mlflow").resolve()
+        commit = subprocess.run(["git", "-C", str(code), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True,
+                                text=True)
+        return cls(uri=settings["tracking_uri"] or f"sqlite:///{folder}/mlflow.db", folder=str(folder),
+                   experiment=settings["experiment"], commit=commit.stdout.strip() if commit.returncode == 0 else None)
+
+    def arguments(self) -> list:
+        """The `bertpipe` arguments that give a command this target."""
+        words = ["--tracking-dir", self.folder, "--experiment", self.experiment]
+        if self.uri:
+            words += ["--tracking-uri", self.uri]
+        if self.commit:
+            words += ["--git-commit", self.commit]
+        return words
+
+    def flags(self) -> str:
+        """`arguments()` as shell words."""
+        import shlex
+
+        return " ".join(shlex.quote(word) for word in self.arguments())
+
+    def pipeline_parent(self):
+        """The running pipeline's parent run id (from `pipeline-run.json`), or None outside a pipeline run."""
+        try:
+            return json.loads((Path(self.folder) / PIPELINE_RUN).read_text())["run_id"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a stage measured and made, for its run: metrics, tags, and artifacts as (path, folder in the run or
+    None); `stopped`: it stopped early on a signal and will be resumed."""
+
+    metrics: dict = dataclasses.field(default_factory=dict)
+    tags: dict = dataclasses.field(default_factory=dict)
+    artifacts: list = dataclasses.field(default_factory=list)
+    stopped: bool = False
+
+
+def add_arguments(parser) -> None:
+    """`bertpipe`'s tracking flags (before the stage)."""
+    group = parser.add_argument_group("tracking (the workflow passes these to every job)")
+    group.add_argument("--tracking-uri", help="MLflow tracking URI; without it nothing is tracked (credentials go "
+                                              "in MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN)")
+    group.add_argument("--tracking-dir", default=Target.folder,
+                       help="the pipeline's tracking folder: its parent run (pipeline-run.json) and offline records "
+                            "(default: %(default)s)")
+    group.add_argument("--experiment", default=Target.experiment, help="MLflow experiment (default: %(default)s)")
+    group.add_argument("--git-commit", help="the commit of the code that runs, as the runs' source commit")
+
+
+def target_of(args) -> Target:
+    return Target(uri=args.tracking_uri, folder=args.tracking_dir, experiment=args.experiment, commit=args.git_commit)
+
+
 class Run:
     """One MLflow run, or its offline record once MLflow cannot be reached. Every method is best effort."""
 
-    def __init__(self, name: str, stage: str, parent_id: str = None, tags: dict = None, run_id: str = None,
-                 enabled: bool = True):
+    def __init__(self, target: Target, name: str, stage: str, parent_id: str = None, tags: dict = None,
+                 run_id: str = None, enabled: bool = True):
         """A new run, or (`run_id`) one that exists already; `enabled=False` (or no tracking URI, or a rank other
         than 0) makes every method a no-op."""
-        self.name = name
-        self.uri = os.environ.get("MLFLOW_TRACKING_URI")
+        self.name, self.target = name, target
+        self.uri = target.uri
         self.enabled = enabled and bool(self.uri) and _is_rank_zero()
-        self.folder = Path(os.environ.get("BERTPIPE_MLFLOW_DIR", "mlflow"))
+        self.folder = Path(target.folder)
         self.offline_file = self.folder / "offline" / f"{_safe_name(name)}-{uuid.uuid4().hex[:8]}.jsonl"
         self.offline = False
         self.run_id = run_id
         if not self.enabled:
             return
+        # MLflow reads its HTTP retry settings from the environment only; without these it retries for minutes.
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
         if run_id:
@@ -135,9 +171,8 @@ class Run:
         tags = {"bertpipe.stage": stage, **(tags or {})}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
-        commit = os.environ.get("BERTPIPE_GIT_COMMIT")
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
+        if target.commit:
+            tags["mlflow.source.git.commit"] = target.commit
         self.run_id = self._call(self._create, {"op": "create_run", "name": name, "tags": tags}, tags)
         if self.run_id is None:
             self.run_id = f"offline-{uuid.uuid4().hex}"
@@ -154,7 +189,7 @@ class Run:
 
     def _create(self, tags):
         self._connect()
-        experiment_id = experiment(self.client, self.folder)
+        experiment_id = experiment(self.client, self.target.experiment, self.folder)
         return self.client.create_run(experiment_id, run_name=self.name, tags=tags).info.run_id
 
     def _call(self, function, record, *args):
@@ -244,10 +279,9 @@ class Run:
         self._call(lambda: self.client.set_terminated(self.run_id, status), {"op": "end", "status": status})
 
 
-def experiment(client, folder: Path) -> str:
-    """The id of `MLFLOW_EXPERIMENT_NAME` (default "bertpipe"), created on first use. With a local database the
-    artifacts go beside it, under the results; a tracking server keeps them where it is configured to."""
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "bertpipe")
+def experiment(client, name: str, folder: Path) -> str:
+    """The id of experiment `name`, created on first use. With a local database the artifacts go beside it, under
+    the results; a tracking server keeps them where it is configured to."""
     found = client.get_experiment_by_name(name)
     if found:
         return found.experiment_id
@@ -263,44 +297,30 @@ def experiment(client, folder: Path) -> str:
         raise
 
 
-def configure(settings: dict, results, code) -> None:
-    """The environment of this process and the jobs it starts, from config `mlflow` (tracking_uri null: SQLite under
-    `<results>/mlflow`), with the commit of the checkout `code`."""
-    import subprocess
+class MetricSink:
+    """The trainer's metrics (train/metrics.py) to a run: step metrics in batches of `every` steps (one request, not
+    one per step), validation metrics at once."""
 
-    folder = Path(results, "mlflow").resolve()
-    commit = subprocess.run(["git", "-C", str(code), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True,
-                            text=True)
-    os.environ.update({
-        "MLFLOW_TRACKING_URI": settings["tracking_uri"] or f"sqlite:///{folder}/mlflow.db",
-        "MLFLOW_EXPERIMENT_NAME": settings["experiment"],
-        "BERTPIPE_MLFLOW_DIR": str(folder),
-        "BERTPIPE_GIT_COMMIT": commit.stdout.strip() if commit.returncode == 0 else "unknown",
-    })
+    def __init__(self, run: Run, every: int):
+        self.run, self.every, self.pending = run, every, []
 
+    def __call__(self, metrics: dict):
+        self.pending.append((metrics["step"], {k: v for k, v in metrics.items() if k != "step"}))
+        if "valid_mlm_loss" in metrics or len(self.pending) >= self.every:
+            self.close()
 
-def pipeline_parent() -> str:
-    """The running pipeline's parent run id, or None outside a pipeline run."""
-    folder = os.environ.get("BERTPIPE_MLFLOW_DIR")
-    if not folder:
-        return None
-    try:
-        return json.loads((Path(folder) / PIPELINE_RUN).read_text())["run_id"]
-    except (OSError, ValueError, KeyError):
-        return None
+    def close(self):
+        if self.pending:
+            self.run.log_metric_history(self.pending)
+            self.pending = []
 
 
-def stage_run(name: str, stage: str, enabled: bool = True) -> Run:
-    """A child run of the running pipeline (a top-level run when there is none)."""
-    return Run(name, stage, parent_id=pipeline_parent(), enabled=enabled)
-
-
-def start_pipeline(config: dict, command: list) -> Run:
+def start_pipeline(target: Target, config: dict, command: list) -> Run:
     """The parent run of a pipeline run, with the whole effective config as params and as an artifact; its id goes
     to `pipeline-run.json` for the jobs."""
     from bertpipe.atomic import atomic_file
 
-    run = Run(f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}", "pipeline",
+    run = Run(target, f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}", "pipeline",
               tags={"bertpipe.command": " ".join(command)})
     if not run.enabled:
         return run
@@ -315,12 +335,12 @@ def start_pipeline(config: dict, command: list) -> Run:
     return run
 
 
-def end_pipeline(status: str, log_files=()) -> None:
+def end_pipeline(target: Target, status: str, log_files=()) -> None:
     """Close the parent run named in `pipeline-run.json` (FINISHED or FAILED), with Snakemake's log files."""
-    parent = pipeline_parent()
+    parent = target.pipeline_parent()
     if not parent:
         return
-    run = Run("pipeline", "pipeline", run_id=parent)
+    run = Run(target, "pipeline", "pipeline", run_id=parent)
     for log_file in log_files:
         run.log_artifact(log_file, "snakemake")
     run.end(status)

@@ -7,6 +7,7 @@ import pytest
 
 from bertpipe import BertpipeError
 from bertpipe.download import download_part, part_name, write_manifest
+from bertpipe.settings import DownloadSettings
 from tests.conftest import DumpServer, make_dump_tree, run_bertpipe
 
 
@@ -23,7 +24,7 @@ def test_full_download_of_every_part(tmp_path, mirror):
     assert sorted(manifest["parts"]) == sorted(part_name(name) for name in contents)
     for part, entry in manifest["parts"].items():
         out = tmp_path / "dl" / entry["file"]
-        download_part(manifest_path, part, out, retries=0, timeout=10)
+        download_part(manifest_path, part, out, DownloadSettings(retries=0, timeout_seconds=10))
         assert out.read_bytes() == contents[entry["file"]]
     assert not list((tmp_path / "dl").glob("*.part")), "no partial file may be left"
 
@@ -47,7 +48,7 @@ def test_dropped_connection_resumes_without_fetching_bytes_again(tmp_path, mirro
     server.drop_after[path] = half
     out = tmp_path / "dl" / entry["file"]
 
-    download_part(manifest_path, part, out, retries=2, backoff=0, timeout=10)
+    download_part(manifest_path, part, out, DownloadSettings(retries=2, backoff_seconds=0, timeout_seconds=10))
 
     assert out.read_bytes() == contents[entry["file"]]
     ranges = [header for requested, header in server.requests if requested == path]
@@ -63,7 +64,7 @@ def test_partial_file_from_a_killed_run_is_resumed(tmp_path, mirror):
     have = 1000
     out.with_name(out.name + ".part").write_bytes(contents[entry["file"]][:have])
 
-    download_part(manifest_path, part, out, retries=0, timeout=10)
+    download_part(manifest_path, part, out, DownloadSettings(retries=0, timeout_seconds=10))
 
     assert out.read_bytes() == contents[entry["file"]]
     assert server.sent[f"/enwiki/20260101/{entry['file']}"] == entry["size"] - have
@@ -75,7 +76,7 @@ def test_transient_server_error_is_retried(tmp_path, mirror):
     part, entry = sorted(manifest["parts"].items())[0]
     server.fail_with[f"/enwiki/20260101/{entry['file']}"] = 503
     out = tmp_path / "dl" / entry["file"]
-    download_part(manifest_path, part, out, retries=1, backoff=0, timeout=10)
+    download_part(manifest_path, part, out, DownloadSettings(retries=1, backoff_seconds=0, timeout_seconds=10))
     assert out.read_bytes() == contents[entry["file"]]
 
 
@@ -132,8 +133,8 @@ def test_local_folder_mirror_works_like_http(tmp_path, sample_xml):
     contents = make_dump_tree(root, sample_xml, parts=2)
     for mirror_url in (str(root), root.as_uri()):
         folder = tmp_path / mirror_url.replace("/", "_")
-        write_manifest(mirror_url, "enwiki", "20260101", folder / "manifest.json")
+        write_manifest(mirror_url, "enwiki", "20260101", folder / "manifest.json", timeout=10)
         manifest = json.loads((folder / "manifest.json").read_text())
         for part, entry in manifest["parts"].items():
-            download_part(folder / "manifest.json", part, folder / entry["file"], retries=0)
+            download_part(folder / "manifest.json", part, folder / entry["file"], DownloadSettings(retries=0))
             assert (folder / entry["file"]).read_bytes() == contents[entry["file"]]

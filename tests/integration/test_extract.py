@@ -72,4 +72,4 @@ def test_not_bz2_fails(tmp_path, sample_xml):
 
 def test_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(BertpipeError, match="no such file"):
-        extract_part(tmp_path / "absent.bz2", tmp_path / "out.jsonl")
+        extract_part(tmp_path / "absent.bz2", tmp_path / "out.jsonl", processes=1)

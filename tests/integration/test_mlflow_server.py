@@ -12,17 +12,12 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import VENV_BIN
+from tests.conftest import SHORT_TRAINING, VENV_BIN
 from tests.integration.test_tracking import free_port
 
 pytestmark = pytest.mark.slow
 
 # The demo with short training: these tests are about tracking, test_workflow.py about learning.
-SHORT_TRAINING = {"pretrain": {"save_interval": 20, "eval_interval": 20, "log_interval": 10, "phases": [
-    {"seq_length": 128, "batch_size": 8, "gradient_accumulation_steps": 1, "train_iters": 40, "lr": 1.0e-3},
-    {"seq_length": 512, "batch_size": 2, "gradient_accumulation_steps": 1, "train_iters": 4, "lr": 1.0e-4}]}}
-
-
 class MlflowServer:
     """`mlflow server` in its own process group; ready once it says it is listening (read from its log, no polling)."""
 

@@ -5,14 +5,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
+from bertpipe import cli
 from bertpipe.instances import InstanceSpec
 from bertpipe.tfrecords import build_shard
 from bertpipe.tokenizer import train
 from bertpipe.train import checkpoint
+from bertpipe.settings import TokenizerSettings
 from tests.conftest import VENV_BIN
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,7 @@ SPEC = InstanceSpec(seq_length=64, max_predictions=10, dupe_factor=2)
 def records(sample_corpus, tmp_path_factory):
     """(tokenizer folder, train TFRecords, valid TFRecords) from the sample, seq 64."""
     folder = tmp_path_factory.mktemp("pretrain-data")
-    train([sample_corpus], folder / "tokenizer", vocab_size=2000, input_sentence_size=20000)
+    train([sample_corpus], folder / "tokenizer", TokenizerSettings(vocab_size=2000, input_sentence_size=20000))
     for split in ("train", "valid"):
         for shard in sorted((sample_corpus / split).glob("shard-*.jsonl")):
             build_shard(shard, folder / "tokenizer", folder / split / f"{shard.stem}.tfrecord",
@@ -35,10 +36,21 @@ def records(sample_corpus, tmp_path_factory):
 def command(records, out, *extra, launcher=(str(VENV_BIN / "bertpipe"),)):
     tokenizer, train_data, valid_data = records
     return [*launcher, "pretrain", "--use-tfrecords", "--train-data", train_data, "--valid-data", valid_data,
-            "--tokenizer-path", str(tokenizer), "--num-layers", "2", "--hidden-size", "64", "--intermediate-size",
-            "128", "--num-attention-heads", "2", "--max-position-embeddings", "64", "--lr", "1e-3", "--warmup", "0.1",
-            "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1", "--save", str(out / "ckpt"),
+            "--tokenizer-path", str(tokenizer), "--seq-length", "64", "--precision", "fp32", "--num-layers", "2",
+            "--hidden-size", "64", "--intermediate-size", "128", "--num-attention-heads", "2",
+            "--max-position-embeddings", "64", "--lr", "1e-3", "--warmup", "0.1", "--log-interval", "1",
+            "--eval-interval", "1000", "--eval-iters", "1", "--save", str(out / "ckpt"),
             "--metrics", str(out / "metrics.jsonl"), "--seed", "5", *map(str, extra)]
+
+
+def in_process(args, capsys):
+    """`bertpipe <args>` in this process (no interpreter start, no imports again): (exit status, stdout, stderr)."""
+    try:
+        status = cli.main([str(a) for a in args[1:]])
+    except SystemExit as exit:  # argparse's errors
+        status = exit.code
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 def environment():
@@ -124,11 +136,13 @@ def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path, r
                 assert both[step][key] == pytest.approx(one[step][key], rel=1e-5, abs=1e-6), (other, step, key)
 
 
-def test_resume_with_other_batch_settings_is_refused(tmp_path, records):
-    run(command(records, tmp_path, "--train-iters", 2, "--save-interval", 2, "--batch-size", 4))
-    result = subprocess.run(command(records, tmp_path, "--train-iters", 4, "--save-interval", 2, "--batch-size", 8),
-                            capture_output=True, text=True, env=environment())
-    assert result.returncode == 1 and "micro_batch 4 -> 8" in result.stderr and "Traceback" not in result.stderr
+def test_resume_with_other_batch_settings_is_refused(tmp_path, records, capsys):
+    status, _, _ = in_process(command(records, tmp_path, "--train-iters", 2, "--save-interval", 2, "--batch-size", 4,
+                                      "--num-workers", 0), capsys)
+    assert status == 0
+    status, _, err = in_process(command(records, tmp_path, "--train-iters", 4, "--save-interval", 2, "--batch-size",
+                                        8), capsys)
+    assert status == 1 and "batch_size 4 -> 8" in err and "Traceback" not in err
 
 
 def test_fp16_on_cpu_scales_skips_overflows_and_holds_the_schedule(tmp_path, records):
@@ -151,25 +165,26 @@ def test_fp16_on_cpu_scales_skips_overflows_and_holds_the_schedule(tmp_path, rec
 
 
 @pytest.mark.parametrize("flags, message", [
-    (("--seq-length", 128), "--seq-length 128, but the records in --train-data have 64"),
-    (("--fp16", "--bf16"), "exclude each other"),
+    (("--seq-length", 128, "--max-position-embeddings", 128), "--seq-length 128, but the records in --train-data have 64"),
+    (("--seq-length", 128), "--seq-length 128 is above --max-position-embeddings 64"),
+    (("--fp16", "--bf16"), "not allowed with argument"),
     (("--log-interval", 0), "must be at least 1"),
+    (("--precision", "fp8"), "invalid choice: 'fp8'"),
     (("--hidden-size", 30, "--num-attention-heads", 4), "not a multiple of num_attention_heads"),
 ])
-def test_megatron_flags_that_cannot_work_stop_with_a_clear_message(tmp_path, records, flags, message):
-    result = subprocess.run(command(records, tmp_path, "--train-iters", 1, *flags), capture_output=True, text=True,
-                            env=environment())
-    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+def test_megatron_flags_that_cannot_work_stop_with_a_clear_message(tmp_path, records, flags, message, capsys):
+    status, _, err = in_process(command(records, tmp_path, "--train-iters", 1, *flags), capsys)
+    assert status != 0 and message in err and "Traceback" not in err
 
 
-def test_train_data_kind_must_be_said(tmp_path, records):
+def test_train_data_kind_must_be_said(records, capsys):
     tokenizer, train_data, _ = records
-    result = subprocess.run([str(VENV_BIN / "bertpipe"), "pretrain", "--train-data", train_data, "--tokenizer-path",
-                             str(tokenizer)], capture_output=True, text=True, env=environment())
-    assert result.returncode == 1 and "--use-tfrecords" in result.stderr and "--loose-json" in result.stderr
+    status, _, err = in_process(["bertpipe", "pretrain", "--train-data", train_data, "--tokenizer-path", tokenizer],
+                                capsys)
+    assert status == 1 and "--use-tfrecords" in err and "--loose-json" in err
 
 
-def test_megatron_readme_command_runs_with_only_paths_changed(tmp_path, records, sample_corpus):
+def test_megatron_readme_command_runs_with_only_paths_changed(tmp_path, records, sample_corpus, capsys, caplog):
     tokenizer, _, _ = records
     wikipedia = tmp_path / "wikipedia.jsonl"  # loose json, one document a line, as Megatron's README asks
     wikipedia.write_text((sample_corpus / "train/shard-0000.jsonl").read_text())
@@ -183,11 +198,10 @@ def test_megatron_readme_command_runs_with_only_paths_changed(tmp_path, records,
             "--lr-decay-style", "linear", "--lr-decay-iters", "990000", "--warmup", ".01", "--weight-decay", "1e-2",
             "--clip-grad", "1.0", "--fp16", "--fp32-layernorm", "--fp32-embedding", "--hysteresis", "2",
             "--num-workers", "2", "--save", str(tmp_path / "ckpt")]
-    tracked = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow/mlflow.db", "BERTPIPE_MLFLOW_DIR": str(tmp_path / "mlflow")}
-    result = subprocess.run([sys.executable, "-m", "bertpipe", "pretrain", *args], capture_output=True, text=True,
-                            env={**environment(), **tracked})
-    assert result.returncode == 0, result.stderr
+    tracked = ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow/mlflow.db", "--tracking-dir", tmp_path / "mlflow"]
+    status, _, err = in_process(["bertpipe", *tracked, "pretrain", *args], capsys)
+    assert status == 0, err
     assert checkpoint.latest(tmp_path / "ckpt").name == "step-00000002"
     assert (tmp_path / "wikipedia.jsonl.lazy/offsets.npy").is_file()
     # Tracked like the workflow's TFRecord runs: the loose-json input is hashed too.
-    assert "goes on without it" not in result.stderr and not (tmp_path / "mlflow/offline").exists()
+    assert "goes on without it" not in caplog.text and not (tmp_path / "mlflow/offline").exists()

@@ -13,16 +13,12 @@ import pytest
 import yaml
 
 from bertpipe.launch import STOPPED
-from tests.conftest import copy_workflow, snakemake
+from tests.conftest import SHORT_TRAINING, copy_workflow, snakemake
 from tests.integration.test_workflow import rules_run
 from tests.slurm_cluster import SlurmCluster, install_slurm
 
 pytestmark = pytest.mark.slow
 
-# The demo with 60 + 4 pretraining steps instead of 600 + 20, every step's losses recorded.
-SHORT = {"pretrain": {"save_interval": 20, "eval_interval": 20, "log_interval": 1, "phases": [
-    {"seq_length": 128, "batch_size": 32, "gradient_accumulation_steps": 1, "train_iters": 60, "lr": 1.0e-3},
-    {"seq_length": 512, "batch_size": 4, "gradient_accumulation_steps": 1, "train_iters": 4, "lr": 1.0e-4}]}}
 CONFIGS = ("--configfile", "config.demo.yaml", "short.yaml")
 PHASE1 = "results/pretrain/phase1/done.json"
 
@@ -70,7 +66,7 @@ def start_cluster(tmp_path, slurm_installed):
 def local_run(tmp_path_factory):
     """The short demo run on this machine without Slurm: (workflow folder, Snakemake's log)."""
     folder = copy_workflow(tmp_path_factory.mktemp("local") / "wf")
-    write_yaml(folder / "short.yaml", SHORT)
+    write_yaml(folder / "short.yaml", SHORT_TRAINING)
     result = snakemake(folder, "--cores", "2", "all", *CONFIGS)
     return folder, result.stderr
 
@@ -87,7 +83,7 @@ def test_profile_runs_every_rule_as_a_slurm_job_with_the_results_of_a_local_run(
     local, local_log = local_run
     cluster = start_cluster(1)
     folder = copy_workflow(tmp_path / "wf")
-    write_yaml(folder / "short.yaml", SHORT)
+    write_yaml(folder / "short.yaml", SHORT_TRAINING)
     result = snakemake(folder, "--profile", "slurm", "all", *CONFIGS)
 
     submitted = slurm_jobs(result.stderr)
@@ -102,7 +98,7 @@ def test_profile_runs_every_rule_as_a_slurm_job_with_the_results_of_a_local_run(
     assert len(tfrecords) == expected["tfrecords"]
     for path in tfrecords:
         assert (folder / path).read_bytes() == (local / path).read_bytes(), path
-    for phase, steps in ((1, 60), (2, 4)):
+    for phase, steps in ((1, 40), (2, 4)):
         on_slurm = losses(folder / f"results/pretrain/phase{phase}/metrics.jsonl")
         here = losses(local / f"results/pretrain/phase{phase}/metrics.jsonl")
         assert sorted(on_slurm) == sorted(here) == list(range(1, steps + 1))
@@ -115,7 +111,7 @@ def test_pretrain_on_two_nodes_matches_one_node_with_the_same_global_batch(start
     local, _ = local_run
     cluster = start_cluster(2)
     folder = copy_upstream(local, tmp_path / "wf")
-    halves = [{**phase, "batch_size": phase["batch_size"] // 2} for phase in SHORT["pretrain"]["phases"]]
+    halves = [{**phase, "batch_size": phase["batch_size"] // 2} for phase in SHORT_TRAINING["pretrain"]["phases"]]
     write_yaml(folder / "two-nodes.yaml", {"pretrain": {"nodes": 2, "phases": halves}})
     result = snakemake(folder, "--profile", "slurm", PHASE1, *CONFIGS, "two-nodes.yaml")
 
@@ -128,7 +124,7 @@ def test_pretrain_on_two_nodes_matches_one_node_with_the_same_global_batch(start
     assert sorted(ranks) == ["0", "1"] and ranks["0"] != ranks["1"] and set(ranks.values()) == {"n1", "n2"}, log
     two_nodes = losses(folder / "results/pretrain/phase1/metrics.jsonl")
     one_node = losses(local / "results/pretrain/phase1/metrics.jsonl")
-    assert sorted(two_nodes) == sorted(one_node) == list(range(1, 61))
+    assert sorted(two_nodes) == sorted(one_node) == list(range(1, 41))
     for step in one_node:
         for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm"):
             assert two_nodes[step][key] == pytest.approx(one_node[step][key], rel=1e-5, abs=1e-6), (step, key)
@@ -139,9 +135,9 @@ def test_time_limit_leaves_a_checkpoint_that_the_next_run_resumes_from(start_clu
     cluster = start_cluster(1)
     folder = copy_upstream(local, tmp_path / "wf")
     # A 2-minute limit, the warning 45 s before it (Slurm sends it up to 30 s earlier still); more steps than fit.
-    long_phase = {**SHORT["pretrain"]["phases"][0], "train_iters": 100000}
+    long_phase = {**SHORT_TRAINING["pretrain"]["phases"][0], "train_iters": 100000}
     write_yaml(folder / "limit.yaml", {"slurm": {"pretrain": {"runtime": 2, "warning_seconds": 45}},
-                                       "pretrain": {"phases": [long_phase, SHORT["pretrain"]["phases"][1]]}})
+                                       "pretrain": {"phases": [long_phase, SHORT_TRAINING["pretrain"]["phases"][1]]}})
     arguments = ("--profile", "slurm", PHASE1, *CONFIGS, "limit.yaml")
     log = folder / "logs/pretrain/phase1.log"
 

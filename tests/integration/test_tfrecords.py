@@ -10,6 +10,7 @@ from bertpipe import BertpipeError
 from bertpipe.instances import InstanceSpec
 from bertpipe.tfrecords import build_shard, feature_spec
 from bertpipe.tokenizer import train
+from bertpipe.settings import TokenizerSettings
 from tests.conftest import run_bertpipe
 
 pytestmark = pytest.mark.slow
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module", params=["sentencepiece", "wordpiece"])
 def tokenizer_dir(request, sample_corpus, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tok") / request.param
-    train([sample_corpus], folder, kind=request.param, vocab_size=4000, input_sentence_size=20000)
+    train([sample_corpus], folder, TokenizerSettings(kind=request.param, vocab_size=4000, input_sentence_size=20000))
     return folder
 
 

@@ -6,14 +6,14 @@ import pytest
 
 from bertpipe import BertpipeError
 from bertpipe.tokenizer import META, SPECIAL_TOKENS, Tokenizer, sample_sentences, train, train_shards
+from bertpipe.settings import TokenizerSettings
 
 
 @pytest.mark.parametrize("kind, model_type", [("sentencepiece", "unigram"), ("sentencepiece", "bpe"),
                                               ("wordpiece", "unigram")])
 def test_trained_tokenizer_has_special_tokens_at_fixed_ids_and_says_what_it_is(tmp_path, sample_corpus, kind,
                                                                                  model_type):
-    meta = train([sample_corpus], tmp_path / "tok", kind=kind, model_type=model_type, vocab_size=4000,
-                 input_sentence_size=5000)
+    meta = train([sample_corpus], tmp_path / "tok", TokenizerSettings(kind=kind, model_type=model_type, vocab_size=4000, input_sentence_size=5000))
     assert meta["special_ids"] == {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     written = json.loads((tmp_path / "tok" / META).read_text())
     assert written["kind"] == kind and written["lowercase"] is True and written["vocab_size"] == meta["vocab_size"]
@@ -26,7 +26,7 @@ def test_trained_tokenizer_has_special_tokens_at_fixed_ids_and_says_what_it_is(t
 
 
 def test_small_corpus_with_a_large_vocab_still_trains(tmp_path, sample_corpus):
-    meta = train([sample_corpus], tmp_path / "tok", vocab_size=100_000, input_sentence_size=3000)
+    meta = train([sample_corpus], tmp_path / "tok", TokenizerSettings(vocab_size=100_000, input_sentence_size=3000))
     assert meta["vocab_size"] < 100_000 and meta["requested_vocab_size"] == 100_000
 
 
@@ -41,12 +41,12 @@ def test_sentence_sample_is_bounded_seeded_and_uniform(sample_corpus):
 
 
 def test_given_vocab_file_is_adopted_with_its_own_ids(tmp_path, sample_corpus):
-    train([sample_corpus], tmp_path / "trained", kind="wordpiece", vocab_size=3000, input_sentence_size=5000)
+    train([sample_corpus], tmp_path / "trained", TokenizerSettings(kind="wordpiece", vocab_size=3000, input_sentence_size=5000))
     tokens = (tmp_path / "trained/vocab.txt").read_text().splitlines()
     google_order = ["[PAD]"] + [f"[unused{i}]" for i in range(3)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(google_order + [t for t in tokens if t not in SPECIAL_TOKENS]) + "\n")
-    meta = train([], tmp_path / "adopted", kind="wordpiece", vocab_file=vocab)
+    meta = train([], tmp_path / "adopted", TokenizerSettings(kind="wordpiece", vocab_file=vocab))
     assert meta["special_ids"] == {"[PAD]": 0, "[UNK]": 4, "[CLS]": 5, "[SEP]": 6, "[MASK]": 7}
     assert meta["trained"] is False
     adopted_tokens = vocab.read_text().splitlines()
@@ -60,13 +60,13 @@ def test_vocab_file_missing_a_special_token_is_a_clear_error(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n##s\n")
     with pytest.raises(BertpipeError, match=r"vocab.txt: the vocab lacks the special token\(s\) \[MASK\]"):
-        train([], tmp_path / "tok", kind="wordpiece", vocab_file=vocab)
+        train([], tmp_path / "tok", TokenizerSettings(kind="wordpiece", vocab_file=vocab))
     assert not (tmp_path / "tok").exists()
 
 
 def test_same_input_and_seed_give_identical_sentencepiece_files(tmp_path, sample_corpus):
     # Not so for WordPiece: HuggingFace's trainer breaks ties in hash-map order (huggingface/tokenizers#1794).
     for run in ("first", "second"):
-        train([sample_corpus], tmp_path / run, vocab_size=3000, input_sentence_size=5000, threads=2)
+        train([sample_corpus], tmp_path / run, TokenizerSettings(vocab_size=3000, input_sentence_size=5000, threads=2))
     for path in (tmp_path / "first").iterdir():
         assert path.read_bytes() == (tmp_path / "second" / path.name).read_bytes(), path.name

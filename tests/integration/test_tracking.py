@@ -7,16 +7,22 @@ import socket
 import pytest
 
 from bertpipe import tracking
+from bertpipe.hashing import content_hash
 
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow/mlflow.db")
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
-    monkeypatch.setenv("BERTPIPE_MLFLOW_DIR", str(tmp_path / "mlflow"))
-    monkeypatch.setenv("BERTPIPE_GIT_COMMIT", "0123abcd")
     monkeypatch.delenv("RANK", raising=False)
     return tmp_path
+
+
+def target(store, uri=None) -> tracking.Target:
+    return tracking.Target(uri=uri or f"sqlite:///{store}/mlflow/mlflow.db", folder=str(store / "mlflow"),
+                           experiment="tests", commit="0123abcd")
+
+
+def stage_run(target, name, stage):
+    return tracking.Run(target, name, stage, parent_id=target.pipeline_parent())
 
 
 def free_port() -> int:
@@ -28,16 +34,18 @@ def free_port() -> int:
 def test_stage_runs_are_children_of_the_pipeline_run_with_params_metrics_and_artifacts(store):
     from mlflow import MlflowClient
 
-    parent = tracking.start_pipeline({"tokenizer": {"vocab_size": 8000, "kind": "sentencepiece"}}, ["snakemake"])
-    run = tracking.stage_run("tokenizer results/tokenizer", "tokenizer")
+    where = target(store)
+    parent = tracking.start_pipeline(where, {"tokenizer": {"vocab_size": 8000, "kind": "sentencepiece"}},
+                                     ["snakemake"])
+    run = stage_run(where, "tokenizer results/tokenizer", "tokenizer")
     run.log_params({"vocab_size": 8000, "special_ids": {"[MASK]": 4}})
     run.log_metric_history([(1, {"loss": 2.5, "ok": True}), (2, {"loss": 2.0, "nan": float("nan")})])
     (store / "stats.json").write_text("{}")
     run.log_artifact(store / "stats.json")
     run.end()
-    tracking.end_pipeline("FINISHED")
+    tracking.end_pipeline(where, "FINISHED")
 
-    client = MlflowClient()
+    client = MlflowClient(where.uri)
     child = client.get_run(run.run_id)
     assert child.data.tags["mlflow.parentRunId"] == parent.run_id
     assert child.data.tags["mlflow.source.git.commit"] == "0123abcd"
@@ -52,9 +60,8 @@ def test_stage_runs_are_children_of_the_pipeline_run_with_params_metrics_and_art
 
 
 def test_unreachable_server_warns_once_and_keeps_everything_in_a_local_file(store, monkeypatch, caplog):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://bert:secret@127.0.0.1:{free_port()}")
     with caplog.at_level(logging.WARNING, logger="bertpipe.tracking"):
-        run = tracking.stage_run("pretrain phase1", "pretrain")
+        run = stage_run(target(store, f"http://bert:secret@127.0.0.1:{free_port()}"), "pretrain phase1", "pretrain")
         run.log_params({"lr": 0.001})
         run.log_metric_history([(step, {"loss": 1.0 / step}) for step in range(1, 4)])
         run.log_artifact(store)
@@ -70,14 +77,11 @@ def test_unreachable_server_warns_once_and_keeps_everything_in_a_local_file(stor
     assert run.run_id.startswith("offline-") and all(r["run_id"] == run.run_id for r in records[1:])
 
 
-@pytest.mark.parametrize("environment", [{"RANK": "1"}, {"MLFLOW_TRACKING_URI": None}], ids=["rank-1", "no-uri"])
-def test_nothing_is_tracked_off_rank_zero_or_without_a_tracking_uri(store, monkeypatch, environment):
-    for key, value in environment.items():
-        if value is None:
-            monkeypatch.delenv(key)
-        else:
-            monkeypatch.setenv(key, value)
-    run = tracking.stage_run("pretrain", "pretrain")
+@pytest.mark.parametrize("rank, uri", [("1", "sqlite"), ("0", None)], ids=["rank-1", "no-uri"])
+def test_nothing_is_tracked_off_rank_zero_or_without_a_tracking_uri(store, monkeypatch, rank, uri):
+    monkeypatch.setenv("RANK", rank)
+    where = target(store)
+    run = tracking.Run(tracking.Target(uri=where.uri if uri else None, folder=where.folder), "pretrain", "pretrain")
     run.log_metrics({"loss": 1.0})
     run.end()
     assert not run.enabled and run.run_id is None
@@ -87,8 +91,8 @@ def test_nothing_is_tracked_off_rank_zero_or_without_a_tracking_uri(store, monke
 def test_content_hash_reads_bytes_and_folder_layout(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a/x.txt").write_text("one")
-    first = tracking.content_hash(tmp_path / "a")
+    first = content_hash(tmp_path / "a")
     (tmp_path / "a/x.txt").write_text("two")
-    second = tracking.content_hash(tmp_path / "a")
+    second = content_hash(tmp_path / "a")
     (tmp_path / "a/x.txt").rename(tmp_path / "a/y.txt")
-    assert len({first, second, tracking.content_hash(tmp_path / "a")}) == 3
+    assert len({first, second, content_hash(tmp_path / "a")}) == 3

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bertpipe import BertpipeError, launch
+from bertpipe import BertpipeError, cli, launch
 
 SCONTROL_NODE = """NodeName=n2 Arch=x86_64 CoresPerSocket=1
    CPUAlloc=0 CPUEfctv=2 CPUTot=2 CPULoad=0.00
@@ -46,10 +46,26 @@ def test_several_nodes_outside_a_slurm_job_are_refused_with_what_to_do():
         launch.multi_node_command(2, 1, 1, 0, ["pretrain"], environ={})
 
 
-def test_done_file_is_found_in_either_spelling():
-    assert launch.done_file(["pretrain", "--done", "a/done.json", "--seed", "1"]) == "a/done.json"
-    assert launch.done_file(["pretrain", "--done=b.json"]) == "b.json"
-    assert launch.done_file(["pretrain", "--seed", "1"]) is None
+def test_the_launched_command_gets_the_done_file_the_tracking_flags_and_the_log(monkeypatch):
+    launched = {}
+
+    def run(nnodes, nproc_per_node, command, cpus_per_node, gpus_per_node, done):
+        launched.update(nproc_per_node=nproc_per_node, command=command, done=done)
+        return 0
+
+    monkeypatch.setattr(launch, "run", run)
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--tracking-uri", "sqlite:///m.db", "--tracking-dir", "t", "--log-file", "p.log", "launch",
+                  "--nproc-per-node", "2", "--done", "d.json", "pretrain", "--seed", "1"])
+    assert exit.value.code == 0
+    assert launched == {"nproc_per_node": 2, "done": "d.json", "command": [
+        "--tracking-dir", "t", "--experiment", "bertpipe", "--tracking-uri", "sqlite:///m.db", "--log-file", "p.log",
+        "pretrain", "--seed", "1", "--done", "d.json"]}
+    # torchrun parses the whole command line: none of bertpipe's flags may read to it as one of its own.
+    from torch.distributed.run import get_args_parser
+
+    torchrun = get_args_parser().parse_args(launch.torchrun_command(2, launched["command"])[3:])
+    assert torchrun.training_script == "bertpipe" and torchrun.training_script_args == launched["command"]
 
 
 def test_a_run_that_stops_early_exits_with_stopped_and_a_complete_one_with_0(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bertpipe import BertpipeError
-from bertpipe.corpus import parse_split, split_of
+from bertpipe.splits import parse_split, split_of
 from bertpipe.instances import InstanceSpec
 from bertpipe.train.loose_json import LooseJsonSamples, build_lazy
 

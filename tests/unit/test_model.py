@@ -5,19 +5,14 @@ import torch
 import transformers
 
 from bertpipe.model import BertConfig, BertForPreTraining, pretraining_loss_sums
+from bertpipe.pretrained import huggingface_config
 
 CONFIG = BertConfig(vocab_size=300, hidden_size=64, num_layers=3, num_attention_heads=4, intermediate_size=128,
                     max_position_embeddings=64)
 
 
 def huggingface_twin(config: BertConfig):
-    hf_config = transformers.BertConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
-        hidden_act="gelu", hidden_dropout_prob=config.hidden_dropout,
-        attention_probs_dropout_prob=config.attention_dropout, max_position_embeddings=config.max_position_embeddings,
-        type_vocab_size=config.type_vocab_size, layer_norm_eps=config.layernorm_epsilon)
-    return transformers.BertForPreTraining(hf_config)
+    return transformers.BertForPreTraining(huggingface_config(config))
 
 
 def batch(config, size=6, length=40, predictions=6, seed=0):

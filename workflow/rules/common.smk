@@ -1,8 +1,25 @@
 # Paths shared by the rules, and what the checkpoints tell: the dump's parts (download_manifest) and each part's
 # corpus shards (corpus).
 import json
-import re
 from pathlib import Path
+
+from bertpipe.settings import (
+    CorpusSettings,
+    DownloadSettings,
+    DumpSettings,
+    EvaluateSettings,
+    InstanceSpec,
+    MlflowSettings,
+    ModelSettings,
+    PhaseSettings,
+    PretrainSettings,
+    SlurmPretrain,
+    TFRecordsSettings,
+    TokenizerSettings,
+    TrainingSettings,
+)
+from bertpipe.settings import flags as settings_flags  # a section's values as the flags of its bertpipe command
+from bertpipe.splits import splits_with_documents
 
 RESULTS = config["results"]
 DUMP_DIR = f"{config['resources']}/dumps/{config['dump']['wiki']}/{config['dump']['date']}"
@@ -38,11 +55,7 @@ def tfrecord_files(seq, split, suffix):
 
 
 # Splits with a positive weight in corpus.split ("1000,1,1"; missing weights are 0): the others have no shards.
-SPLITS_WITH_DOCUMENTS = [
-    name
-    for name, weight in zip(("train", "valid", "test"), re.split(r"[,/]", config["corpus"]["split"]) + ["0", "0"])
-    if float(weight) > 0
-]
+SPLITS_WITH_DOCUMENTS = splits_with_documents(config["corpus"]["split"])
 
 
 def tfrecords_stats():
@@ -56,14 +69,6 @@ def tfrecords_stats():
 
 # Pretraining phases: each needs TFRecords of its sequence length; phase N > 1 starts from phase N - 1.
 PRETRAIN = config["pretrain"]
-MODEL = config["model"]
-TFRECORD_LENGTHS = {phase["seq_length"] for phase in config["tfrecords"]["phases"]}
-for number, phase in enumerate(PRETRAIN["phases"], 1):
-    if phase["seq_length"] not in TFRECORD_LENGTHS:
-        raise WorkflowError(
-            f"pretrain.phases[{number - 1}]: seq_length {phase['seq_length']} has no TFRecords; "
-            f"add it to tfrecords.phases (now {sorted(TFRECORD_LENGTHS)})"
-        )
 
 
 def pretrain_phase(wildcards):
@@ -85,8 +90,3 @@ def pretrain_data(split):
 LAST_PHASE = len(PRETRAIN["phases"])
 LAST_PHASE_DIR = f"{RESULTS}/pretrain/phase{LAST_PHASE}"
 LAST_SEQ_LENGTH = PRETRAIN["phases"][-1]["seq_length"]
-if "test" not in SPLITS_WITH_DOCUMENTS or "test" not in config["tfrecords"]["splits"]:
-    raise WorkflowError(
-        f"the evaluate stage reads the test split: give it a weight in corpus.split (now {config['corpus']['split']!r})"
-        f" and list it in tfrecords.splits (now {config['tfrecords']['splits']})"
-    )

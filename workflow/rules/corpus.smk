@@ -8,10 +8,7 @@ checkpoint corpus:
     output:
         directory(f"{RESULTS}/corpus/parts/{{part}}"),
     params:
-        split=config["corpus"]["split"],
-        min_chars=config["corpus"]["min_chars"],
-        min_paragraph_words=config["corpus"]["min_paragraph_words"],
-        shard_max_bytes=int(config["corpus"]["shard_max_mb"] * 2**20),
+        corpus=settings_flags(CorpusSettings, config["corpus"]),
     resources:
         **slurm_job("corpus"),
     conda:
@@ -19,9 +16,7 @@ checkpoint corpus:
     log:
         f"{LOGS}/corpus/{{part}}.log",
     shell:
-        "python -m bertpipe corpus build --input {input:q} --outdir {output:q} --split {params.split:q}"
-        " --min-chars {params.min_chars} --min-paragraph-words {params.min_paragraph_words}"
-        " --shard-max-bytes {params.shard_max_bytes} 2> {log:q}"
+        "{BERTPIPE} --log-file {log:q} corpus build --input {input:q} --outdir {output:q} {params.corpus} 2> {log:q}"
 
 
 rule corpus_stats:
@@ -30,7 +25,7 @@ rule corpus_stats:
     output:
         report(f"{RESULTS}/corpus/stats.json", caption="../report/corpus_stats.rst", category="Corpus"),
     params:
-        split=config["corpus"]["split"],
+        split=settings_flags(CorpusSettings, config["corpus"], only=("split",)),
     resources:
         **slurm_job("corpus_stats"),
     conda:
@@ -38,4 +33,4 @@ rule corpus_stats:
     log:
         f"{LOGS}/corpus/stats.log",
     shell:
-        "python -m bertpipe corpus summarize {input:q} --split {params.split:q} --out {output:q} 2> {log:q}"
+        "{BERTPIPE} --log-file {log:q} corpus summarize {input:q} {params.split} --out {output:q} 2> {log:q}"

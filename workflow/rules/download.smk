@@ -5,10 +5,8 @@ checkpoint download_manifest:
     output:
         f"{DUMP_DIR}/manifest.json",
     params:
-        mirror=config["dump"]["mirror"],
-        wiki=config["dump"]["wiki"],
-        date=config["dump"]["date"],
-        timeout=config["download"]["timeout_seconds"],
+        dump=settings_flags(DumpSettings, config["dump"]),
+        timeout=settings_flags(DownloadSettings, config["download"], only=("timeout_seconds",)),
     resources:
         **slurm_job("download_manifest"),
     conda:
@@ -16,8 +14,7 @@ checkpoint download_manifest:
     log:
         f"{LOGS}/download/manifest.log",
     shell:
-        "python -m bertpipe download manifest --mirror {params.mirror:q} --wiki {params.wiki} --date {params.date}"
-        " --timeout {params.timeout} --out {output:q} 2> {log:q}"
+        "{BERTPIPE} --log-file {log:q} download manifest {params.dump} {params.timeout} --out {output:q} 2> {log:q}"
 
 
 rule download:
@@ -26,9 +23,7 @@ rule download:
     output:
         f"{DUMP_DIR}/{{part}}.bz2",
     params:
-        retries=config["download"]["retries"],
-        backoff=config["download"]["backoff_seconds"],
-        timeout=config["download"]["timeout_seconds"],
+        download=settings_flags(DownloadSettings, config["download"]),
     resources:
         **slurm_job("download"),
     conda:
@@ -36,5 +31,5 @@ rule download:
     log:
         f"{LOGS}/download/{{part}}.log",
     shell:
-        "python -m bertpipe download part --manifest {input.manifest:q} --part {wildcards.part:q} --out {output:q}"
-        " --retries {params.retries} --backoff {params.backoff} --timeout {params.timeout} 2> {log:q}"
+        "{BERTPIPE} --log-file {log:q} download part --manifest {input.manifest:q} --part {wildcards.part:q}"
+        " --out {output:q} {params.download} 2> {log:q}"

@@ -9,8 +9,8 @@ rule evaluate:
         report(f"{RESULTS}/evaluate/metrics.json", caption="../report/evaluate.rst", category="Evaluation"),
     params:
         checkpoints=f"{LAST_PHASE_DIR}/checkpoints",
-        batch_size=config["evaluate"]["batch_size"],
-        precision=PRETRAIN["precision"],
+        evaluate=settings_flags(EvaluateSettings, config["evaluate"]),
+        precision=settings_flags(TrainingSettings, PRETRAIN, only=("precision",)),
     resources:
         **slurm_job("evaluate"),
     conda:
@@ -18,5 +18,5 @@ rule evaluate:
     log:
         f"{LOGS}/evaluate.log",
     shell:
-        "python -m bertpipe evaluate --checkpoint {params.checkpoints:q} --test-data {input.test:q}"
-        " --batch-size {params.batch_size} --precision {params.precision} --out {output:q} 2> {log:q}"
+        "{BERTPIPE} --log-file {log:q} evaluate --checkpoint {params.checkpoints:q} --test-data {input.test:q}"
+        " {params.evaluate} {params.precision} --out {output:q} 2> {log:q}"

@@ -14,4 +14,4 @@ rule extract:
     log:
         f"{LOGS}/extract/{{part}}.log",
     shell:
-        "python -m bertpipe extract --input {input:q} --out {output:q} --processes {threads} 2> {log:q}"
+        "{BERTPIPE} --log-file {log:q} extract --input {input:q} --out {output:q} --threads {threads} 2> {log:q}"

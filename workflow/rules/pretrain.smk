@@ -3,6 +3,7 @@
 # not outputs, so a failed, preempted or timed-out job's checkpoints survive and the rerun resumes from the newest
 # one. To train a phase from scratch, delete its checkpoints folder.
 
+
 rule pretrain:
     input:
         train=pretrain_data("train"),
@@ -18,37 +19,25 @@ rule pretrain:
             subcategory="phase {phase}",
         ),
     params:
-        folder=lambda wildcards: f"{RESULTS}/pretrain/phase{wildcards.phase}",
+        folder=lambda wildcards: shlex.quote(f"{RESULTS}/pretrain/phase{wildcards.phase}"),
         valid=lambda wildcards, input: (
             "--valid-data " + " ".join(shlex.quote(f) for f in input.valid) if input.valid else ""
         ),
-        phase=lambda wildcards: " ".join(
-            f"--{flag} {pretrain_phase(wildcards)[key]}"
-            for flag, key in (
-                ("seq-length", "seq_length"),
-                ("batch-size", "batch_size"),
-                ("gradient-accumulation-steps", "gradient_accumulation_steps"),
-                ("train-iters", "train_iters"),
-                ("lr", "lr"),
-            )
-        ),
         init=lambda wildcards, input: (
-            f"--init-from {Path(input.previous[0]).parent}/checkpoints" if input.previous else ""
+            f"--init-from {shlex.quote(str(Path(input.previous[0]).parent / 'checkpoints'))}" if input.previous else ""
         ),
-        precision={"fp32": "", "fp16": "--fp16 --fp32-layernorm --fp32-embedding", "bf16": "--bf16"}[
-            PRETRAIN["precision"]
-        ],
-        model=" ".join(f"--{key.replace('_', '-')} {value}" for key, value in MODEL.items()),
-        training=" ".join(
-            f"--{key.replace('_', '-')} {PRETRAIN[key]}"
-            for key in (
-                "hysteresis", "weight_decay", "clip_grad", "lr_decay_style", "warmup", "seed",
-                "save_interval", "keep_last", "eval_interval", "eval_iters", "log_interval", "num_workers",
+        settings=lambda wildcards: " ".join(
+            (
+                settings_flags(ModelSettings, config["model"]),
+                settings_flags(PhaseSettings, pretrain_phase(wildcards)),
+                settings_flags(TrainingSettings, PRETRAIN),
             )
         ),
-        launch=(
-            f"--nodes {PRETRAIN['nodes']} --nproc-per-node {PRETRAIN['nproc_per_node']}"
-            f" --cpus-per-node {SLURM['pretrain']['cpus_per_node']} --gpus-per-node {SLURM['pretrain']['gpus_per_node']}"
+        launch=" ".join(
+            (
+                settings_flags(PretrainSettings, PRETRAIN, only=("nodes", "nproc_per_node")),
+                settings_flags(SlurmPretrain, config["slurm"]["pretrain"], only=("cpus_per_node", "gpus_per_node")),
+            )
         ),
     threads: PRETRAIN["nproc_per_node"]
     resources:
@@ -58,8 +47,7 @@ rule pretrain:
     log:
         f"{LOGS}/pretrain/phase{{phase}}.log",
     shell:
-        "python -m bertpipe launch {params.launch} pretrain --use-tfrecords"
-        " --train-data {input.train:q} {params.valid} --tokenizer-path {input.tokenizer:q}"
-        " {params.phase} {params.model} {params.training} {params.precision} {params.init}"
-        " --save {params.folder}/checkpoints --metrics {params.folder}/metrics.jsonl --loss-curve {output.curve:q}"
-        " --done {output.done:q} > {log:q} 2>&1"
+        "{BERTPIPE} --log-file {log:q} launch {params.launch} --done {output.done:q}"
+        " pretrain --use-tfrecords --train-data {input.train:q} {params.valid} --tokenizer-path {input.tokenizer:q}"
+        " {params.settings} {params.init} --save {params.folder}/checkpoints --metrics {params.folder}/metrics.jsonl"
+        " --loss-curve {output.curve:q} > {log:q} 2>&1"

@@ -15,7 +15,7 @@ rule register:
     output:
         report(f"{RESULTS}/register/model-version.json", caption="../report/register.rst", category="Model"),
     params:
-        name=config["mlflow"]["registered_model"],
+        name=settings_flags(MlflowSettings, config["mlflow"], only=("registered_model",)),
     resources:
         **slurm_job("register"),
     conda:
@@ -23,6 +23,6 @@ rule register:
     log:
         f"{LOGS}/register.log",
     shell:
-        "python -m bertpipe register --model {input.model:q} --name {params.name:q}"
+        "{BERTPIPE} --log-file {log:q} register --model {input.model:q} {params.name}"
         " --evaluation {input.evaluation:q} --manifest {input.manifest:q} --tokenizer {input.tokenizer:q}"
         " --train-data {input.train:q} --training-done {input.done:q} --out {output:q} 2> {log:q}"

@@ -7,16 +7,7 @@ rule tokenizer:
     output:
         directory(f"{RESULTS}/tokenizer"),
     params:
-        kind=config["tokenizer"]["kind"],
-        model_type=config["tokenizer"]["model_type"],
-        vocab_size=config["tokenizer"]["vocab_size"],
-        lowercase="--lowercase" if config["tokenizer"]["lowercase"] else "--no-lowercase",
-        coverage=config["tokenizer"]["character_coverage"],
-        sentences=config["tokenizer"]["input_sentence_size"],
-        seed=config["tokenizer"]["seed"],
-        vocab_file=(
-            f"--vocab-file {config['tokenizer']['vocab_file']}" if config["tokenizer"]["vocab_file"] else ""
-        ),
+        tokenizer=settings_flags(TokenizerSettings, config["tokenizer"], skip=("threads",)),
     threads: config["tokenizer"]["threads"]
     resources:
         **slurm_job("tokenizer"),
@@ -25,7 +16,5 @@ rule tokenizer:
     log:
         f"{LOGS}/tokenizer.log",
     shell:
-        "python -m bertpipe tokenizer --corpus {input:q} --outdir {output:q} --kind {params.kind}"
-        " --model-type {params.model_type} --vocab-size {params.vocab_size} {params.lowercase}"
-        " --character-coverage {params.coverage} --input-sentence-size {params.sentences} --seed {params.seed}"
-        " {params.vocab_file} --threads {threads} 2> {log:q}"
+        "{BERTPIPE} --log-file {log:q} tokenizer --corpus {input:q} --outdir {output:q} {params.tokenizer}"
+        " --threads {threads} 2> {log:q}"

@@ -12,6 +12,7 @@ sentences it needs, with a random next segment from another drawn document. Text
 corpus stage's format); a document without line breaks is one sentence.
 """
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_dir
-from bertpipe.corpus import parse_split, split_of
+from bertpipe.splits import parse_split, split_of
 from bertpipe.instances import InstanceSpec, TokenizedShard, document_pairs, materialize
 
 TOKENS_PER_BYTE = 0.25  # for the number of samples an epoch holds: about four bytes of English text per token
@@ -125,7 +126,7 @@ class LooseJsonSamples:
         other_start = rng.randrange(len(other))
         b_side = self._encode_until(other, other_start, target)
         shard = TokenizedShard.from_documents([a_side, b_side])
-        spec = InstanceSpec(self.spec.seq_length, self.spec.max_predictions, 1, self.spec.short_seq_prob)
+        spec = dataclasses.replace(self.spec, dupe_factor=1)
         spans, forced = [], []
         if shard.documents:
             document_pairs(shard, 0, shard.sentence_starts.tolist(), spec, rng, spans, forced)

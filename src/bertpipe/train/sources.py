@@ -1,0 +1,44 @@
+"""The samples a training run reads: the tfrecords stage's files, or Megatron's loose json (one JSON document a line,
+made into pairs and masks as it trains), each as (train, valid or None) with random access by index."""
+
+import logging
+
+from bertpipe import BertpipeError
+from bertpipe.records import TFRecordSamples
+from bertpipe.settings import InstanceSpec
+from bertpipe.train.distributed import barrier, init
+from bertpipe.train.loose_json import LooseJsonSamples, build_lazy
+
+log = logging.getLogger(__name__)
+
+
+def tfrecord_samples(train_data, valid_data, seq_length: int, max_predictions) -> tuple:
+    """(train, valid or None) from TFRecord files or globs, whose records must have `seq_length` tokens and (unless
+    None) `max_predictions` predictions."""
+    train = TFRecordSamples(train_data)
+    valid = TFRecordSamples(valid_data) if valid_data else None
+    found_length, found_predictions = train.shape
+    for flag, given, found in (("--seq-length", seq_length, found_length),
+                               ("--max-preds-per-seq", max_predictions, found_predictions)):
+        if given is not None and given != found:
+            raise BertpipeError(f"{flag} {given}, but the records in --train-data have {found}")
+    if valid and valid.shape != train.shape:
+        raise BertpipeError(f"--valid-data records have (length, predictions) {valid.shape}, "
+                            f"--train-data records {train.shape}")
+    return train, valid
+
+
+def loose_json_samples(files, tokenizer, spec: InstanceSpec, split: str, text_key: str, seed: int) -> tuple:
+    """(train, valid or None) from loose-json files, their documents split by `split` as Megatron's --split."""
+    rank, _, _ = init()
+    if rank == 0:  # one process builds the lazy files, the others wait for them
+        for path in files:
+            build_lazy(path, text_key)
+    barrier()
+    train = LooseJsonSamples(files, tokenizer, spec, split, "train", text_key, seed, build=False)
+    try:
+        valid = LooseJsonSamples(files, tokenizer, spec, split, "valid", text_key, seed, build=False)
+    except BertpipeError as error:
+        log.warning("%s: no validation", error)
+        valid = None
+    return train, valid

@@ -1,0 +1,78 @@
+"""A wrong key or value (the schema) and settings that contradict each other (settings.check) stop Snakemake before
+any job, with a message naming the keys."""
+
+import pytest
+import yaml
+
+from tests.conftest import copy_workflow, snakemake
+
+pytestmark = pytest.mark.slow
+
+PHASES_128_512 = [{"seq_length": 128, "max_predictions": 20}, {"seq_length": 512, "max_predictions": 80}]
+TRAINING_PHASE = {"batch_size": 4, "gradient_accumulation_steps": 1, "train_iters": 10, "lr": 1.0e-4}
+
+CASES = {
+    "max_predictions above what a sequence holds": (
+        {"tfrecords": {"phases": [{"seq_length": 128, "max_predictions": 126}, PHASES_128_512[1]]}},
+        ["tfrecords.phases[0].max_predictions 126", "seq_length 128", "at most 125"]),
+    "a split that does not parse": ({"corpus": {"split": "0,0,0"}}, ["corpus.split", "positive sum"]),
+    "an empty results path": ({"results": "  "}, ["results: an empty path"]),
+    "fewer GPUs than processes per node": (
+        {"slurm": {"pretrain": {"gpus_per_node": 4}}, "pretrain": {"nproc_per_node": 8}},
+        ["slurm.pretrain.gpus_per_node 4", "pretrain.nproc_per_node 8"]),
+    "a vocab too small for the special tokens and the alphabet": (
+        {"tokenizer": {"vocab_size": 40}}, ["tokenizer.vocab_size 40", "special tokens", "use at least 73"]),
+    "a sequence length listed twice": (
+        {"tfrecords": {"phases": [PHASES_128_512[0], PHASES_128_512[0]]},
+         "pretrain": {"phases": [{"seq_length": 128, **TRAINING_PHASE}]}},
+        ["tfrecords.phases: seq_length 128 is listed 2 times"]),
+    "hidden_size not divisible by the heads": (
+        {"model": {"hidden_size": 130, "num_attention_heads": 4}},
+        ["model.hidden_size 130", "model.num_attention_heads 4"]),
+    "a phase longer than the position embeddings": (
+        {"model": {"max_position_embeddings": 256}},
+        ["pretrain.phases[1].seq_length 512", "model.max_position_embeddings 256"]),
+    "a phase without TFRecords of its length": (
+        {"pretrain": {"phases": [{"seq_length": 128, **TRAINING_PHASE}, {"seq_length": 256, **TRAINING_PHASE}]}},
+        ["pretrain.phases[1].seq_length 256 has no TFRecords", "tfrecords.phases"]),
+    "no test split for evaluate": (
+        {"corpus": {"split": "9,1"}}, ["corpus.split '9,1'", "evaluate reads the test split"]),
+}
+
+
+@pytest.mark.parametrize(
+    "overlay, named",
+    [({"corpus": {"splitt": "1,1,1"}}, "'splitt' was unexpected"),
+     ({"extract": {"threads": "two"}}, "['extract']['threads']"),
+     ({"dump": {"date": "last-week"}}, "['dump']['date']"),
+     ({"results": ""}, "['results']")],
+)
+def test_a_wrong_key_or_value_stops_a_run_before_any_job_and_names_it(workflow, overlay, named):
+    (workflow / "bad.yaml").write_text(yaml.safe_dump(overlay))
+    result = snakemake(workflow, "--cores", "2", "all", "--configfile", "config.demo.yaml", "bad.yaml", check=False)
+    assert result.returncode != 0
+    assert named in result.stdout + result.stderr
+    assert not (workflow / "results").exists() and not (workflow / "resources").exists()
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("checks") / "wf")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_contradicting_settings_stop_a_dry_run_naming_the_keys(workflow, case):
+    overlay, messages = CASES[case]
+    name = f"{case.replace(' ', '-')}.yaml"
+    (workflow / name).write_text(yaml.safe_dump(overlay))
+    result = snakemake(workflow, "-n", "--cores", "1", "all", "--configfile", "config.demo.yaml", name, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    for message in messages:
+        assert message in output, output
+    assert "Traceback" not in output
+    assert not (workflow / "results").exists() and not (workflow / "resources").exists()
+
+
+def test_the_demo_config_passes_every_check(workflow):
+    snakemake(workflow, "-n", "--cores", "1", "all", "--configfile", "config.demo.yaml")
