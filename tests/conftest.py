@@ -148,6 +148,19 @@ def run_bertpipe(*args, cwd=None):
     return subprocess.run([str(VENV_BIN / "bertpipe"), *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
+def bertpipe_in_process(capsys, *args) -> tuple:
+    """`bertpipe <args>` in this process, for checks that need no process of their own (no interpreter start, no
+    imports again): (exit status, stdout, stderr)."""
+    from bertpipe import cli
+
+    try:
+        status = cli.main([str(a) for a in args])
+    except SystemExit as exit:  # argparse's errors
+        status = exit.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 def copy_workflow(folder: Path) -> Path:
     """A copy of the workflow (Snakefile, configs, workflow/, envs/, data/, src/, the slurm/ profile) in `folder`, to
     run Snakemake in as a fresh clone would."""

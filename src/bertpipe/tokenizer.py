@@ -15,6 +15,7 @@ sampling), so memory does not grow with the corpus.
 import json
 import logging
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -82,21 +83,29 @@ def _train_sentencepiece(sentences, folder: Path, vocab_size, model_type, lowerc
     import sentencepiece as spm
 
     spm.set_random_generator_seed(seed)  # unseeded, the same input gives another model each time
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_prefix=str(folder / "spm"),
-        model_type=model_type,
-        vocab_size=vocab_size,
-        hard_vocab_limit=False,  # a small corpus yields fewer pieces instead of failing
-        character_coverage=character_coverage,
-        normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
-        pad_id=0, pad_piece="[PAD]", unk_id=1, unk_piece="[UNK]", bos_id=-1, eos_id=-1,
-        control_symbols=["[CLS]", "[SEP]", "[MASK]"],
-        input_sentence_size=0,  # the sample is already bounded
-        shuffle_input_sentence=False,
-        num_threads=threads,
-        minloglevel=1,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_prefix=str(folder / "spm"),
+            model_type=model_type,
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,  # a small corpus yields fewer pieces instead of failing
+            character_coverage=character_coverage,
+            normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
+            pad_id=0, pad_piece="[PAD]", unk_id=1, unk_piece="[UNK]", bos_id=-1, eos_id=-1,
+            control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+            input_sentence_size=0,  # the sample is already bounded
+            shuffle_input_sentence=False,
+            num_threads=threads,
+            minloglevel=1,
+        )
+    except RuntimeError as error:
+        needed = re.search(r"required_chars\. \d+ vs (\d+)", str(error))
+        if not needed:
+            raise
+        raise BertpipeError(f"tokenizer.vocab_size {vocab_size} is too small for the train split's alphabet: "
+                            f"{needed.group(1)} pieces at tokenizer.character_coverage {character_coverage}, special "
+                            "tokens included; raise vocab_size or lower character_coverage") from None
     # The model records the path it was trained to, here a temporary folder: keep only the name, so that the same
     # input and seed give the same bytes.
     from sentencepiece import sentencepiece_model_pb2

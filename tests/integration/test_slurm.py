@@ -156,12 +156,16 @@ def test_time_limit_leaves_a_checkpoint_that_the_next_run_resumes_from(start_clu
     slurm_log = re.search(r"(\S+/slurm_logs/rule_pretrain/1/\d+\.log)", first.stderr).group(1)
     assert "exited with non-zero exit code" in open(slurm_log).read()
 
-    second = snakemake(folder, *arguments, check=False)
+    # The rerun, with the time it needs for 10 more steps, resumes there and completes the phase.
+    finish = {**long_phase, "train_iters": step + 10}
+    write_yaml(folder / "finish.yaml", {"slurm": {"pretrain": {"runtime": 10}},
+                                        "pretrain": {"phases": [finish, SHORT_TRAINING["pretrain"]["phases"][1]]}})
+    snakemake(folder, "--profile", "slurm", PHASE1, *CONFIGS, "finish.yaml")
     assert f"resumed from results/pretrain/phase1/checkpoints/step-{step:08d} at step {step}" in log.read_text()
     steps = [json.loads(line)["step"] for line in open(folder / "results/pretrain/phase1/metrics.jsonl")
              if '"loss"' in line]
-    assert steps == list(range(1, len(steps) + 1)) and len(steps) > step, "the rerun went on from the checkpoint"
-    assert second.returncode != 0, "stopped again by the same limit"
+    assert steps == list(range(1, step + 11)), "the rerun went on from the checkpoint to the end"
+    assert json.loads((folder / PHASE1).read_text())["step"] == step + 10
 
 
 def test_a_failed_job_is_reported_with_its_slurm_log_without_waiting(start_cluster, tmp_path):

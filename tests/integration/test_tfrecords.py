@@ -11,7 +11,7 @@ from bertpipe.instances import InstanceSpec
 from bertpipe.tfrecords import build_shard, feature_spec
 from bertpipe.tokenizer import train
 from bertpipe.settings import TokenizerSettings
-from tests.conftest import run_bertpipe
+from tests.conftest import bertpipe_in_process, run_bertpipe
 
 pytestmark = pytest.mark.slow
 
@@ -84,16 +84,15 @@ def test_same_settings_and_seed_give_identical_bytes_in_another_process(tmp_path
     assert hashlib.sha256((tmp_path / "other.tfrecord").read_bytes()).hexdigest() != first
 
 
-def test_malformed_corpus_line_fails_with_its_line_and_leaves_nothing(tmp_path, sample_corpus, tokenizer_dir):
+def test_malformed_corpus_line_fails_with_its_line_and_leaves_nothing(tmp_path, sample_corpus, tokenizer_dir, capsys):
     shard = tmp_path / "corpus/train/shard-0000.jsonl"
     shard.parent.mkdir(parents=True)
     lines = (sample_corpus / "valid/shard-0000.jsonl").read_text().splitlines()
     shard.write_text("\n".join(lines[:2] + ["{oops"]) + "\n")
     out = tmp_path / "out" / "shard-0000.tfrecord"
-    result = run_bertpipe("tfrecords", "build", "--input", shard, "--tokenizer", tokenizer_dir, "--out", out,
-                          "--stats", tmp_path / "out" / "stats.json")
-    assert result.returncode == 1 and f"{shard}, line 3: malformed corpus record" in result.stderr
-    assert "Traceback" not in result.stderr
+    status, _, err = bertpipe_in_process(capsys, "tfrecords", "build", "--input", shard, "--tokenizer", tokenizer_dir,
+                                         "--out", out, "--stats", tmp_path / "out" / "stats.json")
+    assert status == 1 and f"{shard}, line 3: malformed corpus record" in err and "Traceback" not in err
     assert not out.parent.exists() or not list(out.parent.iterdir())
 
 

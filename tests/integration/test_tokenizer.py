@@ -70,3 +70,10 @@ def test_same_input_and_seed_give_identical_sentencepiece_files(tmp_path, sample
         train([sample_corpus], tmp_path / run, TokenizerSettings(vocab_size=3000, input_sentence_size=5000, threads=2))
     for path in (tmp_path / "first").iterdir():
         assert path.read_bytes() == (tmp_path / "second" / path.name).read_bytes(), path.name
+
+
+def test_a_vocab_smaller_than_the_alphabet_is_a_clear_error(sample_corpus, tmp_path):
+    with pytest.raises(BertpipeError, match=r"tokenizer.vocab_size 80 is too small for the train split's alphabet: "
+                                            r"\d+ pieces at tokenizer.character_coverage 0.9999"):
+        train([sample_corpus], tmp_path / "tok", TokenizerSettings(vocab_size=80, input_sentence_size=3000))
+    assert not (tmp_path / "tok").exists()

@@ -5,7 +5,7 @@ import tomllib
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_bertpipe
+from tests.conftest import REPO, bertpipe_in_process, run_bertpipe
 
 
 def package_pins() -> dict:
@@ -40,7 +40,12 @@ STAGES = sorted(p.stem for p in (REPO / "workflow/rules").glob("*.smk") if p.ste
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_each_rule_file_has_a_library_module_and_a_cli_stage(stage):
+def test_each_rule_file_has_a_library_module_and_a_cli_stage(stage, capsys):
     assert (REPO / "src/bertpipe" / f"{stage}.py").is_file()
-    result = run_bertpipe(stage, "--help")
-    assert result.returncode == 0 and f"bertpipe {stage}" in result.stdout
+    status, out, _ = bertpipe_in_process(capsys, stage, "--help")
+    assert status == 0 and f"bertpipe {stage}" in out
+
+
+def test_the_installed_command_runs():
+    result = run_bertpipe("--version")
+    assert result.returncode == 0 and result.stdout.startswith("bertpipe ")

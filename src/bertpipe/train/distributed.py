@@ -59,8 +59,13 @@ class StopRequest:
 
     def __init__(self):
         self.signalled = False
-        for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG):
-            signal.signal(number, self._handle)
+        self.previous = {number: signal.signal(number, self._handle)
+                         for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG)}
+
+    def release(self):
+        """Give the signals back to the handlers they had (a trainer run inside a longer-lived process)."""
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
     def _handle(self, number, frame):
         self.signalled = True

@@ -220,5 +220,6 @@ class Trainer:
                     return "stopped"
             return "done"
         finally:
+            self.stop.release()
             for sink in self.sinks:
                 sink.close()
