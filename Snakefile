@@ -9,11 +9,7 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# Jobs run `python -m bertpipe` from the library beside this Snakefile, whichever environment runs them (the venv,
-# a rule's conda env, a Slurm job): the workflow and its code always come from one checkout.
-# (Snakemake formats the prefix like a shell command, hence the doubled braces.)
 LIBRARY = str(Path(workflow.basedir) / "src")
-shell.prefix(f"export PYTHONPATH={shlex.quote(LIBRARY)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 sys.path.insert(0, LIBRARY)  # bertpipe.settings and bertpipe.tracking from this checkout
 
 from bertpipe import settings as bertpipe_settings
@@ -34,6 +30,16 @@ if CONFIG_FAULTS:
 include: "workflow/rules/common.smk"
 include: "workflow/slurm.smk"
 include: "workflow/tracking.smk"
+
+
+# Rules run `bertpipe <stage> ...`, a shell function: `python -m bertpipe` from the library beside this Snakefile,
+# whichever environment runs the job (the venv, a rule's conda env, a Slurm job), so the workflow and its code always
+# come from one checkout; with this pipeline's tracking flags (tracking.smk) before the stage.
+# (Snakemake formats the prefix like a shell command, hence the doubled braces.)
+shell.prefix(
+    f"export PYTHONPATH={shlex.quote(LIBRARY)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f'bertpipe() {{{{ python -m bertpipe {TRACKING.flags().replace("{", "{{{{").replace("}", "}}}}")} "$@"; }}}}; '
+)
 
 
 rule all:

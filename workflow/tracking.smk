@@ -1,11 +1,10 @@
-# MLflow tracking (src/bertpipe/tracking.py): every job's command starts with BERTPIPE, which names the store, the
-# experiment, the tracking folder (holding the pipeline's parent run) and the commit as explicit flags; this
-# Snakefile is parsed again inside every Slurm job, so they get them too.
+# MLflow tracking (src/bertpipe/tracking.py): every job's `bertpipe` gets TRACKING's flags (the Snakefile's shell
+# prefix), which name the store, the experiment, the tracking folder (holding the pipeline's parent run) and the
+# commit; this Snakefile is parsed again inside every Slurm job, so they get them too.
 # The parent run opens when jobs are about to run (not on a dry run) and closes with the workflow's outcome.
 from bertpipe import tracking
 
 TRACKING = tracking.Target.for_pipeline(config["mlflow"], results=RESULTS, code=workflow.basedir)
-BERTPIPE = f"python -m bertpipe {TRACKING.flags()}"
 
 
 onstart:

@@ -16,7 +16,7 @@ checkpoint corpus:
     log:
         f"{LOGS}/corpus/{{part}}.log",
     shell:
-        "{BERTPIPE} --log-file {log:q} corpus build --input {input:q} --outdir {output:q} {params.corpus} 2> {log:q}"
+        "bertpipe --log-file {log:q} corpus build --input {input:q} --outdir {output:q} {params.corpus} 2> {log:q}"
 
 
 rule corpus_stats:
@@ -33,4 +33,4 @@ rule corpus_stats:
     log:
         f"{LOGS}/corpus/stats.log",
     shell:
-        "{BERTPIPE} --log-file {log:q} corpus summarize {input:q} {params.split} --out {output:q} 2> {log:q}"
+        "bertpipe --log-file {log:q} corpus summarize {input:q} {params.split} --out {output:q} 2> {log:q}"

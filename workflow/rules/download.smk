@@ -14,7 +14,7 @@ checkpoint download_manifest:
     log:
         f"{LOGS}/download/manifest.log",
     shell:
-        "{BERTPIPE} --log-file {log:q} download manifest {params.dump} {params.timeout} --out {output:q} 2> {log:q}"
+        "bertpipe --log-file {log:q} download manifest {params.dump} {params.timeout} --out {output:q} 2> {log:q}"
 
 
 rule download:
@@ -31,5 +31,5 @@ rule download:
     log:
         f"{LOGS}/download/{{part}}.log",
     shell:
-        "{BERTPIPE} --log-file {log:q} download part --manifest {input.manifest:q} --part {wildcards.part:q}"
+        "bertpipe --log-file {log:q} download part --manifest {input.manifest:q} --part {wildcards.part:q}"
         " --out {output:q} {params.download} 2> {log:q}"

@@ -18,5 +18,5 @@ rule evaluate:
     log:
         f"{LOGS}/evaluate.log",
     shell:
-        "{BERTPIPE} --log-file {log:q} evaluate --checkpoint {params.checkpoints:q} --test-data {input.test:q}"
+        "bertpipe --log-file {log:q} evaluate --checkpoint {params.checkpoints:q} --test-data {input.test:q}"
         " {params.evaluate} {params.precision} --out {output:q} 2> {log:q}"

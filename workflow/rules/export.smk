@@ -16,5 +16,5 @@ rule export:
     log:
         f"{LOGS}/export.log",
     shell:
-        "{BERTPIPE} --log-file {log:q} export --checkpoint {params.checkpoints:q} --tokenizer {input.tokenizer:q}"
+        "bertpipe --log-file {log:q} export --checkpoint {params.checkpoints:q} --tokenizer {input.tokenizer:q}"
         " --out {output:q} 2> {log:q}"

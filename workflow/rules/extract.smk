@@ -14,4 +14,4 @@ rule extract:
     log:
         f"{LOGS}/extract/{{part}}.log",
     shell:
-        "{BERTPIPE} --log-file {log:q} extract --input {input:q} --out {output:q} --threads {threads} 2> {log:q}"
+        "bertpipe --log-file {log:q} extract --input {input:q} --out {output:q} --threads {threads} 2> {log:q}"

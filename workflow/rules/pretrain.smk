@@ -47,7 +47,7 @@ rule pretrain:
     log:
         f"{LOGS}/pretrain/phase{{phase}}.log",
     shell:
-        "{BERTPIPE} --log-file {log:q} launch {params.launch} --done {output.done:q}"
+        "bertpipe --log-file {log:q} launch {params.launch} --done {output.done:q}"
         " pretrain --use-tfrecords --train-data {input.train:q} {params.valid} --tokenizer-path {input.tokenizer:q}"
         " {params.settings} {params.init} --save {params.folder}/checkpoints --metrics {params.folder}/metrics.jsonl"
         " --loss-curve {output.curve:q} > {log:q} 2>&1"

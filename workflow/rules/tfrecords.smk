@@ -22,7 +22,7 @@ rule tfrecords:
     log:
         f"{LOGS}/tfrecords/seq{{seq}}/{{split}}/{{part}}/shard-{{shard}}.log",
     shell:
-        "{BERTPIPE} --log-file {log:q} tfrecords build"
+        "bertpipe --log-file {log:q} tfrecords build"
         " --input {input.corpus:q}/{wildcards.split}/shard-{wildcards.shard}.jsonl"
         " --tokenizer {input.tokenizer:q} --out {output.records:q} --stats {output.stats:q}"
         " {params.instances} {params.seed} 2> {log:q}"
@@ -44,4 +44,4 @@ rule tfrecords_stats:
     log:
         f"{LOGS}/tfrecords/seq{{seq}}/{{split}}/stats.log",
     shell:
-        "{BERTPIPE} --log-file {log:q} tfrecords summarize {input:q} --out {output:q} 2> {log:q}"
+        "bertpipe --log-file {log:q} tfrecords summarize {input:q} --out {output:q} 2> {log:q}"

@@ -16,5 +16,5 @@ rule tokenizer:
     log:
         f"{LOGS}/tokenizer.log",
     shell:
-        "{BERTPIPE} --log-file {log:q} tokenizer --corpus {input:q} --outdir {output:q} {params.tokenizer}"
+        "bertpipe --log-file {log:q} tokenizer --corpus {input:q} --outdir {output:q} {params.tokenizer}"
         " --threads {threads} 2> {log:q}"
