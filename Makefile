@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) all --configfile config.demo.yaml
 
+# Two pytest workers, a test file each at a time (a file's tests share their fixtures: a Slurm cluster, a pipeline
+# run): the long tests wait on Slurm, servers and subprocesses as much as they compute.
 test: $(VENV)/.installed
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -n 2 --dist loadfile --durations=25
 
 test-fast: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m "not slow"

@@ -187,11 +187,14 @@ def snakemake(folder: Path, *args, check=True):
     return result
 
 
-# The demo with 40 + 4 pretraining steps instead of 2400 + 20, every step's losses logged: for the tests whose point
-# is where the workflow runs (Slurm, a tracking server), not what it learns.
-SHORT_TRAINING = {"pretrain": {"save_interval": 20, "eval_interval": 20, "log_interval": 1, "phases": [
-    {"seq_length": 128, "batch_size": 8, "gradient_accumulation_steps": 1, "train_iters": 40, "lr": 1.0e-3},
-    {"seq_length": 512, "batch_size": 2, "gradient_accumulation_steps": 1, "train_iters": 4, "lr": 1.0e-4}]}}
+# For the tests whose point is where the workflow runs (Slurm, a tracking server), not what it learns: the demo with
+# one shard per split, one sequence length and one phase of 40 steps, every step's losses logged. Every rule still
+# runs (16 jobs, the demo's 27); two phases run in test_workflow.py.
+SMALL_PIPELINE = {
+    "corpus": {"shard_max_mb": 16},
+    "tfrecords": {"phases": [{"seq_length": 128, "max_predictions": 20}]},
+    "pretrain": {"save_interval": 20, "eval_interval": 20, "log_interval": 1, "phases": [
+        {"seq_length": 128, "batch_size": 8, "gradient_accumulation_steps": 1, "train_iters": 40, "lr": 1.0e-3}]}}
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import SHORT_TRAINING, VENV_BIN, copy_workflow
+from tests.conftest import SMALL_PIPELINE, VENV_BIN, copy_workflow
 from tests.integration.test_tracking import free_port
 
 pytestmark = pytest.mark.slow
@@ -58,19 +58,19 @@ def snakemake_process(workflow_dir, *args):
                             env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"})
 
 
-DEMO = ("--cores", "2", "all", "--configfile", "config.demo.yaml", "server.yaml")
+PIPELINE = ("--cores", "2", "all", "--configfile", "config.demo.yaml", "small.yaml")
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """The short demo run against a real server: (workflow folder, the server). The tests share it: the second
-    reruns training on it and stops the server on the way."""
+    """The small pipeline run against a real server: (workflow folder, the server). The tests share it: the second
+    reruns it from the tokenizer on and stops the server on the way."""
     workflow_dir = copy_workflow(tmp_path_factory.mktemp("server") / "wf")
     mlflow_server = MlflowServer(workflow_dir.parent)
     try:
-        (workflow_dir / "server.yaml").write_text(yaml.safe_dump({**SHORT_TRAINING,
+        (workflow_dir / "small.yaml").write_text(yaml.safe_dump({**SMALL_PIPELINE,
                                                                   "mlflow": {"tracking_uri": mlflow_server.url}}))
-        process = snakemake_process(workflow_dir, *DEMO)
+        process = snakemake_process(workflow_dir, *PIPELINE)
         output = process.stdout.read()
         assert process.wait() == 0, output
         yield workflow_dir, mlflow_server
@@ -112,28 +112,28 @@ def test_demo_against_a_tracking_server_is_found_through_its_rest_api(served):
 
 def test_pipeline_completes_when_the_tracking_server_stops_mid_run(served):
     workflow_dir, mlflow_server = served
-    # Training again (phase 1, phase 2 from it, evaluate, export, register); the server stops after phase 1.
-    process = snakemake_process(workflow_dir, "--forcerun", "pretrain", *DEMO)
+    # From the tokenizer on again; the server stops once the tokenizer job is done.
+    process = snakemake_process(workflow_dir, "--forcerun", "tokenizer", *PIPELINE)
     output = []
     for line in process.stdout:  # Snakemake's own log, line by line as it runs
         output.append(line)
-        if re.search(r"Finished jobid: \d+ \(Rule: pretrain\)", line) and mlflow_server.process.poll() is None:
+        if re.search(r"Finished jobid: \d+ \(Rule: tokenizer\)", line):
             mlflow_server.stop()
     assert process.wait() == 0, "".join(output)
     assert mlflow_server.process.poll() is not None, "the server was stopped mid-run"
     assert (workflow_dir / "results/register/model-version.json").is_file()
 
     # Before the stop: tracked on the server. After it: a clear warning in each job's log, and the local file.
-    assert "failed" not in (workflow_dir / "logs/pretrain/phase1.log").read_text()
+    assert "failed" not in (workflow_dir / "logs/tokenizer.log").read_text()
     warning = f"MLflow tracking at {mlflow_server.url} failed"
-    pretrain_log = (workflow_dir / "logs/pretrain/phase2.log").read_text()
+    pretrain_log = (workflow_dir / "logs/pretrain/phase1.log").read_text()
     assert warning in pretrain_log and "goes on without it" in pretrain_log
     assert warning in "".join(output), "Snakemake's own output warns when the pipeline run cannot be closed"
     offline = list((workflow_dir / "results/mlflow/offline").glob("*.jsonl"))
     records = [json.loads(line) for path in offline for line in path.read_text().splitlines()]
     pretrain_steps = [m for r in records if r["op"] == "metrics" and r["run"].startswith("pretrain")
                       for m in r["metrics"] if m[0] == "loss"]
-    assert sorted(step for _, _, step in pretrain_steps) == [1, 2, 3, 4], "every step of phase 2, none of phase 1"
+    assert sorted(step for _, _, step in pretrain_steps) == list(range(1, 41)), "every step"
     registered = json.loads((workflow_dir / "results/register/model-version.json").read_text())
     assert registered["registered"] is False and registered["version"] is None
     assert any(r["op"] == "artifact" and r["path"].endswith("export/huggingface") for r in records)
