@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +33,9 @@ def install_slurm() -> None:
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
 
 
-def slurm_conf(folder: Path, nodes: list, cpus: int, memory_mb: int) -> str:
-    """slurm.conf for a cluster whose nodes all run on this machine (127.0.0.1), state and logs under `folder`.
+def slurm_conf(folder: Path, spool: Path, nodes: list, cpus: int, memory_mb: int) -> str:
+    """slurm.conf for a cluster whose nodes all run on this machine (127.0.0.1), state and logs under `folder`, each
+    slurmd's spool under `spool`.
 
     One node takes this machine's short host name; several get their own names and slurmd ports."""
     lines = [
@@ -58,7 +60,7 @@ def slurm_conf(folder: Path, nodes: list, cpus: int, memory_mb: int) -> str:
         "ReturnToService=2",
         "MailProg=/bin/true",
         f"StateSaveLocation={folder}/state",
-        f"SlurmdSpoolDir={folder}/spool-%n",
+        f"SlurmdSpoolDir={spool}/%n",
         f"SlurmctldPidFile={folder}/slurmctld.pid",
         f"SlurmdPidFile={folder}/slurmd-%n.pid",
         f"SlurmctldLogFile={folder}/slurmctld.log",
@@ -111,6 +113,9 @@ class SlurmCluster:
         self.cpus, self.memory_mb = cpus, memory_mb
         self.processes = []  # (name, Popen), in start order
         self.saved_conf = None
+        # slurmd makes Unix sockets in its spool folder, whose paths may not pass 108 bytes: not under a test's
+        # tmp_path (pytest-xdist's are long), but in a short folder of its own.
+        self.spool = Path(tempfile.mkdtemp(prefix="slurmd-"))
 
     def start(self) -> "SlurmCluster":
         if running("slurmctld"):
@@ -118,11 +123,11 @@ class SlurmCluster:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "state").mkdir(exist_ok=True)
         for name in self.nodes:
-            (self.folder / f"spool-{name}").mkdir(exist_ok=True)
+            (self.spool / name).mkdir(exist_ok=True)
         if SLURM_CONF.exists():
             self.saved_conf = SLURM_CONF.read_bytes()
         SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
-        SLURM_CONF.write_text(slurm_conf(self.folder, self.nodes, self.cpus, self.memory_mb))
+        SLURM_CONF.write_text(slurm_conf(self.folder, self.spool, self.nodes, self.cpus, self.memory_mb))
         try:
             if not munge_works():
                 Path("/run/munge").mkdir(parents=True, exist_ok=True)
@@ -161,6 +166,7 @@ class SlurmCluster:
                     process.kill()
                     process.wait()
         self.processes.clear()
+        shutil.rmtree(self.spool, ignore_errors=True)
         if self.saved_conf is not None:
             SLURM_CONF.write_bytes(self.saved_conf)
         elif SLURM_CONF.exists():

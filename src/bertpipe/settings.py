@@ -583,6 +583,10 @@ def check(config: Config) -> list:
             errors.append(f"pretrain.phases[{index}].seq_length {phase.seq_length} has no TFRecords: add it to "
                           f"tfrecords.phases (now {sorted(lengths)})")
 
+    if config.mlflow.tracking_uri and re.match(r"^[^:/]+://[^/@]*:[^/@]*@", config.mlflow.tracking_uri):
+        errors.append("mlflow.tracking_uri holds a password: it would reach job command lines and logs; put the "
+                      "credentials in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+
     job = config.slurm.pretrain
     if 0 < job.gpus_per_node < config.pretrain.nproc_per_node:
         errors.append(f"slurm.pretrain.gpus_per_node {job.gpus_per_node} is below pretrain.nproc_per_node "

@@ -35,6 +35,9 @@ CASES = {
     "a phase without TFRecords of its length": (
         {"pretrain": {"phases": [{"seq_length": 128, **TRAINING_PHASE}, {"seq_length": 256, **TRAINING_PHASE}]}},
         ["pretrain.phases[1].seq_length 256 has no TFRecords", "tfrecords.phases"]),
+    "a password in the tracking URI": (
+        {"mlflow": {"tracking_uri": "https://bert:s3cret@mlflow.example.org"}},
+        ["mlflow.tracking_uri holds a password", "MLFLOW_TRACKING_PASSWORD"]),
     "no test split for evaluate": (
         {"corpus": {"split": "9,1"}}, ["corpus.split '9,1'", "evaluate reads the test split"]),
 }
@@ -70,7 +73,7 @@ def test_contradicting_settings_stop_a_dry_run_naming_the_keys(workflow, case):
     assert result.returncode != 0, output
     for message in messages:
         assert message in output, output
-    assert "Traceback" not in output
+    assert "Traceback" not in output and "s3cret" not in output
     assert not (workflow / "results").exists() and not (workflow / "resources").exists()
 
 
