@@ -88,7 +88,7 @@ def check_mlflow_store(folder):
     assert tokenizer.data.params["vocab_size"] == "4000" and tokenizer.data.metrics["vocab_size"] > 3500
     # Each job ran with the config's values (the demo's, not the commands' defaults), as its params show.
     corpus = next(r for r in by_stage["corpus"] if r.info.run_name.startswith("corpus build"))
-    assert (corpus.data.params["split"], corpus.data.params["shard_max_mb"]) == ("90,5,5", "1")
+    assert (corpus.data.params["split"], corpus.data.params["shard_max_mb"]) == ("90,5,5", "1.0")
     assert {a.path for a in client.list_artifacts(tokenizer.info.run_id, "tokenizer")} >= {"tokenizer/spm.model"}
     summaries = [r for r in by_stage["tfrecords"] if r.info.run_name.startswith("tfrecords summarize")]
     assert len(summaries) == 6 and all(0.14 < r.data.metrics["masked_fraction"] < 0.16 for r in summaries)
