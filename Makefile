@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 # Two pytest workers, a test file each at a time (a file's tests share their fixtures: a Slurm cluster, a pipeline
 # run): the long tests wait on Slurm, servers and subprocesses as much as they compute.
 test: $(VENV)/.installed
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -n 2 --dist loadfile --durations=25
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m "not slow"

@@ -208,3 +208,13 @@ def sample_corpus(tmp_path_factory):
     extract_part(SAMPLE, folder / "articles.jsonl", processes=2)
     build_part(folder / "articles.jsonl", folder / "enwiki-sample", CorpusSettings(split="8,1,1", shard_max_mb=1))
     return folder / "enwiki-sample"
+
+
+# The longest test files first: `make test` runs two workers a file at a time (pytest-xdist's loadfile, reordering
+# off), so these start at once and the short files fill in around them.
+LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_mlflow_server.py", "test_pretrain.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its own order

@@ -62,40 +62,47 @@ def start_cluster(tmp_path, slurm_installed):
         cluster.stop()
 
 
+ALL_RULES = {"download_manifest": 1, "download": 1, "extract": 1, "corpus": 1, "corpus_stats": 1, "tokenizer": 1,
+             "tfrecords": 3, "tfrecords_stats": 3, "pretrain": 1, "evaluate": 1, "export": 1, "register": 1}
+
+
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
-    """The short demo run on this machine without Slurm: (workflow folder, Snakemake's log)."""
-    folder = copy_workflow(tmp_path_factory.mktemp("local") / "wf")
+def slurm_run(tmp_path_factory, slurm_installed):
+    """The small pipeline with `--profile slurm` on a one-node cluster: (workflow folder, Snakemake's log, the
+    cluster's job records). The other tests start from its TFRecords."""
+    folder = copy_workflow(tmp_path_factory.mktemp("slurm") / "wf")
     write_yaml(folder / "small.yaml", SMALL_PIPELINE)
-    result = snakemake(folder, "--cores", "2", "all", *CONFIGS)
-    return folder, result.stderr
+    cluster = SlurmCluster(folder.parent / "slurm-1-node", nodes=1).start()
+    try:
+        result = snakemake(folder, "--profile", "slurm", "all", *CONFIGS)
+        return folder, result.stderr, cluster.job_records()
+    finally:
+        cluster.stop()
 
 
-def copy_upstream(local_folder, destination):
-    """A copy of the local run up to the TFRecords (outputs and Snakemake's records of them), without pretraining."""
-    shutil.copytree(local_folder, destination, symlinks=True)
+def copy_upstream(folder, destination):
+    """A copy of a run up to the TFRecords (outputs and Snakemake's records of them), without pretraining."""
+    shutil.copytree(folder, destination, symlinks=True)
     for produced in ("results/pretrain", "logs/pretrain"):
         shutil.rmtree(destination / produced)
     return destination
 
 
-def test_profile_runs_every_rule_as_a_slurm_job_with_the_results_of_a_local_run(start_cluster, local_run, tmp_path):
-    local, local_log = local_run
-    cluster = start_cluster(1)
-    folder = copy_workflow(tmp_path / "wf")
-    write_yaml(folder / "small.yaml", SMALL_PIPELINE)
-    result = snakemake(folder, "--profile", "slurm", "all", *CONFIGS)
-
-    submitted = slurm_jobs(result.stderr)
-    expected = rules_run(local_log) - Counter({"all": 1})  # `all` runs no command: Snakemake finishes it itself
-    assert Counter(submitted.values()) == expected
-    assert rules_run(result.stderr) == rules_run(local_log)
-    records = {record["JobId"]: record for record in cluster.job_records()}
+def test_profile_runs_every_rule_as_a_slurm_job_with_the_results_of_a_local_run(slurm_run, tmp_path):
+    folder, log, job_records = slurm_run
+    submitted = slurm_jobs(log)
+    assert Counter(submitted.values()) == ALL_RULES
+    assert rules_run(log) == Counter(ALL_RULES) + Counter({"all": 1})  # `all` runs no command: Snakemake ends it
+    records = {record["JobId"]: record for record in job_records}
     for job in submitted:
-        assert records[job]["JobState"] == "COMPLETED" and records[job]["Name"] == run_id(result.stderr), records[job]
+        assert records[job]["JobState"] == "COMPLETED" and records[job]["Name"] == run_id(log), records[job]
 
+    # The same TFRecords and training made on this machine without Slurm, from the same corpus and tokenizer.
+    local = copy_upstream(folder, tmp_path / "local")
+    rerun = snakemake(local, PHASE1, "--cores", "2", "--forcerun", "tfrecords", *CONFIGS)
+    assert rules_run(rerun.stderr) == {"tfrecords": 3, "pretrain": 1}
     tfrecords = sorted(path.relative_to(local) for path in local.glob("results/tfrecords/**/*.tfrecord"))
-    assert len(tfrecords) == expected["tfrecords"]
+    assert len(tfrecords) == 3
     for path in tfrecords:
         assert (folder / path).read_bytes() == (local / path).read_bytes(), path
     on_slurm = losses(folder / "results/pretrain/phase1/metrics.jsonl")
@@ -106,10 +113,10 @@ def test_profile_runs_every_rule_as_a_slurm_job_with_the_results_of_a_local_run(
             assert on_slurm[step][key] == here[step][key], (step, key)
 
 
-def test_pretrain_on_two_nodes_matches_one_node_with_the_same_global_batch(start_cluster, local_run, tmp_path):
-    local, _ = local_run
+def test_pretrain_on_two_nodes_matches_one_node_with_the_same_global_batch(start_cluster, slurm_run, tmp_path):
+    one_node_run, _, _ = slurm_run
     cluster = start_cluster(2)
-    folder = copy_upstream(local, tmp_path / "wf")
+    folder = copy_upstream(one_node_run, tmp_path / "wf")
     halves = [{**phase, "batch_size": phase["batch_size"] // 2} for phase in SMALL_PIPELINE["pretrain"]["phases"]]
     write_yaml(folder / "two-nodes.yaml", {"pretrain": {"nodes": 2, "phases": halves}})
     result = snakemake(folder, "--profile", "slurm", PHASE1, *CONFIGS, "two-nodes.yaml")
@@ -122,17 +129,17 @@ def test_pretrain_on_two_nodes_matches_one_node_with_the_same_global_batch(start
     ranks = dict(re.findall(r"rank (\d) of 2 on node (\S+)", log))
     assert sorted(ranks) == ["0", "1"] and ranks["0"] != ranks["1"] and set(ranks.values()) == {"n1", "n2"}, log
     two_nodes = losses(folder / "results/pretrain/phase1/metrics.jsonl")
-    one_node = losses(local / "results/pretrain/phase1/metrics.jsonl")
+    one_node = losses(one_node_run / "results/pretrain/phase1/metrics.jsonl")
     assert sorted(two_nodes) == sorted(one_node) == list(range(1, 41))
     for step in one_node:
         for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm"):
             assert two_nodes[step][key] == pytest.approx(one_node[step][key], rel=1e-5, abs=1e-6), (step, key)
 
 
-def test_time_limit_leaves_a_checkpoint_that_the_next_run_resumes_from(start_cluster, local_run, tmp_path):
-    local, _ = local_run
+def test_time_limit_leaves_a_checkpoint_that_the_next_run_resumes_from(start_cluster, slurm_run, tmp_path):
+    one_node_run, _, _ = slurm_run
     cluster = start_cluster(1)
-    folder = copy_upstream(local, tmp_path / "wf")
+    folder = copy_upstream(one_node_run, tmp_path / "wf")
     # A 2-minute limit, the warning 45 s before it (Slurm sends it up to 30 s earlier still); more steps than fit.
     long_phase = {**SMALL_PIPELINE["pretrain"]["phases"][0], "train_iters": 100000}
     write_yaml(folder / "limit.yaml", {"slurm": {"pretrain": {"runtime": 2, "warning_seconds": 45}},
