@@ -97,13 +97,17 @@ def test_profile_runs_every_rule_as_a_slurm_job_with_the_results_of_a_local_run(
     for job in submitted:
         assert records[job]["JobState"] == "COMPLETED" and records[job]["Name"] == run_id(log), records[job]
 
-    # The same TFRecords and training made on this machine without Slurm, from the same corpus and tokenizer.
+    # The stages that compute, from the extracted articles to training, again on this machine without Slurm: the
+    # same bytes and the same losses.
     local = copy_upstream(folder, tmp_path / "local")
-    rerun = snakemake(local, PHASE1, "--cores", "2", "--forcerun", "tfrecords", *CONFIGS)
-    assert rules_run(rerun.stderr) == {"tfrecords": 3, "pretrain": 1}
-    tfrecords = sorted(path.relative_to(local) for path in local.glob("results/tfrecords/**/*.tfrecord"))
-    assert len(tfrecords) == 3
-    for path in tfrecords:
+    rerun = snakemake(local, PHASE1, "--cores", "2", "--forcerun", "corpus", *CONFIGS)
+    assert rules_run(rerun.stderr) == {"corpus": 1, "tokenizer": 1, "tfrecords": 2, "pretrain": 1}  # train, valid
+    made = sorted(path.relative_to(local) for pattern in ("corpus/parts/*/*/*.jsonl", "tokenizer/*",
+                                                          "tfrecords/*/train/*/*.tfrecord",
+                                                          "tfrecords/*/valid/*/*.tfrecord")
+                  for path in local.glob(f"results/{pattern}"))
+    assert len([path for path in made if path.suffix == ".tfrecord"]) == 2
+    for path in made:
         assert (folder / path).read_bytes() == (local / path).read_bytes(), path
     on_slurm = losses(folder / "results/pretrain/phase1/metrics.jsonl")
     here = losses(local / "results/pretrain/phase1/metrics.jsonl")
