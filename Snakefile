@@ -21,8 +21,7 @@ configfile: "config.yaml"
 # The schema is generated from src/bertpipe/settings.py (`bertpipe settings schema`); settings.check then finds
 # what a schema cannot: settings that contradict each other. Both stop the run before any job, naming the keys.
 validate(config, "workflow/schemas/config.schema.yaml")
-SETTINGS = bertpipe_settings.from_dict(bertpipe_settings.Config, config)
-CONFIG_FAULTS = bertpipe_settings.check(SETTINGS)
+CONFIG_FAULTS = bertpipe_settings.check(bertpipe_settings.from_dict(bertpipe_settings.Config, config))
 if CONFIG_FAULTS:
     raise WorkflowError("the config contradicts itself:\n  " + "\n  ".join(CONFIG_FAULTS))
 

@@ -258,8 +258,8 @@ def _settings(subparsers):
         import yaml
 
         if args.what == "schema":
-            sys.stdout.write("# Generated from src/bertpipe/settings.py by `make settings`: edit that file, not this one.\n"
-                             + yaml.safe_dump(settings.config_schema(), sort_keys=False, width=120))
+            sys.stdout.write("# Generated from src/bertpipe/settings.py by `make settings`: edit that file, not "
+                             "this one.\n" + yaml.safe_dump(settings.config_schema(), sort_keys=False, width=120))
         else:
             sys.stdout.write(settings.settings_table())
 

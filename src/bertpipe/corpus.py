@@ -11,7 +11,6 @@ Output of one part, `<outdir>/`: `{train,valid,test}/shard-NNNN.jsonl` (one docu
 
 import json
 import logging
-import re
 import unicodedata
 from pathlib import Path
 

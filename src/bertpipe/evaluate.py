@@ -3,11 +3,9 @@ and next-sentence accuracy of a checkpoint, over every record of the test split.
 
 import json
 import logging
-from pathlib import Path
 
 import torch
 
-from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_file
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """Stage `export`: a checkpoint as a HuggingFace transformers folder (`config.json`, `model.safetensors`, tokenizer
 files) that `AutoModelForPreTraining.from_pretrained` and `AutoTokenizer.from_pretrained` load offline.
 
-The weights map one to one (pretrained.py). The tokenizer becomes a HuggingFace fast tokenizer (`tokenizer.json`) that gives the ids our tokenizer gives:
+The weights map one to one (pretrained.py). The tokenizer becomes a HuggingFace fast tokenizer (`tokenizer.json`)
+that gives the ids our tokenizer gives:
 - SentencePiece: transformers' own SentencePiece conversion (the model's normalizer, dummy prefix and pieces);
 - WordPiece: the same normalizer, pre-tokenizer and vocabulary as our Tokenizer.
 Both add BERT's template ([CLS] A [SEP] B [SEP], token types 0/1). One difference is deliberate: the exported
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from bertpipe.atomic import atomic_dir
 from bertpipe.pretrained import huggingface_model, load_model
-from bertpipe.tokenizer import META, SPECIAL_TOKENS, Tokenizer, read_vocab
+from bertpipe.tokenizer import SPECIAL_TOKENS, Tokenizer, read_vocab
 
 log = logging.getLogger(__name__)
 

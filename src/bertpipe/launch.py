@@ -11,7 +11,8 @@ match, the first to bind hosts and the others connect).
 Stopping: Slurm's time-limit warning is SIGURG (`--signal=URG@<seconds>`), a signal every process ignores unless
 it asks for it; so it reaches the trainer (which checkpoints and stops, see train/distributed.py) through Snakemake,
 the shell, srun and torchrun without stopping any of them. A run that stopped before its last step has no `--done`
-file (launch is given its path); launch then exits with STOPPED, so the workflow marks the job failed and its rerun resumes from the checkpoint.
+file (launch is given its path); launch then exits with STOPPED, so the workflow marks the job failed and its rerun
+resumes from the checkpoint.
 """
 
 import os

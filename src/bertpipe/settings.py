@@ -101,8 +101,9 @@ class SlurmSettings:
 class DumpSettings:
     """Which Wikimedia dump to download."""
 
-    mirror: str = setting("https://dumps.wikimedia.org", "an http(s) URL, a file:// URL or a local folder laid out "
-                                                          "like the mirror (<wiki>/<date>/dumpstatus.json)", minLength=1)
+    mirror: str = setting("https://dumps.wikimedia.org", "an http(s) URL, a file:// URL or a local folder laid "
+                                                          "out like the mirror (<wiki>/<date>/dumpstatus.json)",
+                          minLength=1)
     wiki: str = setting("enwiki", "the wiki's database name", pattern="^[a-z_]+wiki[a-z]*$")
     date: str = setting("latest", "YYYYMMDD, or 'latest': resolved once (<wiki>/latest/, else the newest finished "
                                   "dated dump)", pattern="^(latest|[0-9]{8})$")
@@ -505,8 +506,7 @@ def add_arguments(parser, cls, skip=(), only=None) -> None:
 
 def from_args(cls, args, **given):
     """`cls` from the parsed flags of `add_arguments` (and `given` values for the settings it skipped)."""
-    return cls(**{f.name: getattr(args, f.name) for f in scalar_fields(cls, skip=given) if hasattr(args, f.name)},
-               **given)
+    return cls(**{f.name: getattr(args, f.name) for f in scalar_fields(cls, skip=given)}, **given)
 
 
 def flags(cls, values, skip=(), only=None) -> str:

@@ -58,7 +58,8 @@ def sample_sentences(shards, size: int, seed: int) -> list:
 def train(corpus_parts, outdir, settings) -> dict:
     """Build the tokenizer folder `outdir` from the corpus parts' train split (or from `settings.vocab_file`), with
     `settings` (settings.TokenizerSettings)."""
-    kind, vocab_size, lowercase, vocab_file = settings.kind, settings.vocab_size, settings.lowercase, settings.vocab_file
+    kind, vocab_size, lowercase = settings.kind, settings.vocab_size, settings.lowercase
+    vocab_file = settings.vocab_file
     with atomic_dir(outdir) as temp:
         if kind == "wordpiece" and vocab_file:
             meta = _adopt_vocab(Path(vocab_file), temp, lowercase)

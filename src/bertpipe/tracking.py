@@ -1,9 +1,9 @@
 """MLflow tracking: one parent run per pipeline run (a `snakemake` invocation), one child run per job under it.
 
 Where runs go is a `Target`, which every job gets as explicit flags of `bertpipe` (`Target.flags`, which the
-Snakefile's `bertpipe` shell function puts before each rule's stage, so Slurm jobs get it too): the tracking URI, the experiment, the
-workflow's commit, and the tracking folder under the results, which holds `pipeline-run.json` (the parent run,
-written when the pipeline starts) and `offline/` (what could not be logged). A `bertpipe` command without
+Snakefile's `bertpipe` shell function puts before each rule's stage, so Slurm jobs get it too): the tracking
+URI, the experiment, the workflow's commit, and the tracking folder under the results, which holds
+`pipeline-run.json` (the parent run, written when the pipeline starts) and `offline/` (what could not be logged). A `bertpipe` command without
 `--tracking-uri` (run by hand) is not tracked.
 
 Tracking never stops the work: the first call that fails (server down, database locked, ...) logs one warning, and

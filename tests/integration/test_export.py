@@ -29,7 +29,8 @@ def sentences_of(corpus, limit=3000):
 def exported(request, tmp_path_factory, sample_corpus):
     kind, model_type = request.param
     folder = tmp_path_factory.mktemp(f"export-{kind}")
-    train([sample_corpus], folder / "tokenizer", TokenizerSettings(kind=kind, model_type=model_type or "unigram", vocab_size=2000))
+    train([sample_corpus], folder / "tokenizer",
+          TokenizerSettings(kind=kind, model_type=model_type or "unigram", vocab_size=2000))
     vocab_size = Tokenizer(folder / "tokenizer").vocab_size
     config = BertConfig(vocab_size=vocab_size + 7, hidden_size=64, num_layers=2, num_attention_heads=4,
                         intermediate_size=128, max_position_embeddings=128, hidden_dropout=0.0, attention_dropout=0.0)

@@ -164,7 +164,8 @@ def test_fp16_on_cpu_scales_skips_overflows_and_holds_the_schedule(tmp_path, rec
 
 
 @pytest.mark.parametrize("flags, message", [
-    (("--seq-length", 128, "--max-position-embeddings", 128), "--seq-length 128, but the records in --train-data have 64"),
+    (("--seq-length", 128, "--max-position-embeddings", 128),
+     "--seq-length 128, but the records in --train-data have 64"),
     (("--seq-length", 128), "--seq-length 128 is above --max-position-embeddings 64"),
     (("--fp16", "--bf16"), "not allowed with argument"),
     (("--log-interval", 0), "must be at least 1"),

@@ -123,7 +123,8 @@ def test_pretrain_on_two_nodes_matches_one_node_with_the_same_global_batch(start
     folder = copy_upstream(one_node_run, tmp_path / "wf")
     # Half the batch on each of two nodes, for the first 10 steps of the one-node run (the same LR schedule).
     (phase,) = SMALL_PIPELINE["pretrain"]["phases"]
-    halves = {**phase, "batch_size": phase["batch_size"] // 2, "train_iters": 10, "lr_decay_iters": phase["train_iters"]}
+    halves = {**phase, "batch_size": phase["batch_size"] // 2, "train_iters": 10,
+              "lr_decay_iters": phase["train_iters"]}
     write_yaml(folder / "two-nodes.yaml", {"pretrain": {"nodes": 2, "phases": [halves]}})
     result = snakemake(folder, "--profile", "slurm", PHASE1, *CONFIGS, "two-nodes.yaml")
 

@@ -13,7 +13,8 @@ from bertpipe.settings import TokenizerSettings
                                               ("wordpiece", "unigram")])
 def test_trained_tokenizer_has_special_tokens_at_fixed_ids_and_says_what_it_is(tmp_path, sample_corpus, kind,
                                                                                  model_type):
-    meta = train([sample_corpus], tmp_path / "tok", TokenizerSettings(kind=kind, model_type=model_type, vocab_size=4000, input_sentence_size=5000))
+    meta = train([sample_corpus], tmp_path / "tok",
+                 TokenizerSettings(kind=kind, model_type=model_type, vocab_size=4000, input_sentence_size=5000))
     assert meta["special_ids"] == {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     written = json.loads((tmp_path / "tok" / META).read_text())
     assert written["kind"] == kind and written["lowercase"] is True and written["vocab_size"] == meta["vocab_size"]
@@ -41,7 +42,8 @@ def test_sentence_sample_is_bounded_seeded_and_uniform(sample_corpus):
 
 
 def test_given_vocab_file_is_adopted_with_its_own_ids(tmp_path, sample_corpus):
-    train([sample_corpus], tmp_path / "trained", TokenizerSettings(kind="wordpiece", vocab_size=3000, input_sentence_size=5000))
+    train([sample_corpus], tmp_path / "trained",
+          TokenizerSettings(kind="wordpiece", vocab_size=3000, input_sentence_size=5000))
     tokens = (tmp_path / "trained/vocab.txt").read_text().splitlines()
     google_order = ["[PAD]"] + [f"[unused{i}]" for i in range(3)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = tmp_path / "vocab.txt"

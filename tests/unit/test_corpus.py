@@ -69,7 +69,8 @@ def test_split_depends_on_the_id_only():
 
 def test_split_is_stable_across_input_order_and_parts(tmp_path):
     articles = [article(i) for i in range(300)]
-    whole = build_part(write_articles(tmp_path / "all.jsonl", articles), tmp_path / "whole", CorpusSettings(split="8,1,1"))
+    whole = build_part(write_articles(tmp_path / "all.jsonl", articles), tmp_path / "whole",
+                       CorpusSettings(split="8,1,1"))
     shuffled = articles[:]
     random.Random(0).shuffle(shuffled)
     write_articles(tmp_path / "a.jsonl", shuffled[:120])
@@ -93,20 +94,23 @@ def test_sentences_drop_headings_and_normalise_whitespace():
 
 def test_short_documents_are_dropped(tmp_path):
     articles = [article(1), {"id": "2", "title": "stub", "url": "", "text": "Too short to keep."}, article(3)]
-    stats = build_part(write_articles(tmp_path / "in.jsonl", articles), tmp_path / "out", CorpusSettings(split="1", min_chars=200))
+    stats = build_part(write_articles(tmp_path / "in.jsonl", articles), tmp_path / "out",
+                       CorpusSettings(split="1", min_chars=200))
     assert stats["documents_in"] == 3 and stats["documents_dropped"] == 1
     assert sorted(read_split_of_ids(tmp_path / "out")) == ["1", "3"]
 
 
 def test_documents_are_one_sentence_a_line(tmp_path):
-    build_part(write_articles(tmp_path / "in.jsonl", [article(7, sentences=3)]), tmp_path / "out", CorpusSettings(split="1", min_chars=0))
+    build_part(write_articles(tmp_path / "in.jsonl", [article(7, sentences=3)]), tmp_path / "out",
+               CorpusSettings(split="1", min_chars=0))
     document = json.loads((tmp_path / "out/train/shard-0000.jsonl").read_text())
     assert document["text"].split("\n") == [SENTENCE] * 3
     assert document["id"] == "7" and document["title"] == "T7"
 
 
 def test_shards_stay_under_the_size_bound(tmp_path):
-    stats = build_part(write_articles(tmp_path / "in.jsonl", [article(i) for i in range(200)]), tmp_path / "out", CorpusSettings(split="1", shard_max_mb=(20_000) / 2**20))
+    stats = build_part(write_articles(tmp_path / "in.jsonl", [article(i) for i in range(200)]), tmp_path / "out",
+                       CorpusSettings(split="1", shard_max_mb=20_000 / 2**20))
     shards = sorted((tmp_path / "out/train").glob("shard-*.jsonl"))
     assert len(shards) == stats["splits"]["train"]["shards"] > 5
     assert all(shard.stat().st_size <= 20_000 for shard in shards)
@@ -124,7 +128,8 @@ def test_malformed_line_names_file_and_line_and_leaves_no_output(tmp_path, bad_l
 
 
 def test_summarize_refuses_an_empty_split(tmp_path):
-    build_part(write_articles(tmp_path / "in.jsonl", [article(1), article(2)]), tmp_path / "out", CorpusSettings(split="1000,1,1"))
+    build_part(write_articles(tmp_path / "in.jsonl", [article(1), article(2)]), tmp_path / "out",
+               CorpusSettings(split="1000,1,1"))
     with pytest.raises(BertpipeError, match="got no document"):
         summarize([tmp_path / "out"], tmp_path / "stats.json", "1000,1,1")
     assert not (tmp_path / "stats.json").exists()

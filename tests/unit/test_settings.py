@@ -118,8 +118,8 @@ def test_help_shows_each_setting_with_its_default(command, capsys):
         for name in taken(cls, only):
             flag = "--" + name.replace("_", "-")
             # its help line: the flag, its metavar, choices or --no- form, its meaning and default
-            described = re.search(rf"(?<![\[\w-]){flag}(?: [A-Z_]+| {{[^}}]*}}|, --no-\S+) (?:(?! --).)*?\(default: (.*?)\)",
-                                  text)
+            described = re.search(
+                rf"(?<![\[\w-]){flag}(?: [A-Z_]+| {{[^}}]*}}|, --no-\S+) (?:(?! --).)*?\(default: (.*?)\)", text)
             expected = section(CONFIG)[name]
             shown = yaml.safe_load(described.group(1)) if described else "(no default shown)"
             if isinstance(expected, float):

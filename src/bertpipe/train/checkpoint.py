@@ -12,6 +12,7 @@ import torch
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_dir
+from bertpipe.settings import TrainingSettings
 
 STEP_FOLDER = re.compile(r"^step-(\d{8})$")
 
@@ -64,7 +65,8 @@ class CheckpointManager:
     """The checkpoint policy of a training run: when to save, where to resume from, what must match to resume, and
     which checkpoints to keep. The trainer asks it; it never decides these itself."""
 
-    def __init__(self, save=None, load=None, init_from=None, interval: int = 1000, keep_last: int = 2):
+    def __init__(self, save=None, load=None, init_from=None, interval: int = TrainingSettings.save_interval,
+                 keep_last: int = TrainingSettings.keep_last):
         """`save`: the folder checkpoints go to (None: none are written); `load`: another folder to resume from
         (Megatron's --load); `init_from`: a checkpoint (or folder of them) whose weights alone start the run."""
         self.folder, self.load_folder, self.init_from = save, load, init_from

@@ -13,7 +13,6 @@ import signal
 import numpy as np
 import torch
 
-from bertpipe import BertpipeError
 
 
 @functools.lru_cache(maxsize=2)
