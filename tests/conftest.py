@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data/mirror/enwiki/latest/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 SAMPLE_ARTICLES = 106
 VENV_BIN = Path(sys.executable).parent
+NO_TENSORFLOW = REPO / "tests/no_tensorflow"  # on PYTHONPATH, it makes `import tensorflow` fail
 
 
 @pytest.fixture(scope="session")

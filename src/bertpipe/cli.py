@@ -146,6 +146,17 @@ def _tfrecords(subparsers):
 
     build.set_defaults(run=run_build, label="out", inputs=("input", "tokenizer"))
 
+    index = _stage(steps, "index", "index TFRecord files made elsewhere, for pretrain and evaluate to read them")
+    index.add_argument("files", nargs="+", help="TFRecord files; each gets <file>.index.npy beside it")
+
+    def run_index(args, _):
+        from bertpipe.records import write_index
+
+        for path in args.files:
+            print(f"{path}: {write_index(path)}")
+
+    index.set_defaults(run=run_index, label=None, inputs=(), tracked=False)
+
     summarize = _stage(steps, "summarize", "add up the shards' stats")
     summarize.add_argument("stats", nargs="+")
     summarize.add_argument("--out", required=True)

@@ -77,6 +77,14 @@ def multi_node_command(nnodes: int, nproc_per_node: int, cpus_per_node: int, gpu
     return step + torchrun_command(nproc_per_node, command, nnodes, endpoint, rendezvous_id=job)
 
 
+def threads_per_process(nproc_per_node: int, cpus_per_node: int, environ, usable_cpus: int) -> int:
+    """CPU threads for each training process: the job's CPUs on a node shared among its processes. The job's CPUs
+    are the fewest of `cpus_per_node`, the `usable_cpus` this process may run on (a Slurm allocation's), and the
+    rule's threads, which Snakemake passes as OMP_NUM_THREADS (capped by --cores on a workstation)."""
+    cpus = min(cpus_per_node, usable_cpus, int(environ.get("OMP_NUM_THREADS") or cpus_per_node))
+    return max(1, cpus // nproc_per_node)
+
+
 def run(nnodes: int, nproc_per_node: int, command: list, cpus_per_node: int, gpus_per_node: int, done=None) -> int:
     """Runs `bertpipe <command>` across `nnodes` x `nproc_per_node` processes; returns the exit status, STOPPED
     where it succeeded without writing the file `done` (the trainer's --done)."""
@@ -84,19 +92,23 @@ def run(nnodes: int, nproc_per_node: int, command: list, cpus_per_node: int, gpu
         argv = torchrun_command(nproc_per_node, command)
     else:
         argv = multi_node_command(nnodes, nproc_per_node, cpus_per_node, gpus_per_node, command, os.environ)
-    return supervise(argv, done)
+    # torchrun keeps an OMP_NUM_THREADS it is given (else 1 per process when there are several), and srun passes it on.
+    threads = threads_per_process(nproc_per_node, cpus_per_node, os.environ, len(os.sched_getaffinity(0)))
+    return supervise(argv, done, {**os.environ, "OMP_NUM_THREADS": str(threads)})
 
 
-def supervise(argv: list, done) -> int:
-    """Runs `argv` to its end; its exit status, or STOPPED where it succeeded without writing `done`."""
-    print("launch:", " ".join(argv), flush=True)
+def supervise(argv: list, done, environ=None) -> int:
+    """Runs `argv` (in `environ`) to its end; its exit status, or STOPPED where it succeeded without writing
+    `done`."""
+    threads = (environ or {}).get("OMP_NUM_THREADS")
+    print("launch:", " ".join(argv), *([f"({threads} threads a process)"] if threads else []), flush=True)
     # Slurm signals every process of a job step, and a terminal every process of its foreground group, so the
     # trainers get each signal themselves; this process stays to report how they ended. (Handlers, unlike ignored
     # signals, are reset in the child when it starts.)
     previous = {number: signal.signal(number, lambda *_: None) for number in (signal.SIGTERM, signal.SIGINT,
                                                                              signal.SIGHUP)}
     try:
-        status = subprocess.Popen(argv).wait()
+        status = subprocess.Popen(argv, env=environ).wait()
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

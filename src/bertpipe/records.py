@@ -1,23 +1,108 @@
-"""Reading the tfrecords stage's files for training and evaluation: an index of every record, then random access.
+"""Reading the tfrecords stage's files for training and evaluation, without TensorFlow: a record index beside each
+file, memory-mapped, then random access with every record's checksums verified.
 
-Records are read by offset and parsed with TensorFlow's Example protobuf, as Megatron did. The feature names are
+A TFRecord is a sequence of (uint64 length, masked CRC-32C of the length, data, masked CRC-32C of the data); the
+data is a serialised `tf.train.Example`. The index (`<file>.index.npy`, written by the tfrecords stage, or by
+`bertpipe tfrecords index` for TFRecords made elsewhere) holds each record's data offset and length as two int64:
+16 bytes a record on disk and, memory-mapped, only the pages a run touches in memory. Opening a data set reads one
+index header and one record per file, whatever the number of records.
+
+The Example message is built here from its definition (TensorFlow's example.proto and feature.proto) with the
+protobuf runtime, so the trainer and evaluate need neither TensorFlow nor generated code. The feature names are
 google-research/bert's; the writer (the tfrecords stage) takes them from here.
 """
 
+import array
+import functools
 import glob
-import os
 import struct
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
-import torch
 
 from bertpipe import BertpipeError
+from bertpipe.atomic import atomic_file
 
 INT_FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
                 "next_sentence_labels")
 FEATURES = (*INT_FEATURES, "masked_lm_weights")
-_HEADER = 12  # uint64 length + uint32 masked crc of it; the record follows, then a uint32 crc of the record
+INDEX_SUFFIX = ".index.npy"
+_HEADER = 12  # uint64 length + its masked crc; the data follows, then its masked crc (4 bytes)
+
+
+@functools.cache
+def example_class():
+    """tensorflow.Example as a protobuf message class, from the fields of TensorFlow's example.proto and
+    feature.proto (their numbers and types are the wire format), in a descriptor pool of its own."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    repeated, optional = field.LABEL_REPEATED, field.LABEL_OPTIONAL
+
+    def message(name, fields, **extra):
+        proto = descriptor_pb2.DescriptorProto(name=name, **extra)
+        for number, (field_name, label, kind, type_name, *oneof) in enumerate(fields, 1):
+            proto.field.add(name=field_name, number=number, label=label, type=kind,
+                            **({"type_name": type_name} if type_name else {}), **({"oneof_index": 0} if oneof else {}))
+        return proto
+
+    entry = message("FeatureEntry", [("key", optional, field.TYPE_STRING, ""),
+                                     ("value", optional, field.TYPE_MESSAGE, ".tensorflow.Feature")])
+    entry.options.map_entry = True
+    definition = descriptor_pb2.FileDescriptorProto(name="bertpipe/tensorflow_example.proto", package="tensorflow",
+                                                    syntax="proto3", message_type=[
+        message("BytesList", [("value", repeated, field.TYPE_BYTES, "")]),
+        message("FloatList", [("value", repeated, field.TYPE_FLOAT, "")]),
+        message("Int64List", [("value", repeated, field.TYPE_INT64, "")]),
+        message("Feature", [("bytes_list", optional, field.TYPE_MESSAGE, ".tensorflow.BytesList", "kind"),
+                            ("float_list", optional, field.TYPE_MESSAGE, ".tensorflow.FloatList", "kind"),
+                            ("int64_list", optional, field.TYPE_MESSAGE, ".tensorflow.Int64List", "kind")],
+                oneof_decl=[descriptor_pb2.OneofDescriptorProto(name="kind")]),
+        message("Features", [("feature", repeated, field.TYPE_MESSAGE, ".tensorflow.Features.FeatureEntry")],
+                nested_type=[entry]),
+        message("Example", [("features", optional, field.TYPE_MESSAGE, ".tensorflow.Features")])])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(definition)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
+
+
+def masked_crc(data: bytes) -> int:
+    """TFRecord's checksum: CRC-32C, rotated and offset ("masked") so that CRCs of CRCs stay good checksums."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def index_path(tfrecord) -> Path:
+    return Path(f"{tfrecord}{INDEX_SUFFIX}")
+
+
+def index_records(path) -> np.ndarray:
+    """(data offset, data length) of every record of TFRecord file `path`, from its headers, whose CRCs must hold."""
+    path = Path(path)
+    if not path.is_file():
+        raise BertpipeError(f"{path}: no such TFRecord file")
+    columns, offset, size = array.array("q"), 0, path.stat().st_size
+    with open(path, "rb") as f:
+        while offset < size:
+            header = f.read(_HEADER)
+            length, crc = struct.unpack("<QI", header) if len(header) == _HEADER else (None, None)
+            if length is None or crc != masked_crc(header[:8]) or offset + _HEADER + length + 4 > size:
+                raise BertpipeError(f"{path}: record {len(columns) // 2} (byte {offset}) has a damaged or truncated "
+                                    "header; the file is not a whole TFRecord file: delete it and rebuild it")
+            columns.extend((offset + _HEADER, length))
+            offset += _HEADER + length + 4
+            f.seek(offset)
+    return np.frombuffer(columns, dtype=np.int64).reshape(-1, 2)
+
+
+def write_index(tfrecord, index=None) -> Path:
+    """Index `tfrecord` into `index` (default: beside it), published whole."""
+    index = Path(index) if index else index_path(tfrecord)
+    records = index_records(tfrecord)
+    with atomic_file(index) as temp, open(temp, "wb") as f:
+        np.save(f, records)
+    return index
 
 
 def expand_files(patterns) -> list:
@@ -31,60 +116,82 @@ def expand_files(patterns) -> list:
     return files
 
 
+def _open_index(path: str) -> np.ndarray:
+    index_file = index_path(path)
+    if not index_file.is_file():
+        raise BertpipeError(f"{path}: no record index {index_file.name} beside it; the tfrecords stage writes one, "
+                            f"for TFRecords made elsewhere run `bertpipe tfrecords index {path}`")
+    try:
+        index = np.load(index_file, mmap_mode="r")
+    except ValueError as error:
+        raise BertpipeError(f"{index_file}: not a record index ({error}); run `bertpipe tfrecords index {path}`")
+    size = Path(path).stat().st_size
+    end = int(index[-1, 0] + index[-1, 1] + 4) if index.ndim == 2 and len(index) else 0
+    if index.dtype != np.int64 or index.ndim != 2 or index.shape[1] != 2 or end != size:
+        raise BertpipeError(f"{index_file} does not describe {path} ({size} bytes; the index ends at byte {end}): "
+                            f"the file changed after it was indexed; rebuild it, or run `bertpipe tfrecords index "
+                            f"{path}` if the file is right")
+    return index
+
+
 class TFRecordSamples:
-    """Random access to every record of a list of TFRecord files."""
+    """Random access to every record of a list of TFRecord files, through their indexes."""
 
     def __init__(self, files):
         self.files = expand_files(files)
-        file_ids, offsets, lengths = [], [], []
-        for file_id, path in enumerate(self.files):
-            size, offset = os.path.getsize(path), 0
-            with open(path, "rb") as f:
-                while offset < size:
-                    header = f.read(_HEADER)
-                    if len(header) < _HEADER:
-                        raise BertpipeError(f"{path}: truncated record header at byte {offset}; rebuild this file")
-                    (length,) = struct.unpack("<Q", header[:8])
-                    file_ids.append(file_id)
-                    offsets.append(offset + _HEADER)
-                    lengths.append(length)
-                    offset += _HEADER + length + 4
-                    f.seek(offset)
-            if offset != size:
-                raise BertpipeError(f"{path}: the last record ends past the end of the file; rebuild this file")
-        self.file_ids = np.asarray(file_ids, dtype=np.int32)
-        self.offsets = np.asarray(offsets, dtype=np.int64)
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        if not len(self.offsets):
+        self.indexes = [_open_index(path) for path in self.files]
+        self.starts = np.cumsum([0] + [len(index) for index in self.indexes])  # global index of each file's first
+        if not len(self):
             raise BertpipeError(f"no records in {', '.join(self.files)}")
         # (sequence length, predictions): the same in every file, or batches could not be stacked
         shapes = {}
-        for file_id in np.unique(self.file_ids):
-            first = self.read([int(np.argmax(self.file_ids == file_id))])
-            shapes[self.files[file_id]] = (first["input_ids"].shape[1], first["masked_lm_ids"].shape[1])
+        for file_id, start in enumerate(self.starts[:-1]):
+            if len(self.indexes[file_id]):
+                first = self.read([int(start)])
+                shapes[self.files[file_id]] = (first["input_ids"].shape[1], first["masked_lm_ids"].shape[1])
         if len(set(shapes.values())) > 1:
             raise BertpipeError("records of different shapes (length, predictions) in one data set: "
                                 + ", ".join(f"{path} {shape}" for path, shape in shapes.items()))
         self.shape = next(iter(shapes.values()))
 
     def __len__(self) -> int:
-        return len(self.offsets)
+        return int(self.starts[-1])
+
+    def _record(self, handle, file_id: int, record: int) -> bytes:
+        """The data of one record, its checksums verified."""
+        offset, length = (int(value) for value in self.indexes[file_id][record])
+        handle.seek(offset - _HEADER)
+        chunk = handle.read(_HEADER + length + 4)
+        problem = None
+        if len(chunk) != _HEADER + length + 4:
+            problem = "ends early"
+        elif struct.unpack("<QI", chunk[:_HEADER]) != (length, masked_crc(chunk[:8])):
+            problem = "has a header that disagrees with the index"
+        elif struct.unpack("<I", chunk[-4:])[0] != masked_crc(chunk[_HEADER:-4]):
+            problem = "fails its checksum"
+        if problem:
+            raise BertpipeError(f"{self.files[file_id]}: record {record} (byte {offset - _HEADER}) {problem}: the "
+                                "file is damaged; delete it and its index and rebuild them (the tfrecords stage)")
+        return chunk[_HEADER:-4]
 
     def read(self, indices) -> dict:
         """The records at `indices` as a batch of torch tensors (int64, masked_lm_weights float32)."""
-        from tensorflow.core.example.example_pb2 import Example
+        import torch  # here, not above: the tfrecords stage indexes its files with this module and needs no torch
 
+        example = example_class()
         columns = {name: [] for name in FEATURES}
         handles = {}
         try:
-            for index in indices:
-                file_id = int(self.file_ids[index])
+            indices = np.asarray(indices, dtype=np.int64)
+            file_ids = np.searchsorted(self.starts, indices, side="right") - 1
+            for file_id, record in zip(file_ids.tolist(), (indices - self.starts[file_ids]).tolist()):
                 if file_id not in handles:
                     handles[file_id] = open(self.files[file_id], "rb")
-                handle = handles[file_id]
-                handle.seek(int(self.offsets[index]))
-                feature = Example.FromString(handle.read(int(self.lengths[index]))).features.feature
+                feature = example.FromString(self._record(handles[file_id], file_id, record)).features.feature
                 for name in FEATURES:
+                    if name not in feature:
+                        raise BertpipeError(f"{self.files[file_id]}: record {record} has no feature {name!r}: not "
+                                            "a BERT pretraining record (google-research/bert's features)")
                     values = feature[name]
                     columns[name].append(values.float_list.value if name == "masked_lm_weights"
                                          else values.int64_list.value)

@@ -21,7 +21,7 @@ from bertpipe.atomic import atomic_file
 from bertpipe.instances import InstanceSpec, TokenizedShard, materialize, pair_spans
 from bertpipe.tokenizer import Tokenizer
 from bertpipe.hashing import file_hash
-from bertpipe.records import INT_FEATURES
+from bertpipe.records import INT_FEATURES, index_path, write_index
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -106,7 +106,8 @@ def _encode(documents, tokenizer):
 
 
 def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: int) -> dict:
-    """Write the instances of one corpus shard to `out` (TFRecord) and its stats to `stats_out` (JSON).
+    """Write the instances of one corpus shard to `out` (TFRecord), its record index beside it
+    (records.index_path) and its stats to `stats_out` (JSON).
 
     The random streams are seeded by `seed`, the sequence length and the shard's part/split/name (the last three
     components of its path), so every shard has its own stream, whatever folder the corpus lives in."""
@@ -131,22 +132,26 @@ def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: 
 
     counts = {"instances": 0, "tokens": 0, "real_tokens": 0, "masked": 0, "mask": 0, "kept": 0, "random": 0,
               "random_next": 0, "padding": 0}
-    with atomic_file(out) as temp, tf.io.TFRecordWriter(str(temp)) as writer:
-        for begin in range(0, len(spans), BATCH):
-            batch = materialize(tokenized.tokens, spans[begin:begin + BATCH], spec, tokenizer, gen)
-            for record in _serialize(batch):
-                writer.write(record)
-            real = int(batch["input_mask"].sum())
-            kinds = batch["masked_lm_kind"]
-            counts["instances"] += len(kinds)
-            counts["tokens"] += real
-            counts["real_tokens"] += real - 3 * len(kinds)  # without [CLS] and the two [SEP]
-            counts["padding"] += batch["input_mask"].size - real
-            counts["masked"] += int((kinds >= 0).sum())
-            counts["mask"] += int((kinds == 0).sum())
-            counts["kept"] += int((kinds == 1).sum())
-            counts["random"] += int((kinds == 2).sum())
-            counts["random_next"] += int(batch["next_sentence_labels"].sum())
+    with atomic_file(out) as temp:
+        with tf.io.TFRecordWriter(str(temp)) as writer:
+            for begin in range(0, len(spans), BATCH):
+                batch = materialize(tokenized.tokens, spans[begin:begin + BATCH], spec, tokenizer, gen)
+                for record in _serialize(batch):
+                    writer.write(record)
+                real = int(batch["input_mask"].sum())
+                kinds = batch["masked_lm_kind"]
+                counts["instances"] += len(kinds)
+                counts["tokens"] += real
+                counts["real_tokens"] += real - 3 * len(kinds)  # without [CLS] and the two [SEP]
+                counts["padding"] += batch["input_mask"].size - real
+                counts["masked"] += int((kinds >= 0).sum())
+                counts["mask"] += int((kinds == 0).sum())
+                counts["kept"] += int((kinds == 1).sum())
+                counts["random"] += int((kinds == 2).sum())
+                counts["random_next"] += int(batch["next_sentence_labels"].sum())
+        # Published before the records: an index without its file names nothing, and readers check that an index
+        # ends where its file does, so an index beside an older file is refused, not followed.
+        write_index(temp, index_path(out))
     instances = max(counts["instances"], 1)
     stats = {
         "shard": str(shard),

@@ -13,7 +13,7 @@ from bertpipe.tfrecords import build_shard
 from bertpipe.tokenizer import train
 from bertpipe.train import checkpoint
 from bertpipe.settings import TokenizerSettings
-from tests.conftest import VENV_BIN, bertpipe_in_process
+from tests.conftest import NO_TENSORFLOW, VENV_BIN, bertpipe_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +50,9 @@ def in_process(args, capsys):
 
 
 def environment():
-    # One thread: the same kernels and summation order in every run, for bitwise comparisons.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # One thread: the same kernels and summation order in every run, for bitwise comparisons. TensorFlow cannot be
+    # imported: training reads its TFRecords without it (records.py), in the trainer and in its reader processes.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, (str(NO_TENSORFLOW), os.environ.get("PYTHONPATH"))))}
 
 
 def losses(metrics_file) -> dict:
@@ -94,6 +95,18 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run_bitwise(tmp_path, re
     for step in range(1, 13):
         for key in ("loss", "mlm_loss", "nsp_loss", "lr", "grad_norm"):
             assert got[step][key] == expected[step][key], (step, key)
+
+
+def test_evaluate_reads_the_test_records_without_tensorflow(tmp_path, records, capsys):
+    assert in_process(command(records, tmp_path, "--train-iters", 2, "--save-interval", 2, "--batch-size", 4,
+                              "--num-workers", 0), capsys)[0] == 0
+    shadowed = subprocess.run([str(VENV_BIN / "python"), "-c", "import tensorflow"], env=environment(),
+                              capture_output=True, text=True)
+    assert "TensorFlow is made unimportable" in shadowed.stderr
+    run([str(VENV_BIN / "bertpipe"), "evaluate", "--checkpoint", tmp_path / "ckpt", "--test-data", records[2],
+         "--batch-size", "16", "--out", tmp_path / "metrics.json"])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["checkpoint_step"] == 2 and metrics["test_sequences"] > 100 and metrics["test_perplexity"] > 1
 
 
 def test_sigterm_leaves_a_complete_checkpoint_and_a_clean_exit(tmp_path, records):

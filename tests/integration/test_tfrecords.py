@@ -8,6 +8,7 @@ import pytest
 
 from bertpipe import BertpipeError
 from bertpipe.instances import InstanceSpec
+from bertpipe.records import FEATURES, TFRecordSamples, index_path
 from bertpipe.tfrecords import build_shard, feature_spec
 from bertpipe.tokenizer import train
 from bertpipe.settings import TokenizerSettings
@@ -43,6 +44,10 @@ def test_records_parse_with_googles_spec_and_hold_bert_semantics(tmp_path, sampl
                         seed=12345)
     records = parse(out, spec)
     assert len(records) == stats["instances"] > 500
+    # Our reader (no TensorFlow: the protobuf runtime, through the index) gives TensorFlow's values.
+    ours = TFRecordSamples([out]).read(range(len(records)))
+    for name in FEATURES:
+        assert np.array_equal(ours[name].numpy(), np.stack([r[name] for r in records])), name
     masked = real = 0
     for r in records:
         assert r["input_ids"].shape == (spec.seq_length,) and r["masked_lm_ids"].shape == (spec.max_predictions,)
@@ -109,3 +114,71 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path, sample_corpus):
     with pytest.raises(BertpipeError, match="not a bertpipe tokenizer folder"):
         build_shard(sample_corpus / "valid/shard-0000.jsonl", tmp_path, tmp_path / "x", tmp_path / "y",
                     InstanceSpec(), 1)
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory, sample_corpus, tokenizer_dir):
+    """A TFRecord file of the valid split and its index, as the stage writes them."""
+    out = tmp_path_factory.mktemp("records") / "shard-0000.tfrecord"
+    build_shard(sample_corpus / "valid/shard-0000.jsonl", tokenizer_dir, out, out.with_suffix(".json"),
+                InstanceSpec(seq_length=128, max_predictions=20, dupe_factor=2), 3)
+    return out
+
+
+def test_index_holds_16_bytes_a_record_mapped_not_loaded_and_equals_what_tfrecords_index_makes(shard, tmp_path,
+                                                                                              capsys):
+    samples = TFRecordSamples([shard])
+    index = samples.indexes[0]
+    assert isinstance(index, np.memmap) and index.dtype == np.int64 and index.shape == (len(samples), 2)
+    assert index_path(shard).stat().st_size - index.nbytes < 256, "16 bytes a record and the .npy header"
+    copy = tmp_path / "copy.tfrecord"
+    copy.write_bytes(shard.read_bytes())
+    status, out, _ = bertpipe_in_process(capsys, "tfrecords", "index", copy)
+    assert status == 0 and index_path(copy).read_bytes() == index_path(shard).read_bytes()
+
+
+def damaged(shard, folder, change) -> str:
+    """A copy of `shard` and its index in `folder`, with `change(bytearray of the records)` applied to the copy."""
+    data = bytearray(shard.read_bytes())
+    change(data)
+    copy = folder / "shard.tfrecord"
+    copy.write_bytes(bytes(data))
+    index_path(copy).write_bytes(index_path(shard).read_bytes())
+    return str(copy)
+
+
+def test_a_damaged_record_is_refused_naming_the_file_and_the_record(shard, tmp_path):
+    samples = TFRecordSamples([shard])
+    offset, length = (int(v) for v in samples.indexes[0][7])
+
+    def flip_a_byte_of_record_7(data):
+        data[offset + length // 2] ^= 0x01
+
+    copy = damaged(shard, tmp_path, flip_a_byte_of_record_7)
+    damaged_samples = TFRecordSamples([copy])
+    assert damaged_samples.read([6])["input_ids"].shape == (1, 128)
+    with pytest.raises(BertpipeError, match=rf"{copy}: record 7 \(byte {offset - 12}\) fails its checksum"):
+        damaged_samples.read([5, 7])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda data: data.__delitem__(slice(-10, None)), "does not describe"),
+    (lambda data: data.extend(b"\0" * 16), "does not describe"),
+], ids=["truncated", "appended"])
+def test_a_file_that_changed_after_its_index_is_refused(shard, tmp_path, change, message):
+    copy = damaged(shard, tmp_path, change)
+    with pytest.raises(BertpipeError, match=message):
+        TFRecordSamples([copy])
+
+
+def test_records_without_an_index_or_with_a_damaged_header_say_what_to_run(shard, tmp_path, capsys):
+    copy = tmp_path / "elsewhere.tfrecord"
+    copy.write_bytes(shard.read_bytes())
+    with pytest.raises(BertpipeError, match=f"run `bertpipe tfrecords index {copy}`"):
+        TFRecordSamples([copy])
+    data = bytearray(shard.read_bytes())
+    data[3] ^= 0x01  # the first record's length
+    copy.write_bytes(bytes(data))
+    status, _, err = bertpipe_in_process(capsys, "tfrecords", "index", copy)
+    assert status == 1 and f"{copy}: record 0 (byte 0) has a damaged or truncated header" in err
+    assert not index_path(copy).exists()

@@ -77,3 +77,13 @@ def test_a_run_that_stops_early_exits_with_stopped_and_a_complete_one_with_0(tmp
 
 def test_a_failing_run_keeps_its_exit_status(tmp_path):
     assert launch.supervise([sys.executable, "-c", "exit(3)"], str(tmp_path / "done.json")) == 3
+
+
+@pytest.mark.parametrize("nproc, cpus, environ, usable, threads", [
+    (1, 2, {"OMP_NUM_THREADS": "2"}, 2, 2),  # the demo: one process, both cores (not Snakemake's 1 per process)
+    (8, 64, {}, 64, 8),  # a GPU node: its CPUs shared among the 8 processes
+    (8, 64, {"OMP_NUM_THREADS": "4"}, 64, 1),  # `--cores 4` on a workstation caps the job's threads
+    (2, 32, {}, 2, 1),  # a 2-CPU allocation, whatever the config says
+], ids=["demo", "gpu-node", "cores-cap", "allocation-cap"])
+def test_each_process_gets_its_share_of_the_jobs_cpus(nproc, cpus, environ, usable, threads):
+    assert launch.threads_per_process(nproc, cpus, environ, usable) == threads

@@ -44,6 +44,9 @@ def corpus_parts():
     return [f"{RESULTS}/corpus/parts/{part}" for part in dump_parts()]
 
 
+INDEX = "tfrecord.index.npy"  # the record index the tfrecords stage writes beside each file (records.index_path)
+
+
 def tfrecord_files(seq, split, suffix):
     """`shard-NNNN.<suffix>` of every corpus shard of `split` at sequence length `seq` (runs the corpus checkpoints)."""
     files = []
@@ -80,10 +83,11 @@ def previous_phase(wildcards):
     return [f"{RESULTS}/pretrain/phase{number - 1}/done.json"] if number > 1 else []
 
 
-def pretrain_data(split):
+def pretrain_data(split, suffix="tfrecord"):
+    """The phase's TFRecord files of `split` (or, with suffix INDEX, their record indexes)."""
     if split not in SPLITS_WITH_DOCUMENTS:
         return []
-    return lambda wildcards: tfrecord_files(pretrain_phase(wildcards)["seq_length"], split, "tfrecord")
+    return lambda wildcards: tfrecord_files(pretrain_phase(wildcards)["seq_length"], split, suffix)
 
 
 # The final model: the last phase's checkpoints, evaluated on that phase's sequence length.

@@ -5,6 +5,7 @@ rule evaluate:
     input:
         done=f"{LAST_PHASE_DIR}/done.json",
         test=lambda wildcards: tfrecord_files(LAST_SEQ_LENGTH, "test", "tfrecord"),
+        indexes=lambda wildcards: tfrecord_files(LAST_SEQ_LENGTH, "test", INDEX),
     output:
         report(f"{RESULTS}/evaluate/metrics.json", caption="../report/evaluate.rst", category="Evaluation"),
     params:

@@ -8,6 +8,8 @@ rule pretrain:
     input:
         train=pretrain_data("train"),
         valid=pretrain_data("valid"),
+        train_index=pretrain_data("train", INDEX),
+        valid_index=pretrain_data("valid", INDEX),
         tokenizer=f"{RESULTS}/tokenizer",
         previous=previous_phase,
     output:
@@ -39,7 +41,8 @@ rule pretrain:
                 settings_flags(SlurmPretrain, config["slurm"]["pretrain"], only=("cpus_per_node", "gpus_per_node")),
             )
         ),
-    threads: PRETRAIN["nproc_per_node"]
+    # The node's CPUs for this job (Snakemake sets OMP_NUM_THREADS to them; launch shares them among the processes).
+    threads: config["slurm"]["pretrain"]["cpus_per_node"]
     resources:
         **slurm_pretrain_job(),
     conda:

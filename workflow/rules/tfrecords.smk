@@ -9,6 +9,7 @@ rule tfrecords:
         tokenizer=f"{RESULTS}/tokenizer",
     output:
         records=f"{RESULTS}/tfrecords/seq{{seq}}/{{split}}/{{part}}/shard-{{shard}}.tfrecord",
+        index=f"{RESULTS}/tfrecords/seq{{seq}}/{{split}}/{{part}}/shard-{{shard}}.{INDEX}",
         stats=f"{RESULTS}/tfrecords/seq{{seq}}/{{split}}/{{part}}/shard-{{shard}}.stats.json",
     params:
         instances=lambda wildcards: settings_flags(
