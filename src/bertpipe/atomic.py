@@ -1,7 +1,9 @@
 """Publish files and folders only when they are complete.
 
 Every stage writes to a temporary name beside the target and renames it at the end, so that a crash, a kill or an
-error never leaves a half-written output where Snakemake or a later stage could take it as done.
+error never leaves a half-written output where Snakemake or a later stage could take it as done. The data is synced
+to disk before the rename, and the rename after it: otherwise a node that crashes just after can come back with the
+new name on a short or empty file.
 """
 
 import contextlib
@@ -14,6 +16,21 @@ def _temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
 
+def _sync(path: Path) -> None:
+    """fsync a file, or a folder's entries."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _publish(temp: Path, target: Path) -> None:
+    """Rename synced `temp` to `target`, and sync the rename."""
+    os.replace(temp, target)
+    _sync(target.parent)
+
+
 @contextlib.contextmanager
 def atomic_file(target):
     """Yield a temporary path; on success rename it to `target`, on error remove it."""
@@ -22,7 +39,8 @@ def atomic_file(target):
     temp = _temp_name(target)
     try:
         yield temp
-        os.replace(temp, target)
+        _sync(temp)
+        _publish(temp, target)
     finally:
         temp.unlink(missing_ok=True)
 
@@ -37,8 +55,12 @@ def atomic_dir(target):
     temp.mkdir()
     try:
         yield temp
+        for folder, _, files in os.walk(temp):
+            for name in files:
+                _sync(Path(folder, name))
+            _sync(Path(folder))
         if target.exists():
             shutil.rmtree(target)
-        os.replace(temp, target)
+        _publish(temp, target)
     finally:
         shutil.rmtree(temp, ignore_errors=True)

@@ -71,8 +71,8 @@ def _extract(subparsers):
         from bertpipe.extract import extract_part
 
         started = time.perf_counter()
-        articles = extract_part(args.input, args.out, processes=args.threads)
-        return Outcome(metrics={"articles": articles, "seconds": time.perf_counter() - started,
+        counts = extract_part(args.input, args.out, processes=args.threads)
+        return Outcome(metrics={**counts, "seconds": time.perf_counter() - started,
                                 "bytes_out": Path(args.out).stat().st_size})
 
     stage.set_defaults(run=run, label="input", inputs=("input",))

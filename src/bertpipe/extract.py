@@ -3,11 +3,17 @@
 WikiExtractor fails quietly on some inputs (no `<siteinfo>`: 0 articles, exit code 0) and with a traceback on others
 (UTF-16, a truncated bz2), so the part is checked first, and a part that yields no articles fails the job.
 WikiExtractor's `revid` carries the contributor's id for most pages, so it is not kept.
+
+One article never fails a part. Wikitext can hold numeric character references to UTF-16 surrogates (`&#55357;`),
+which WikiExtractor turns into surrogate code points: not characters, and not writable as UTF-8. A high and low pair
+becomes the character it encodes, a lone one U+FFFD, and both are counted. A record that still cannot be read is
+skipped, counted and named in the log.
 """
 
 import bz2
 import json
 import logging
+import re
 import subprocess
 import sys
 import tempfile
@@ -21,6 +27,20 @@ log = logging.getLogger(__name__)
 HEAD_BYTES = 1 << 16  # <siteinfo> follows the <mediawiki> tag within the first few kB
 CHUNK_BYTES = 1 << 22
 FIELDS = ("id", "title", "url", "text")
+SURROGATES = re.compile("([\ud800-\udbff][\udc00-\udfff])|[\ud800-\udfff]")
+
+
+def repair_surrogates(text: str, counts: dict) -> str:
+    """`text` with each surrogate pair made its character and each lone surrogate U+FFFD, counted in `counts`."""
+
+    def repair(match):
+        if match.group(1):
+            counts["surrogate_pairs_joined"] += 1
+            return match.group(1).encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        counts["lone_surrogates_replaced"] += 1
+        return "\ufffd"
+
+    return SURROGATES.sub(repair, text)
 
 
 def _open_dump(path: Path):
@@ -57,8 +77,9 @@ def check_dump(path) -> None:
         raise BertpipeError(f"{path}: not a readable bz2 file ({error}); download it again") from error
 
 
-def extract_part(dump, out, processes: int) -> int:
-    """Run WikiExtractor on one dump part and write `out` (JSON lines with FIELDS); returns the article count."""
+def extract_part(dump, out, processes: int) -> dict:
+    """Run WikiExtractor on one dump part and write `out` (JSON lines with FIELDS); returns the counts of articles,
+    repaired surrogates and skipped records."""
     dump, out = Path(dump), Path(out)
     check_dump(dump)
     with atomic_file(out) as temp, tempfile.TemporaryFile(dir=out.parent) as raw:
@@ -71,20 +92,32 @@ def extract_part(dump, out, processes: int) -> int:
             last = result.stderr.strip().splitlines()[-1:] or ["(no message)"]
             raise BertpipeError(f"{dump}: WikiExtractor failed with exit code {result.returncode}: {last[0]}")
         raw.seek(0)
-        articles = 0
+        counts = dict.fromkeys(("articles", "surrogate_pairs_joined", "lone_surrogates_replaced", "records_skipped"), 0)
         with open(temp, "w", encoding="utf-8") as f:
             for line_number, line in enumerate(raw, 1):
                 try:
-                    record = json.loads(line)
-                    article = {key: record[key] for key in FIELDS}
-                except (ValueError, KeyError) as error:
-                    raise BertpipeError(f"{dump}: WikiExtractor wrote a bad record at line {line_number}: {error!r}")
-                f.write(json.dumps(article, ensure_ascii=False) + "\n")
-                articles += 1
+                    record = json.loads(line.decode("utf-8", "surrogatepass"))
+                    article = {key: repair_surrogates(str(record[key]), counts) for key in FIELDS}
+                    f.write(json.dumps(article, ensure_ascii=False) + "\n")
+                except (ValueError, KeyError, TypeError) as error:
+                    counts["records_skipped"] += 1
+                    log.warning("%s: skipped WikiExtractor's record %d (%s): %r", dump, line_number,
+                                _name_of(line), error)
+                    continue
+                counts["articles"] += 1
+        articles = counts["articles"]
         if articles == 0:
             raise BertpipeError(
                 f"{dump}: WikiExtractor found no articles in this part (no pages in the article namespace); "
                 "check that it is a pages-articles dump part"
             )
-    log.info("%s: %d articles", out, articles)
-    return articles
+    log.info("%s: %d articles; %d surrogate pairs joined, %d lone surrogates replaced, %d records skipped", out,
+             articles, counts["surrogate_pairs_joined"], counts["lone_surrogates_replaced"], counts["records_skipped"])
+    return counts
+
+
+def _name_of(line: bytes) -> str:
+    """The page id and title of a record that did not parse, as far as they can be read."""
+    found = re.search(rb'"id": "([^"]*)".*?"title": "([^"]*)"', line)
+    return f"page {found.group(1).decode(errors='replace')}, {found.group(2).decode(errors='replace')!r}" if found \
+        else f"{line[:60]!r}"

@@ -1,18 +1,28 @@
 """The loss-curve plot of a training run, from its metrics file (JSON lines: step records and validation records)."""
 
 import json
+import logging
 from pathlib import Path
 
 from bertpipe.atomic import atomic_file
 
+log = logging.getLogger(__name__)
+
 
 def read_metrics(path) -> tuple:
     """(train records, validation records), each the last one written for its step: a run resumed after a kill
-    repeats the steps after its last checkpoint, and the repeat is what the final model saw."""
+    repeats the steps after its last checkpoint, and the repeat is what the final model saw. A line that is not a
+    record (torn by a full disk or a crash, NUL bytes from a file system's recovery) is skipped with a warning: the
+    plot shows the records there are."""
     train, valid = {}, {}
-    for line in Path(path).read_text().splitlines():
-        record = json.loads(line)
-        (valid if "valid_mlm_loss" in record else train)[record["step"]] = record
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+                (valid if "valid_mlm_loss" in record else train)[record["step"]] = record
+            except (ValueError, TypeError, KeyError):
+                if line.strip():
+                    log.warning("%s, line %d: not a metrics record (%r...); skipped", path, number, line[:40])
     return [train[s] for s in sorted(train)], [valid[s] for s in sorted(valid)]
 
 

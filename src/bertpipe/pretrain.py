@@ -27,6 +27,7 @@ import math
 
 from bertpipe import BertpipeError, settings
 from bertpipe.settings import InstanceSpec, ModelSettings, PhaseSettings, TrainingSettings
+from bertpipe.train.checkpoint import STALE_POLICIES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ours = parser.add_argument_group("bertpipe's own flags")
     ours.add_argument("--valid-data", nargs="+", help="TFRecord files or globs of the valid split")
     ours.add_argument("--init-from", help="start from the weights of this checkpoint (phase 2 from phase 1)")
+    ours.add_argument("--stale-checkpoints", choices=STALE_POLICIES, default="refuse",
+                      help="a checkpoint in --save of another run (other tokenizer, data, settings or model): "
+                           "refuse to start (default), or set-aside: move the folder aside and start afresh (the "
+                           "workflow's choice)")
     ours.add_argument("--metrics", help="append each step's metrics here (JSON lines)")
     ours.add_argument("--loss-curve", help="plot the losses of --metrics into this PNG at the end")
     ours.add_argument("--done", help="write this JSON file (final checkpoint and step) once training is complete; "
@@ -89,10 +94,12 @@ def _samples(args, tokenizer, phase: PhaseSettings, seed: int) -> tuple:
 
 
 def run(args, tracking_run):
+    from bertpipe.hashing import content_hash
     from bertpipe.model import BertConfig
     from bertpipe.tokenizer import Tokenizer
     from bertpipe.tracking import MetricSink, Outcome
     from bertpipe.train.checkpoint import CheckpointManager
+    from bertpipe.train.distributed import init
     from bertpipe.train.loop import Trainer
     from bertpipe.train.metrics import ConsoleSink, JsonLinesSink
 
@@ -115,17 +122,19 @@ def run(args, tracking_run):
         raise BertpipeError(f"--seq-length {phase.seq_length} is above --max-position-embeddings "
                             f"{model_config.max_position_embeddings}")
     train_samples, valid_samples = _samples(args, tokenizer, phase, training.seed)
+    inputs = {}
+    if init()[0] == 0:  # rank 0 checks checkpoints against them and saves them
+        inputs = {"tokenizer": content_hash(args.tokenizer_path), "train_data": content_hash(*train_samples.files)}
     if tracking_run.enabled:
-        from bertpipe.hashing import content_hash
-
-        tracking_run.log_params({"input_hash.train_data": content_hash(*train_samples.files)} | (
+        tracking_run.log_params({"input_hash.train_data": inputs["train_data"]} | (
             {"input_hash.valid_data": content_hash(*valid_samples.files)} if args.valid_data else {}))
 
     sinks = [ConsoleSink(training.log_interval, phase.train_iters), MetricSink(tracking_run, training.log_interval)]
     if args.metrics:
         sinks.append(JsonLinesSink(args.metrics))
-    checkpoints = CheckpointManager(args.save, args.load, args.init_from, training.save_interval, training.keep_last)
-    trainer = Trainer(model_config, training, phase, train_samples, valid_samples, checkpoints, sinks)
+    checkpoints = CheckpointManager(args.save, args.load, args.init_from, training.save_interval, training.keep_last,
+                                    args.stale_checkpoints)
+    trainer = Trainer(model_config, training, phase, train_samples, valid_samples, checkpoints, sinks, inputs)
     finished = trainer.train() == "done"
     if trainer.rank != 0:
         return Outcome(stopped=not finished)
@@ -133,12 +142,22 @@ def run(args, tracking_run):
 
 
 def _publish(args, trainer, run_id, finished: bool):
-    """The phase's outputs: the loss curve, and once training is complete the done file, written last."""
+    """The phase's outputs: once training is complete the done file, then the loss curve (a plot must never hold
+    back a finished phase)."""
     from bertpipe.tracking import Outcome
     from bertpipe.train import checkpoint
 
     final = checkpoint.latest(args.save) if args.save else None
-    outcome = Outcome(tags={"checkpoint": final.resolve()} if final else {}, stopped=not finished)
+    tags = {"checkpoint": final.resolve()} if final else {}
+    if trainer.checkpoints.set_aside:
+        tags["checkpoints_set_aside"] = ", ".join(trainer.checkpoints.set_aside)
+    outcome = Outcome(tags=tags, stopped=not finished)
+    if finished and args.done:
+        from bertpipe.atomic import atomic_file
+
+        with atomic_file(args.done) as temp:
+            temp.write_text(json.dumps({"step": trainer.iteration, "checkpoint": str(final) if final else None,
+                                        "mlflow_run_id": run_id}) + "\n")
     if args.metrics and args.loss_curve:
         from bertpipe.plot import loss_curve
 
@@ -146,10 +165,4 @@ def _publish(args, trainer, run_id, finished: bool):
         outcome.artifacts.append((args.loss_curve, None))
     if args.metrics:
         outcome.artifacts.append((args.metrics, None))
-    if finished and args.done:
-        from bertpipe.atomic import atomic_file
-
-        with atomic_file(args.done) as temp:
-            temp.write_text(json.dumps({"step": trainer.iteration, "checkpoint": str(final) if final else None,
-                                        "mlflow_run_id": run_id}) + "\n")
     return outcome

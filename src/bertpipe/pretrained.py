@@ -18,7 +18,12 @@ def load_model(checkpoint_dir) -> tuple:
         source = checkpoint.latest(source)
     if source is None:
         raise BertpipeError(f"{checkpoint_dir}: no checkpoint there; run the pretrain stage first")
-    state = checkpoint.load(source)
+    try:
+        state = checkpoint.load(source)
+    except Exception as error:  # torch reports a short or damaged file in several ways
+        raise BertpipeError(f"{source} does not load ({str(error).splitlines()[0]}): the final checkpoint is damaged; "
+                            "train the phase again (snakemake --forcerun pretrain), or name an older checkpoint "
+                            "folder") from None
     model = BertForPreTraining(BertConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     return model.eval(), source, state

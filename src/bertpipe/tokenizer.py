@@ -137,6 +137,7 @@ def _train_wordpiece(sentences, folder: Path, vocab_size, lowercase):
 def _adopt_vocab(vocab_file: Path, folder: Path, lowercase: bool):
     if not vocab_file.is_file():
         raise BertpipeError(f"{vocab_file}: no such vocab file (tokenizer.vocab_file)")
+    read_vocab(vocab_file)  # its faults named in the user's file, not in the copy
     (folder / "vocab.txt").write_bytes(vocab_file.read_bytes())
     return _wordpiece_meta(folder, lowercase, trained=False)
 
@@ -152,11 +153,22 @@ def _wordpiece_meta(folder: Path, lowercase: bool, trained: bool) -> dict:
 
 
 def read_vocab(path: Path) -> dict:
-    """BERT's vocab.txt (one token a line, id = line number); every special token must be in it."""
-    vocab = {}
+    """BERT's vocab.txt: one distinct token a line, its id the line's index; every special token must be in it. A
+    repeated or empty line would leave ids without a token of their own, so it is refused, naming the lines."""
+    vocab, faults = {}, []
     with open(path, encoding="utf-8") as f:
         for index, line in enumerate(f):
-            vocab.setdefault(line.rstrip("\n"), index)
+            token = line.rstrip("\r\n")
+            if not token.strip():
+                faults.append(f"line {index + 1} is empty")
+            elif token in vocab:
+                faults.append(f"line {index + 1} repeats {token!r} of line {vocab[token] + 1}")
+            else:
+                vocab[token] = index
+    if faults:
+        more = f" and {len(faults) - 10} more" if len(faults) > 10 else ""
+        raise BertpipeError(f"{path}: {'; '.join(faults[:10])}{more}; a vocab.txt has one distinct token a line (its "
+                            "id is the line's index): fix the file")
     missing = [token for token in SPECIAL_TOKENS if token not in vocab]
     if missing:
         raise BertpipeError(f"{path}: the vocab lacks the special token(s) {', '.join(missing)}; "

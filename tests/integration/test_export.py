@@ -91,3 +91,20 @@ def test_huggingface_tokenizer_gives_our_ids(exported, sample_corpus, monkeypatc
     assert pair["token_type_ids"] == [0] * (len(a) + 2) + [1] * (len(b) + 1)
     # HuggingFace users write [MASK] for fill-mask: the exported tokenizer reads it as the special token.
     assert ours.mask_id in theirs("the [MASK] sat")["input_ids"]
+
+
+@pytest.mark.parametrize("stage", ["export", "evaluate"])
+def test_a_final_checkpoint_that_does_not_load_stops_export_and_evaluate_naming_it(exported, tmp_path, stage,
+                                                                                   capsys):
+    from tests.conftest import bertpipe_in_process
+
+    folder, _, _ = exported
+    damaged = tmp_path / "checkpoints/step-00000007"
+    damaged.mkdir(parents=True)
+    data = (folder / "checkpoints/step-00000007/state.pt").read_bytes()
+    (damaged / "state.pt").write_bytes(data[:len(data) // 3])
+    arguments = {"export": ["--tokenizer", folder / "tokenizer", "--out", tmp_path / "hf"],
+                 "evaluate": ["--test-data", tmp_path / "none.tfrecord", "--out", tmp_path / "metrics.json"]}[stage]
+    status, _, err = bertpipe_in_process(capsys, stage, "--checkpoint", tmp_path / "checkpoints", *arguments)
+    assert status == 1 and f"{damaged} does not load" in err and "Traceback" not in err
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "metrics.json").exists()

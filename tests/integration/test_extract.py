@@ -12,7 +12,7 @@ from tests.conftest import SAMPLE, SAMPLE_ARTICLES, run_bertpipe, split_pages, w
 
 def test_sample_yields_every_article_without_revid(tmp_path):
     out = tmp_path / "part.jsonl"
-    assert extract_part(SAMPLE, out, processes=2) == SAMPLE_ARTICLES
+    assert extract_part(SAMPLE, out, processes=2)["articles"] == SAMPLE_ARTICLES
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == SAMPLE_ARTICLES
     assert all(list(r) == ["id", "title", "url", "text"] for r in records)
@@ -73,3 +73,28 @@ def test_not_bz2_fails(tmp_path, sample_xml):
 def test_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(BertpipeError, match="no such file"):
         extract_part(tmp_path / "absent.bz2", tmp_path / "out.jsonl", processes=1)
+
+
+def test_surrogate_entities_are_repaired_counted_and_the_part_extracts_whole(tmp_path, sample_xml):
+    # Numeric references to UTF-16 surrogates, as some real articles hold: a pair (U+1F600) and a lone one.
+    header, pages, footer = split_pages(sample_xml)
+    anarchism = next(i for i, page in enumerate(pages) if b"<title>Anarchism</title>" in page)
+    pages[anarchism] = pages[anarchism].replace(
+        b"</text>", b"\n\nA smile &amp;#55357;&amp;#56832; and a lone &amp;#xD800; here.</text>", 1)
+    dump = tmp_path / "surrogates.xml.bz2"
+    write_part(dump, header, pages, footer)
+    out = tmp_path / "part.jsonl"
+    counts = extract_part(dump, out, processes=2)
+    assert counts["articles"] == SAMPLE_ARTICLES and counts["records_skipped"] == 0
+    assert counts["lone_surrogates_replaced"] == 1
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    text = next(r["text"] for r in records if r["title"] == "Anarchism")
+    assert text.startswith("Anarchism is a political philosophy") and "A smile \U0001F600 and a lone \ufffd here." in text
+
+
+def test_surrogates_left_by_any_path_are_joined_or_replaced():
+    from bertpipe.extract import repair_surrogates
+
+    counts = {"surrogate_pairs_joined": 0, "lone_surrogates_replaced": 0}
+    assert repair_surrogates("a\ud83d\ude00b\udc00c\ud800", counts) == "a\U0001F600b\ufffdc\ufffd"
+    assert counts == {"surrogate_pairs_joined": 1, "lone_surrogates_replaced": 2}

@@ -4,7 +4,6 @@ stops mid-run, after which the pipeline still completes, with a warning and the 
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -111,13 +110,13 @@ def test_demo_against_a_tracking_server_is_found_through_its_rest_api(served):
     assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json"} <= {f["path"] for f in files}
 
 
-def test_pipeline_completes_when_the_tracking_server_stops_mid_run(served):
+def test_a_new_tokenizer_retrains_afresh_and_the_pipeline_completes_when_the_tracking_server_stops(served):
     workflow_dir, mlflow_server = served
-    # Training again, then evaluate, export and register; the server stops once the pipeline run is open on it and
-    # Snakemake starts the training job. Training starts afresh: its checkpoints are not Snakemake outputs, and a
-    # rerun would resume the finished phase (issue 12).
-    shutil.rmtree(workflow_dir / "results/pretrain/phase1/checkpoints")
-    process = snakemake_process(workflow_dir, "--forcerun", "pretrain", *PIPELINE)
+    # Another tokenizer seed: the tokenizer, the TFRecords, training, evaluate, export and register run again. The
+    # finished phase's checkpoints (token ids of the old tokenizer) are set aside, not resumed. The server stops once
+    # the pipeline run is open on it and Snakemake starts the training job.
+    (workflow_dir / "seed.yaml").write_text(yaml.safe_dump({"tokenizer": {"seed": 4321}}))
+    process = snakemake_process(workflow_dir, *PIPELINE, "seed.yaml")
     output = []
     for line in process.stdout:  # Snakemake's own log, line by line as it runs
         output.append(line)
@@ -126,6 +125,9 @@ def test_pipeline_completes_when_the_tracking_server_stops_mid_run(served):
     assert process.wait() == 0, "".join(output)
     assert mlflow_server.process.poll() is not None, "the server was stopped mid-run"
     assert (workflow_dir / "results/register/model-version.json").is_file()
+    phase1 = workflow_dir / "results/pretrain/phase1"
+    (stale,) = phase1.glob("checkpoints.stale-*")
+    assert (stale / "step-00000040/state.pt").is_file() and (phase1 / "checkpoints/step-00000040/state.pt").is_file()
 
     # Before the stop: the pipeline run opened on the server. After it: a clear warning in each job's log, and the
     # local file.
@@ -134,6 +136,8 @@ def test_pipeline_completes_when_the_tracking_server_stops_mid_run(served):
     warning = f"MLflow tracking at {mlflow_server.url} failed"
     pretrain_log = (workflow_dir / "logs/pretrain/phase1.log").read_text()
     assert warning in pretrain_log and "goes on without it" in pretrain_log
+    assert "tokenizer content hash" in pretrain_log and "moved its checkpoints to" in pretrain_log
+    assert "resumed from" not in pretrain_log
     assert warning in "".join(output), "Snakemake's own output warns when the pipeline run cannot be closed"
     offline = list((workflow_dir / "results/mlflow/offline").glob("*.jsonl"))
     records = [json.loads(line) for path in offline for line in path.read_text().splitlines()]

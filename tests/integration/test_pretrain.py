@@ -3,6 +3,7 @@ torchrun with two gloo processes against one, fp16 loss scaling on the CPU, and 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 
@@ -71,11 +72,19 @@ def run(args):
     return result
 
 
-def test_resume_after_sigkill_repeats_the_uninterrupted_run_bitwise(tmp_path, records):
-    steps = ("--train-iters", 12, "--save-interval", 3, "--batch-size", 8, "--deterministic")
-    run(command(records, tmp_path / "straight", *steps))
-    expected = losses(tmp_path / "straight/metrics.jsonl")
+STEPS = ("--train-iters", 12, "--save-interval", 3, "--keep-last", 4, "--batch-size", 8, "--deterministic")
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(records, tmp_path_factory):
+    """(folder, losses by step) of a run of STEPS with nothing in its way, checkpoints at steps 3, 6, 9 and 12."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    run(command(records, folder, *STEPS))
+    return folder, losses(folder / "metrics.jsonl")
+
+
+def test_resume_after_sigkill_repeats_the_uninterrupted_run_bitwise(tmp_path, records, uninterrupted):
+    steps, (_, expected) = STEPS, uninterrupted
     killed = tmp_path / "killed"
     process = subprocess.Popen(command(records, killed, *steps), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True, env=environment())
@@ -93,6 +102,24 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run_bitwise(tmp_path, re
     got = losses(killed / "metrics.jsonl")
     assert sorted(got) == sorted(expected) == list(range(1, 13))
     for step in range(1, 13):
+        for key in ("loss", "mlm_loss", "nsp_loss", "lr", "grad_norm"):
+            assert got[step][key] == expected[step][key], (step, key)
+
+
+def test_a_truncated_newest_checkpoint_is_set_aside_and_the_one_before_resumed_bitwise(tmp_path, records,
+                                                                                   uninterrupted):
+    straight, expected = uninterrupted
+    for step in ("step-00000003", "step-00000006"):
+        shutil.copytree(straight / "ckpt" / step, tmp_path / "ckpt" / step)
+    newest = tmp_path / "ckpt/step-00000006/state.pt"
+    newest.write_bytes(newest.read_bytes()[:newest.stat().st_size // 2])  # a node crash during an unsynced write
+    resumed = run(command(records, tmp_path, *STEPS))
+    assert f"resumed from {tmp_path / 'ckpt/step-00000003'} at step 3" in resumed.stdout
+    assert "step-00000006 does not load" in resumed.stderr
+    assert [p.name.split(".")[1].split("-")[0] for p in (tmp_path / "ckpt").glob("step-00000006.*")] == ["unreadable"]
+    got = losses(tmp_path / "metrics.jsonl")
+    assert sorted(got) == list(range(4, 13))
+    for step in got:
         for key in ("loss", "mlm_loss", "nsp_loss", "lr", "grad_norm"):
             assert got[step][key] == expected[step][key], (step, key)
 

@@ -20,6 +20,9 @@ from tests.slurm_cluster import SlurmCluster, install_slurm
 pytestmark = pytest.mark.slow
 
 CONFIGS = ("--configfile", "config.demo.yaml", "small.yaml")
+# The profile, with job states asked for 1 s after a submission or a finished job (the profile's 5 s spares a real
+# cluster's controller): the DAG here is a chain of short jobs, and the plugin adds 10 s a check while none ends.
+SLURM = ("--profile", "slurm", "--slurm-init-seconds-before-status-checks", "1")
 PHASE1 = "results/pretrain/phase1/done.json"
 
 
@@ -74,7 +77,7 @@ def slurm_run(tmp_path_factory, slurm_installed):
     write_yaml(folder / "small.yaml", SMALL_PIPELINE)
     cluster = SlurmCluster(folder.parent / "slurm-1-node", nodes=1).start()
     try:
-        result = snakemake(folder, "--profile", "slurm", "all", *CONFIGS)
+        result = snakemake(folder, *SLURM, "all", *CONFIGS)
         return folder, result.stderr, cluster.job_records()
     finally:
         cluster.stop()
@@ -126,7 +129,7 @@ def test_pretrain_on_two_nodes_matches_one_node_with_the_same_global_batch(start
     halves = {**phase, "batch_size": phase["batch_size"] // 2, "train_iters": 10,
               "lr_decay_iters": phase["train_iters"]}
     write_yaml(folder / "two-nodes.yaml", {"pretrain": {"nodes": 2, "phases": [halves]}})
-    result = snakemake(folder, "--profile", "slurm", PHASE1, *CONFIGS, "two-nodes.yaml")
+    result = snakemake(folder, *SLURM, PHASE1, *CONFIGS, "two-nodes.yaml")
 
     assert rules_run(result.stderr) == {"pretrain": 1}
     (job,) = slurm_jobs(result.stderr)
@@ -151,7 +154,7 @@ def test_time_limit_leaves_a_checkpoint_that_the_next_run_resumes_from(start_clu
     long_phase = {**SMALL_PIPELINE["pretrain"]["phases"][0], "train_iters": 100000}
     write_yaml(folder / "limit.yaml", {"slurm": {"pretrain": {"runtime": 2, "warning_seconds": 45}},
                                        "pretrain": {"phases": [long_phase]}})
-    arguments = ("--profile", "slurm", PHASE1, *CONFIGS, "limit.yaml")
+    arguments = (*SLURM, PHASE1, *CONFIGS, "limit.yaml")
     log = folder / "logs/pretrain/phase1.log"
 
     first = snakemake(folder, *arguments, check=False)
@@ -173,7 +176,7 @@ def test_time_limit_leaves_a_checkpoint_that_the_next_run_resumes_from(start_clu
     finish = {**long_phase, "train_iters": step + 10}
     write_yaml(folder / "finish.yaml", {"slurm": {"pretrain": {"runtime": 10}},
                                         "pretrain": {"phases": [finish]}})
-    snakemake(folder, "--profile", "slurm", PHASE1, *CONFIGS, "finish.yaml")
+    snakemake(folder, *SLURM, PHASE1, *CONFIGS, "finish.yaml")
     assert f"resumed from results/pretrain/phase1/checkpoints/step-{step:08d} at step {step}" in log.read_text()
     steps = [json.loads(line)["step"] for line in open(folder / "results/pretrain/phase1/metrics.jsonl")
              if '"loss"' in line]
@@ -186,7 +189,7 @@ def test_a_failed_job_is_reported_with_its_slurm_log_without_waiting(start_clust
     folder = copy_workflow(tmp_path / "wf")
     write_yaml(folder / "no-mirror.yaml", {"dump": {"mirror": "no-such-mirror"}})
     started = time.monotonic()
-    result = snakemake(folder, "--profile", "slurm", "all", "--configfile", "config.demo.yaml", "no-mirror.yaml",
+    result = snakemake(folder, *SLURM, "all", "--configfile", "config.demo.yaml", "no-mirror.yaml",
                        check=False)
     # Status from squeue, without Slurm accounting: the failure is seen and Snakemake stops by itself.
     assert result.returncode != 0 and time.monotonic() - started < 300

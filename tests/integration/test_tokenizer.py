@@ -7,6 +7,7 @@ import pytest
 from bertpipe import BertpipeError
 from bertpipe.tokenizer import META, SPECIAL_TOKENS, Tokenizer, sample_sentences, train, train_shards
 from bertpipe.settings import TokenizerSettings
+from tests.conftest import bertpipe_in_process
 
 
 @pytest.mark.parametrize("kind, model_type", [("sentencepiece", "unigram"), ("sentencepiece", "bpe"),
@@ -63,6 +64,16 @@ def test_vocab_file_missing_a_special_token_is_a_clear_error(tmp_path):
     vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n##s\n")
     with pytest.raises(BertpipeError, match=r"vocab.txt: the vocab lacks the special token\(s\) \[MASK\]"):
         train([], tmp_path / "tok", TokenizerSettings(kind="wordpiece", vocab_file=vocab))
+    assert not (tmp_path / "tok").exists()
+
+
+def test_a_vocab_file_with_a_repeated_or_empty_line_is_refused_naming_the_lines(tmp_path, capsys):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n##s\nthe\n\nend\n")
+    status, _, err = bertpipe_in_process(capsys, "tokenizer", "--corpus", tmp_path, "--outdir", tmp_path / "tok",
+                                         "--kind", "wordpiece", "--vocab-file", vocab)
+    assert status == 1 and "Traceback" not in err
+    assert f"{vocab}: line 8 repeats 'the' of line 6; line 9 is empty" in err
     assert not (tmp_path / "tok").exists()
 
 

@@ -46,34 +46,82 @@ def test_the_manager_saves_every_interval_and_at_the_last_step():
     assert [step for step in range(1, 11) if manager.due(step, last_step=10)] == [3, 6, 9, 10]
 
 
+def identity(**changes) -> dict:
+    """A run's identity (Trainer.identity), with `changes` to its parts."""
+    run = {"inputs": {"tokenizer": "t1", "train_data": "d1"}, "world": 2, "model_config": {"a": 1},
+           "training": {"precision": "fp16"}, "phase": {"seq_length": 128, "batch_size": 8,
+                                                      "gradient_accumulation_steps": 1}}
+    for key, value in changes.items():
+        run[key] = {**run[key], **value} if isinstance(run[key], dict) else value
+    return run
+
+
+def save_run(folder, step, **changes):
+    return checkpoint.save(folder, step, {"step": torch.tensor(step), **identity(**changes)}, keep_last=5)
+
+
 def test_the_manager_resumes_from_the_newest_of_save_and_load_and_from_save_on_a_tie(tmp_path):
     save, load = tmp_path / "save", tmp_path / "load"
     manager = checkpoint.CheckpointManager(save, load)
-    assert manager.resume_point() is None
-    checkpoint.save(load, 4, {"step": torch.tensor(4)}, keep_last=2)
-    assert manager.resume_point() == load / "step-00000004"
-    checkpoint.save(save, 2, {"step": torch.tensor(2)}, keep_last=2)
-    assert manager.resume_point() == load / "step-00000004", "the newer one, wherever it is"
-    checkpoint.save(save, 4, {"step": torch.tensor(4)}, keep_last=2)
-    assert manager.resume_point() == save / "step-00000004"
+    assert manager.resume(identity()) is None
+    save_run(load, 4)
+    assert manager.resume(identity())[0] == load / "step-00000004"
+    save_run(save, 2)
+    assert manager.resume(identity())[0] == load / "step-00000004", "the newer one, wherever it is"
+    save_run(save, 4)
+    assert manager.resume(identity())[0] == save / "step-00000004"
 
 
 def test_the_manager_names_what_forbids_a_resume():
-    saved = {"phase": {"batch_size": 8, "gradient_accumulation_steps": 1}, "world": 2, "model_config": {"a": 1}}
-    same = checkpoint.CheckpointManager.resume_conflicts(saved, saved)
-    other = checkpoint.CheckpointManager.resume_conflicts(
-        saved, {"phase": {"batch_size": 4, "gradient_accumulation_steps": 2}, "world": 1, "model_config": {"a": 2}})
-    assert same == [] and other == ["batch_size 8 -> 4", "gradient_accumulation_steps 1 -> 2", "processes 2 -> 1",
-                                    "model config"]
+    other = identity(inputs={"tokenizer": "t2"}, world=1, model_config={"a": 2}, training={"precision": "bf16"},
+                     phase={"seq_length": 512, "batch_size": 4})
+    assert checkpoint.CheckpointManager.conflicts(identity(), identity()) == []
+    assert checkpoint.CheckpointManager.conflicts(identity(), other) == [
+        "seq_length 128 -> 512", "batch_size 8 -> 4", "processes 2 -> 1", "model config", "precision fp16 -> bf16",
+        "tokenizer content hash t1 -> t2"]
+    unrecorded = {key: value for key, value in identity().items() if key != "inputs"}  # saved by an older bertpipe
+    assert checkpoint.CheckpointManager.conflicts(unrecorded, identity()) == [
+        "tokenizer content hash not recorded -> t1", "train_data content hash not recorded -> d1"]
 
 
-def test_initial_weights_come_from_the_newest_checkpoint_of_a_folder_or_a_clear_error(tmp_path):
-    checkpoint.save(tmp_path / "phase1", 5, {"step": torch.tensor(5)}, keep_last=2)
-    source, state = checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_weights()
+def test_a_checkpoint_that_does_not_load_is_renamed_aside_and_the_one_before_resumed(tmp_path, caplog):
+    save_run(tmp_path, 3)
+    newest = save_run(tmp_path, 6)
+    data = (newest / "state.pt").read_bytes()
+    (newest / "state.pt").write_bytes(data[:len(data) // 2])  # as a crash during a write that was not synced
+    manager = checkpoint.CheckpointManager(tmp_path)
+    path, state = manager.resume(identity())
+    assert path == tmp_path / "step-00000003" and state["step"].item() == 3
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("step-00000006.unreadable-")] != []
+    assert "step-00000006 does not load" in caplog.text and manager.set_aside
+
+
+def test_a_checkpoint_of_another_run_is_refused_or_set_aside_whole(tmp_path, caplog):
+    save_run(tmp_path / "checkpoints", 6)
+    changed = identity(inputs={"tokenizer": "t2"})
+    with pytest.raises(BertpipeError, match="tokenizer content hash t1 -> t2.*--stale-checkpoints set-aside"):
+        checkpoint.CheckpointManager(tmp_path / "checkpoints").resume(changed)
+    assert checkpoint.latest(tmp_path / "checkpoints").name == "step-00000006", "refusing moves nothing"
+    manager = checkpoint.CheckpointManager(tmp_path / "checkpoints", stale="set-aside")
+    assert manager.resume(changed) is None
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("checkpoints.stale-")]
+    assert len(aside) == 1 and (aside[0] / "step-00000006/state.pt").is_file()
+    assert not (tmp_path / "checkpoints").exists() and manager.set_aside == [str(aside[0])]
+    assert "moved its checkpoints to" in caplog.text
+
+
+def test_initial_weights_come_from_the_newest_checkpoint_of_a_folder_with_the_same_model_and_tokenizer(tmp_path):
+    save_run(tmp_path / "phase1", 5)
+    source, state = checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_weights(identity())
     assert source.name == "step-00000005" and state["step"].item() == 5
-    assert checkpoint.CheckpointManager().initial_weights() is None
+    assert checkpoint.CheckpointManager().initial_weights(identity()) is None
     with pytest.raises(BertpipeError, match="no checkpoint there"):
-        checkpoint.CheckpointManager(init_from=tmp_path / "empty").initial_weights()
+        checkpoint.CheckpointManager(init_from=tmp_path / "empty").initial_weights(identity())
+    with pytest.raises(BertpipeError, match="trained with another tokenizer"):
+        checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_weights(
+            identity(inputs={"tokenizer": "t2"}))
+    with pytest.raises(BertpipeError, match="model config"):
+        checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_weights(identity(model_config={"a": 2}))
 
 
 def test_no_save_folder_writes_nothing(tmp_path):

@@ -25,3 +25,17 @@ def test_json_lines_get_every_record_appended(tmp_path):
     for number in (1, 2):
         JsonLinesSink(path)(step(number))  # a resumed run opens it again and appends
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def test_a_torn_or_nul_line_in_the_metrics_is_skipped_with_a_warning_and_the_curve_drawn(tmp_path, caplog):
+    from bertpipe.plot import loss_curve, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps(step(1)), json.dumps(step(2))[:25], "\0" * 30, json.dumps(step(3)),
+             json.dumps({"step": 3, "valid_mlm_loss": 2.0})]
+    path.write_text("\n".join(lines) + "\n")
+    train, valid = read_metrics(path)
+    assert [r["step"] for r in train] == [1, 3] and [r["step"] for r in valid] == [3]
+    assert f"{path}, line 2: not a metrics record" in caplog.text and f"{path}, line 3" in caplog.text
+    loss_curve(path, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"

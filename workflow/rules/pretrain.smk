@@ -1,7 +1,9 @@
 # Stage `pretrain`: one torchrun job per phase (seq 128, then 512 from phase 1's weights), on pretrain.nodes nodes
 # (several: a multi-node Slurm job, see slurm_pretrain_job). Checkpoints live beside the phase's `done.json` but are
 # not outputs, so a failed, preempted or timed-out job's checkpoints survive and the rerun resumes from the newest
-# one. To train a phase from scratch, delete its checkpoints folder.
+# one that loads. Snakemake also reruns a phase when its inputs or settings changed: then the checkpoints are of
+# another run (they record the tokenizer's and the data's content hashes and the settings), so they are moved aside
+# to `checkpoints.stale-<time>` and the phase starts afresh. To train a phase from scratch, delete its checkpoints.
 
 
 rule pretrain:
@@ -52,5 +54,6 @@ rule pretrain:
     shell:
         "bertpipe --log-file {log:q} launch {params.launch} --done {output.done:q}"
         " pretrain --use-tfrecords --train-data {input.train:q} {params.valid} --tokenizer-path {input.tokenizer:q}"
-        " {params.settings} {params.init} --save {params.folder}/checkpoints --metrics {params.folder}/metrics.jsonl"
+        " {params.settings} {params.init} --save {params.folder}/checkpoints --stale-checkpoints set-aside"
+        " --metrics {params.folder}/metrics.jsonl"
         " --loss-curve {output.curve:q} > {log:q} 2>&1"

@@ -3,7 +3,9 @@
 
 rule tokenizer:
     input:
-        lambda wildcards: corpus_parts(),
+        corpus=lambda wildcards: corpus_parts(),
+        # an adopted vocab.txt: a new one reruns the tokenizer and what it feeds
+        vocab=config["tokenizer"]["vocab_file"] or [],
     output:
         directory(f"{RESULTS}/tokenizer"),
     params:
@@ -16,5 +18,5 @@ rule tokenizer:
     log:
         f"{LOGS}/tokenizer.log",
     shell:
-        "bertpipe --log-file {log:q} tokenizer --corpus {input:q} --outdir {output:q} {params.tokenizer}"
+        "bertpipe --log-file {log:q} tokenizer --corpus {input.corpus:q} --outdir {output:q} {params.tokenizer}"
         " --threads {threads} 2> {log:q}"

@@ -1,11 +1,14 @@
-"""Checkpoints: complete or absent (written to a temporary folder, then renamed), the last K kept, loaded with
-`weights_only=True` (tensors and plain containers only: a checkpoint cannot run code when it is loaded); and the
-CheckpointManager, a training run's policy for them."""
+"""Checkpoints: complete or absent (written to a temporary folder, synced, then renamed), the last K kept, loaded
+with `weights_only=True` (tensors and plain containers only: a checkpoint cannot run code when it is loaded); and the
+CheckpointManager, a training run's policy for them: when to save, which checkpoint to resume, and what a checkpoint
+must share with the run that resumes it."""
 
 import json
+import logging
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -15,6 +18,16 @@ from bertpipe.atomic import atomic_dir
 from bertpipe.settings import TrainingSettings
 
 STEP_FOLDER = re.compile(r"^step-(\d{8})$")
+STALE_POLICIES = ("refuse", "set-aside")
+
+log = logging.getLogger(__name__)
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Rename `path` to `<path>.<why>-<UTC time>`: out of the way of every later run, kept for a person to judge."""
+    aside = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    os.replace(path, aside)
+    return aside
 
 
 def _remove_abandoned(folder: Path) -> None:
@@ -66,41 +79,89 @@ class CheckpointManager:
     which checkpoints to keep. The trainer asks it; it never decides these itself."""
 
     def __init__(self, save=None, load=None, init_from=None, interval: int = TrainingSettings.save_interval,
-                 keep_last: int = TrainingSettings.keep_last):
+                 keep_last: int = TrainingSettings.keep_last, stale: str = "refuse"):
         """`save`: the folder checkpoints go to (None: none are written); `load`: another folder to resume from
-        (Megatron's --load); `init_from`: a checkpoint (or folder of them) whose weights alone start the run."""
+        (Megatron's --load); `init_from`: a checkpoint (or folder of them) whose weights alone start the run;
+        `stale`: what a checkpoint of another run in `save` meets: "refuse" (an error naming what changed) or
+        "set-aside" (the folder is moved aside and the run starts afresh: the workflow's choice, since Snakemake
+        reruns a phase exactly when its inputs or settings changed)."""
+        if stale not in STALE_POLICIES:
+            raise ValueError(f"stale: {stale!r} is not one of {STALE_POLICIES}")
         self.folder, self.load_folder, self.init_from = save, load, init_from
-        self.interval, self.keep_last = interval, keep_last
+        self.interval, self.keep_last, self.stale = interval, keep_last, stale
+        self.set_aside = []  # what this run moved aside, for its record
 
     def due(self, step: int, last_step: int) -> bool:
         return step % self.interval == 0 or step == last_step
 
-    def resume_point(self):
-        """The newest complete checkpoint of --save and --load (--save's on a tie), or None."""
-        found = [latest(folder) for folder in (self.folder, self.load_folder) if folder]
-        found = [path for path in found if path is not None]
-        return max(found, key=lambda path: path.name) if found else None
+    def resume(self, current: dict):
+        """(checkpoint, state) to resume the run `current` (Trainer.identity) from, or None to start afresh; asked
+        on rank 0 alone, which tells the others. The candidates are the checkpoints of --save and --load, newest
+        first (--save's on a tie). One that does not load (truncated by a crash, damaged) is renamed aside with a
+        warning and the next older one is tried. The newest that loads must be of this run (`conflicts`), or it
+        meets the `stale` policy."""
+        candidates = [(path, rank) for rank, folder in enumerate((self.load_folder, self.folder)) if folder
+                      for path in checkpoints(folder)]
+        for path, _ in sorted(candidates, key=lambda c: (c[0].name, c[1]), reverse=True):
+            try:
+                state = load(path)
+            except Exception as error:  # torch reports a short or damaged file in several ways
+                aside = set_aside(path, "unreadable")
+                self.set_aside.append(str(aside))
+                log.warning("%s does not load (%s); renamed to %s, resuming from the one before", path,
+                            str(error).splitlines()[0], aside.name)
+                continue
+            changed = self.conflicts(state, current)
+            if not changed:
+                return path, state
+            why = f"{path} is of another run ({'; '.join(changed)})"
+            if self.stale == "refuse" or path.parent != Path(self.folder):
+                raise BertpipeError(f"{why}: resuming would continue that run, not start this one; use the same "
+                                    "inputs and settings, another --save folder, or --stale-checkpoints set-aside")
+            aside = set_aside(Path(self.folder), "stale")
+            self.set_aside.append(str(aside))
+            log.warning("%s: moved its checkpoints to %s and starting afresh", why, aside)
+            return None
+        return None
 
-    def initial_weights(self):
-        """(folder, state) of --init-from, or None."""
+    def initial_weights(self, current: dict):
+        """(checkpoint, state) of --init-from, or None; its model and tokenizer must be the run `current`'s."""
         if not self.init_from:
             return None
         source = latest(self.init_from) or Path(self.init_from)
         if not (source / "state.pt").is_file():
             raise BertpipeError(f"--init-from {self.init_from}: no checkpoint there")
-        return source, load(source)
+        try:
+            state = load(source)
+        except Exception as error:  # as in resume
+            raise BertpipeError(f"--init-from {source}: the checkpoint does not load ({str(error).splitlines()[0]}); "
+                                "train the phase it comes from again") from None
+        if state["model_config"] != current["model_config"]:
+            raise BertpipeError(f"--init-from {source}: its model config {state['model_config']} differs from "
+                                f"this run's {current['model_config']}")
+        tokenizer, ours = state.get("inputs", {}).get("tokenizer"), current["inputs"].get("tokenizer")
+        if ours and tokenizer != ours:
+            raise BertpipeError(f"--init-from {source} was trained with another tokenizer (content hash {tokenizer}, "
+                                f"this run's {ours}): its token ids mean other tokens here; train that phase again")
+        return source, state
 
     @staticmethod
-    def resume_conflicts(saved: dict, current: dict) -> list:
-        """What differs between a checkpoint's run and this one such that resuming would read other samples than
-        the saved run would have, or load another model: the batch's shape, the processes, the model."""
-        changed = [f"{key} {saved['phase'][key]} -> {current['phase'][key]}"
-                   for key in ("batch_size", "gradient_accumulation_steps")
-                   if saved["phase"][key] != current["phase"][key]]
+    def conflicts(saved: dict, current: dict) -> list:
+        """What differs between a checkpoint's run and the run `current` such that resuming would continue another
+        run: other inputs (content hashes of the tokenizer and the training data), other samples a step (the
+        sequence length, the batch's shape, the processes), another model or precision."""
+        changed = [f"{key} {saved['phase'].get(key)} -> {current['phase'][key]}"
+                   for key in ("seq_length", "batch_size", "gradient_accumulation_steps")
+                   if saved["phase"].get(key) != current["phase"][key]]
         if saved["world"] != current["world"]:
             changed.append(f"processes {saved['world']} -> {current['world']}")
         if saved["model_config"] != current["model_config"]:
             changed.append("model config")
+        if saved["training"]["precision"] != current["training"]["precision"]:
+            changed.append(f"precision {saved['training']['precision']} -> {current['training']['precision']}")
+        recorded = saved.get("inputs", {})
+        changed += [f"{name} content hash {recorded.get(name, 'not recorded')} -> {value}"
+                    for name, value in current["inputs"].items() if recorded.get(name) != value]
         return changed
 
     def save(self, step: int, state: dict):

@@ -51,6 +51,15 @@ def gather_objects(value) -> list:
     return gathered
 
 
+def broadcast_object(value):
+    """Rank 0's `value`, on every rank."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 class StopRequest:
     """SIGTERM, SIGUSR1 or SIGURG (a cluster's preemption or time-limit warning) asks the trainer to checkpoint and
     exit; every rank learns of it at the same step, whichever rank got the signal. SIGURG is the Slurm profile's

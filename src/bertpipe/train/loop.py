@@ -22,7 +22,7 @@ from bertpipe.model import BertConfig, BertForPreTraining
 from bertpipe.settings import PhaseSettings, TrainingSettings
 from bertpipe.train.checkpoint import CheckpointManager, load
 from bertpipe.train.data import RankBatches, global_batch_indices, rank_batch_stream
-from bertpipe.train.distributed import StopRequest, all_sum, gather_objects, init
+from bertpipe.train.distributed import StopRequest, all_sum, broadcast_object, gather_objects, init
 from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals, forward_sums
 from bertpipe.train.optim import adamw, learning_rate
 from bertpipe.train.precision import ConstantLossScaler, DynamicLossScaler, gradients_overflow
@@ -46,8 +46,10 @@ class Trainer:
     On rank 0 every record of metrics goes to each of `sinks` (train/metrics.py)."""
 
     def __init__(self, model_config: BertConfig, training: TrainingSettings, phase: PhaseSettings, train_samples,
-                 valid_samples=None, checkpoints: CheckpointManager = None, sinks=()):
-        self.training, self.phase = training, phase
+                 valid_samples=None, checkpoints: CheckpointManager = None, sinks=(), inputs=None):
+        """`inputs`: content hashes of what this run learns from ({"tokenizer": ..., "train_data": ...}), saved in
+        its checkpoints so that a resume or an --init-from with other inputs is caught (rank 0's are checked)."""
+        self.training, self.phase, self.inputs = training, phase, inputs or {}
         self.checkpoints = checkpoints or CheckpointManager()
         self.rank, self.world, self.device = init()
         self.sinks = sinks if self.rank == 0 else ()
@@ -72,26 +74,24 @@ class Trainer:
         self._resume_or_init()
 
     # -- state -------------------------------------------------------------------------------------------------
-    def state_dict(self, rng: list) -> dict:
-        """What a checkpoint holds: weights, optimizer, scaler, the data position and clock, every rank's RNG, and
-        the settings it was trained with."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "iteration": self.iteration,
-                "optimizer_steps": self.optimizer_steps, "rng": rng, "world": self.world,
-                "model_config": dataclasses.asdict(self.model.config),
+    def identity(self) -> dict:
+        """What this run is: its inputs, settings, processes and model (CheckpointManager.conflicts compares them)."""
+        return {"inputs": self.inputs, "world": self.world, "model_config": dataclasses.asdict(self.model.config),
                 "training": dataclasses.asdict(self.training), "phase": dataclasses.asdict(self.phase)}
 
+    def state_dict(self, rng: list) -> dict:
+        """What a checkpoint holds: weights, optimizer, scaler, the data position and clock, every rank's RNG, and
+        the run's identity."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "iteration": self.iteration,
+                "optimizer_steps": self.optimizer_steps, "rng": rng, **self.identity()}
+
     def _resume_or_init(self):
-        found = self.checkpoints.resume_point()
+        # Rank 0 chooses (a listing on a shared file system can differ between nodes) and tells the others.
+        chosen = self.checkpoints.resume(self.identity()) if self.rank == 0 else None
+        found = broadcast_object(str(chosen[0]) if chosen else None)
         if found:
-            state = load(found)
-            current = {"phase": dataclasses.asdict(self.phase), "world": self.world,
-                       "model_config": dataclasses.asdict(self.model.config)}
-            changed = self.checkpoints.resume_conflicts(state, current)
-            if changed:
-                raise BertpipeError(f"{found} was saved with other settings ({'; '.join(changed)}): resuming would "
-                                    "read other samples than the saved run; use the same settings, or a new --save "
-                                    "folder")
+            state = chosen[1] if self.rank == 0 else load(found)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
@@ -103,12 +103,9 @@ class Trainer:
                             len(state["rng"]), self.world)
             self._log(f"resumed from {found} at step {self.iteration}")
             return
-        initial = self.checkpoints.initial_weights()
+        initial = self.checkpoints.initial_weights(self.identity())
         if initial:
             source, state = initial
-            if state["model_config"] != dataclasses.asdict(self.model.config):
-                raise BertpipeError(f"--init-from {source}: its model config {state['model_config']} differs from "
-                                    f"this run's {dataclasses.asdict(self.model.config)}")
             self.model.load_state_dict(state["model"])
             self._log(f"initialised from the weights of {source}")
 
