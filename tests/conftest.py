@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data/mirror/enwiki/latest/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 SAMPLE_ARTICLES = 106
+CHUNK = 1 << 16  # DumpServer sends a body in pieces of this size
 VENV_BIN = Path(sys.executable).parent
 NO_TENSORFLOW = REPO / "tests/no_tensorflow"  # on PYTHONPATH, it makes `import tensorflow` fail
 
@@ -62,15 +64,19 @@ def make_dump_tree(root: Path, xml: bytes, parts: int = 2, wiki: str = "enwiki",
 
 
 class DumpServer:
-    """A local HTTP mirror on 127.0.0.1 serving a folder, with Range support, a folder index, a count of the bytes
-    sent per path, and faults to inject: drop the connection after N bytes, or answer a status code, once each."""
+    """A local HTTP mirror on 127.0.0.1 serving a folder, with Range and If-Range support (a file's ETag is its
+    sha1), a folder index, a count of the bytes sent per path, and faults to inject: drop the connection after N
+    bytes, or answer a status code, once each; redirect a path; send a path slowly, as a slow link does."""
 
     def __init__(self, root: Path):
         self.root = root
         self.sent = {}  # path -> bytes of body sent
         self.requests = []  # (path, Range header or None)
+        self.headers = []  # (path, {header: value}) of every request
         self.drop_after = {}  # path -> bytes to send before closing the connection, once
         self.fail_with = {}  # path -> status code to answer, once
+        self.redirect = {}  # path -> the Location to answer with (302)
+        self.seconds_per_chunk = {}  # path -> seconds between chunks of CHUNK bytes
         self.lock = threading.Lock()
         server = self
 
@@ -84,10 +90,18 @@ class DumpServer:
                 path = self.path.split("?")[0]
                 with server.lock:
                     server.requests.append((path, self.headers.get("Range")))
+                    server.headers.append((path, dict(self.headers)))
                     fail = server.fail_with.pop(path, None)
                     drop = server.drop_after.pop(path, None)
+                    location = server.redirect.get(path)
+                    pause = server.seconds_per_chunk.get(path, 0)
                 if fail:
                     return self._reply(fail, b"injected failure")
+                if location:
+                    self.send_response(302)
+                    self.send_header("Location", location)
+                    self.send_header("Content-Length", "0")
+                    return self.end_headers()
                 target = server.root / path.lstrip("/")
                 if target.is_dir():
                     links = "".join(f'<a href="{p.name}/">{p.name}/</a>\n' for p in sorted(target.iterdir()))
@@ -95,8 +109,11 @@ class DumpServer:
                 if not target.is_file():
                     return self._reply(404, b"not found")
                 data = target.read_bytes()
+                etag = f'"{hashlib.sha1(data).hexdigest()}"'
                 start, status = 0, 200
                 match = re.match(r"bytes=(\d+)-$", self.headers.get("Range", ""))
+                if match and self.headers.get("If-Range", etag) != etag:
+                    match = None  # the file changed since the client's bytes: the whole file, as RFC 9110 says
                 if match:
                     start, status = int(match.group(1)), 206
                     if start >= len(data):
@@ -105,6 +122,7 @@ class DumpServer:
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", etag)
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
@@ -113,7 +131,10 @@ class DumpServer:
                     self.close_connection = True
                 with server.lock:  # counted before sending: once the client has the bytes, the count is there
                     server.sent[path] = server.sent.get(path, 0) + len(body)
-                self.wfile.write(body)
+                for begin in range(0, len(body), CHUNK):
+                    if pause:
+                        time.sleep(pause)  # a slow link's pace, not synchronisation
+                    self.wfile.write(body[begin:begin + CHUNK])
 
             def _reply(self, status, body, content_type="text/plain"):
                 self.send_response(status)

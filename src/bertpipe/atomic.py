@@ -9,11 +9,13 @@ new name on a short or empty file.
 import contextlib
 import os
 import shutil
+import socket
 from pathlib import Path
 
 
 def _temp_name(target: Path) -> Path:
-    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    """`.<name>.tmp-<host>-<pid>`: whose it is, on a file system that several machines share."""
+    return target.with_name(f".{target.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
 def _sync(path: Path) -> None:

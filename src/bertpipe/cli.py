@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from bertpipe import BertpipeError, __version__, settings
+from bertpipe.redaction import redact, redact_log_records
 from bertpipe.tracking import Outcome
 from bertpipe.settings import (CorpusSettings, DownloadSettings, DumpSettings, EvaluateSettings, ExtractSettings,
                                InstanceSpec, MlflowSettings, PretrainSettings, SlurmPretrain, TFRecordsSettings,
@@ -29,13 +30,15 @@ def _download(subparsers):
 
     manifest = _stage(steps, "manifest", "resolve the dump (dumpstatus.json) into manifest.json")
     settings.add_arguments(manifest, DumpSettings)
-    settings.add_arguments(manifest, DownloadSettings, only=("timeout_seconds",))
+    settings.add_arguments(manifest, DownloadSettings, only=("timeout_seconds", "redirects_to_other_hosts"))
     manifest.add_argument("--out", required=True, help="manifest.json to write")
 
     def run_manifest(args, _):
         from bertpipe.download import write_manifest
 
-        manifest = write_manifest(args.mirror, args.wiki, args.date, args.out, timeout=args.timeout_seconds)
+        download = settings.from_args(DownloadSettings, args, retries=DownloadSettings.retries,
+                                      backoff_seconds=DownloadSettings.backoff_seconds)
+        manifest = write_manifest(args.mirror, args.wiki, args.date, args.out, download)
         return Outcome(metrics={"parts": len(manifest["parts"]),
                                 "bytes": sum(part["size"] or 0 for part in manifest["parts"].values())},
                        tags={"dump.date": manifest["date"]}, artifacts=[(args.out, None)])
@@ -46,13 +49,15 @@ def _download(subparsers):
     part.add_argument("--manifest", required=True)
     part.add_argument("--part", required=True, help="part name: its file name without .bz2")
     part.add_argument("--out", required=True)
+    settings.add_arguments(part, DumpSettings, only=("mirror",))
     settings.add_arguments(part, DownloadSettings)
 
     def run_part(args, _):
         from bertpipe.download import download_part
 
         started = time.perf_counter()
-        path = download_part(args.manifest, args.part, args.out, settings.from_args(DownloadSettings, args))
+        path = download_part(args.manifest, args.part, args.out, settings.from_args(DownloadSettings, args),
+                             args.mirror)
         seconds = time.perf_counter() - started
         size = path.stat().st_size
         return Outcome(metrics={"bytes": size, "seconds": seconds,
@@ -238,7 +243,7 @@ def _export(subparsers):
 def _register(subparsers):
     stage = _stage(subparsers, "register", "log the exported folder and register it in MLflow's registry")
     stage.add_argument("--model", required=True, help="the export stage's folder")
-    settings.add_arguments(stage, MlflowSettings, only=("registered_model",))
+    settings.add_arguments(stage, MlflowSettings, only=("registered_model", "upload_timeout_seconds"))
     stage.add_argument("--evaluation", required=True, help="the evaluate stage's metrics")
     stage.add_argument("--manifest", required=True, help="the dump's manifest.json (lineage)")
     stage.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder (lineage)")
@@ -253,7 +258,9 @@ def _register(subparsers):
             raise BertpipeError("no MLflow tracking URI: give `bertpipe --tracking-uri URI register ...` (the "
                                 "workflow gives config mlflow.tracking_uri) to register a model")
         origin = lineage(args.manifest, args.tokenizer, args.train_data, args.training_done, run.target.commit)
-        return Outcome(metrics=register(run, args.model, args.registered_model, origin, args.evaluation, args.out))
+        record = register(run, args.model, args.registered_model, origin, args.evaluation, args.out,
+                          args.upload_timeout_seconds)
+        return Outcome(tags={"registered_version": record["version"]})
 
     stage.set_defaults(run=run, label="registered_model", inputs=("model",))
 
@@ -310,6 +317,7 @@ TRACKING_FLAGS = ("log_file", "tracking_uri", "tracking_dir", "experiment", "git
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    redact_log_records()
     from bertpipe import tracking
 
     stage = " ".join(filter(None, (args.stage, getattr(args, "step", None))))
@@ -330,7 +338,7 @@ def main(argv=None) -> int:
             run.log_artifact(path, folder)
         status = "KILLED" if outcome.stopped else "FINISHED"
     except BertpipeError as error:
-        print(f"bertpipe {args.stage}: error: {error}", file=sys.stderr)
+        print(f"bertpipe {args.stage}: error: {redact(str(error))}", file=sys.stderr)
         return 1
     finally:
         if args.log_file:

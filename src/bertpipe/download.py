@@ -4,8 +4,18 @@ A mirror is laid out as `<mirror>/<wiki>/<date>/dumpstatus.json` plus the dump f
 http(s) URL, a `file://` URL or a local folder. `dumpstatus.json` lists, under the job `articlesdump`, every
 `pages-articles{N}.xml-p...bz2` part with its size and sha1. The manifest step turns it into `manifest.json` (resolving
 `latest` to a dated dump); each part is then downloaded as its own job.
+
+Every part is downloaded under an exclusive lock of its own (`<part>.bz2.lock`), so two runs that share `resources/`
+never write the same `.part` file: the second waits, then finds the verified file. Requests ask for the bytes as
+stored (`Accept-Encoding: identity`), resume with `Range` and `If-Range` (a file that changed on the mirror is
+fetched whole), and follow redirects only to the mirror's host and scheme unless `redirects_to_other_hosts`.
+
+The mirror URL may carry credentials (`https://user:password@host/`, `?token=...`): they are kept in the URL that
+is fetched, and out of everything written down (redaction.py). The manifest names each part by its path under the
+mirror, and each download job joins it to the configured mirror.
 """
 
+import fcntl
 import hashlib
 import html.parser
 import json
@@ -22,11 +32,14 @@ from tqdm import tqdm
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_file
+from bertpipe.redaction import redact
 
 log = logging.getLogger(__name__)
 
 ARTICLES_JOB = "articlesdump"
 DATE_PATTERN = re.compile(r"^\d{8}$")
+PART_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-pages-articles[A-Za-z0-9_.-]*\.bz2$")  # a plain name, no path
+MAX_REDIRECTS = 5
 CHUNK_BYTES = 1 << 20
 # How many dated dumps `latest` looks at, newest first, before it gives up finding a finished one.
 LATEST_CANDIDATES = 5
@@ -41,7 +54,9 @@ class TransientError(Exception):
 
 
 def join_url(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
+    """`base` with `parts` appended to its path; its query (a mirror's token) stays at the end."""
+    scheme, netloc, path, query, fragment = urllib.parse.urlsplit(base)
+    return urllib.parse.urlunsplit((scheme, netloc, "/".join([path.rstrip("/"), *parts]), query, fragment))
 
 
 def local_path(url: str):
@@ -53,8 +68,28 @@ def local_path(url: str):
     return Path(url)
 
 
-def fetch_small(url: str, timeout: float) -> bytes:
-    """The whole body of a small resource (dumpstatus.json, a folder index)."""
+def http_get(url: str, timeout: float, other_hosts: bool, headers=None, stream=False) -> requests.Response:
+    """GET `url` for the bytes as stored, following at most MAX_REDIRECTS redirects: to the same scheme and host, or
+    with `other_hosts` to any host but never from https to http."""
+    headers = {"Accept-Encoding": "identity", **(headers or {})}
+    for _ in range(MAX_REDIRECTS + 1):
+        response = requests.get(url, headers=headers, timeout=timeout, stream=stream, allow_redirects=False)
+        if not response.is_redirect:
+            return response
+        target = urllib.parse.urljoin(url, response.headers["Location"])
+        response.close()
+        here, there = urllib.parse.urlsplit(url), urllib.parse.urlsplit(target)
+        downgrade = here.scheme == "https" and there.scheme != "https"
+        if downgrade or (not other_hosts and (here.scheme, here.netloc) != (there.scheme, there.netloc)):
+            raise BertpipeError(f"{url} redirects to {target}, " + ("from https to http, which is never followed"
+                                if downgrade else "another host or scheme; set download.redirects_to_other_hosts "
+                                                  "to follow it"))
+        url = target
+    raise BertpipeError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+
+def fetch_small(url: str, download) -> bytes:
+    """The whole body of a small resource (dumpstatus.json, a folder index); `download`: settings.DownloadSettings."""
     path = local_path(url)
     if path is not None:
         if not path.exists():
@@ -63,7 +98,7 @@ def fetch_small(url: str, timeout: float) -> bytes:
             return "".join(f'<a href="{p.name}/">' for p in path.iterdir() if p.is_dir()).encode()
         return path.read_bytes()
     try:
-        response = requests.get(url, timeout=timeout)
+        response = http_get(url, download.timeout_seconds, download.redirects_to_other_hosts)
     except requests.RequestException as error:
         raise BertpipeError(f"{url}: cannot be fetched ({error}); check the mirror URL and the network") from error
     if response.status_code == 404:
@@ -83,10 +118,10 @@ class _LinkParser(html.parser.HTMLParser):
             self.links.extend(value for name, value in attrs if name == "href" and value)
 
 
-def dated_dumps(mirror: str, wiki: str, timeout: float) -> list:
+def dated_dumps(mirror: str, wiki: str, download) -> list:
     """The YYYYMMDD dump folders listed in the mirror's index of `wiki`, newest first."""
     parser = _LinkParser()
-    parser.feed(fetch_small(join_url(mirror, wiki) + "/", timeout).decode("utf-8", "replace"))
+    parser.feed(fetch_small(join_url(mirror, wiki, ""), download).decode("utf-8", "replace"))
     dates = {link.strip("/").rsplit("/", 1)[-1] for link in parser.links}
     return sorted((d for d in dates if DATE_PATTERN.match(d)), reverse=True)
 
@@ -106,15 +141,15 @@ class _Unfinished(BertpipeError):
     pass
 
 
-def _finished_job(mirror, wiki, date, timeout):
+def _finished_job(mirror, wiki, date, download):
     status_url = join_url(mirror, wiki, date, "dumpstatus.json")
-    job = _articles_job(status_url, fetch_small(status_url, timeout))
+    job = _articles_job(status_url, fetch_small(status_url, download))
     if job.get("status") != "done":
         raise _Unfinished(f"{status_url}: job '{ARTICLES_JOB}' is {job.get('status')!r}, not 'done'")
     return status_url, job
 
 
-def resolve_dump(mirror: str, wiki: str, date: str, timeout: float) -> tuple:
+def resolve_dump(mirror: str, wiki: str, date: str, download) -> tuple:
     """(date folder, dumpstatus URL, articlesdump job) of a finished dump.
 
     `latest` takes `<wiki>/latest/dumpstatus.json` where the mirror has one, else the newest finished dated dump.
@@ -122,15 +157,15 @@ def resolve_dump(mirror: str, wiki: str, date: str, timeout: float) -> tuple:
     if date != "latest":
         if not DATE_PATTERN.match(date):
             raise BertpipeError(f"dump date {date!r}: expected 'latest' or YYYYMMDD")
-        return date, *_finished_job(mirror, wiki, date, timeout)
+        return date, *_finished_job(mirror, wiki, date, download)
     try:
-        return date, *_finished_job(mirror, wiki, date, timeout)
+        return date, *_finished_job(mirror, wiki, date, download)
     except NotFound:
         pass
     unfinished = []
-    for candidate in dated_dumps(mirror, wiki, timeout)[:LATEST_CANDIDATES]:
+    for candidate in dated_dumps(mirror, wiki, download)[:LATEST_CANDIDATES]:
         try:
-            return candidate, *_finished_job(mirror, wiki, candidate, timeout)
+            return candidate, *_finished_job(mirror, wiki, candidate, download)
         except _Unfinished as error:
             unfinished.append(str(error))
     raise BertpipeError(
@@ -144,29 +179,35 @@ def part_name(filename: str) -> str:
     return filename.removesuffix(".bz2")
 
 
-def write_manifest(mirror: str, wiki: str, date: str, out, timeout: float) -> dict:
-    """Resolve the dump and write `manifest.json`: one entry per article part with URL, size and sha1."""
-    folder, status_url, job = resolve_dump(mirror, wiki, date, timeout)
+def write_manifest(mirror: str, wiki: str, date: str, out, download) -> dict:
+    """Resolve the dump and write `manifest.json`: one entry per article part with its path under the mirror, size
+    and sha1."""
+    folder, status_url, job = resolve_dump(mirror, wiki, date, download)
     parts = {}
     for filename, meta in sorted(job["files"].items()):
         if not filename.endswith(".bz2"):
             continue
+        if not PART_FILE.match(filename):
+            raise BertpipeError(f"{redact(status_url)}: {filename!r} is not a plain file name of a pages-articles "
+                                "part (<wiki>-<date>-pages-articles...bz2); refusing a manifest that would write "
+                                "outside the dump's folder")
         if "sha1" not in meta:
             raise BertpipeError(f"{status_url}: file {filename} has no sha1; cannot verify it")
         parts[part_name(filename)] = {
             "file": filename,
-            "url": join_url(mirror, wiki, folder, filename),
+            "path": f"{wiki}/{folder}/{filename}",
             "size": meta.get("size"),
             "sha1": meta["sha1"],
         }
     if not parts:
         raise BertpipeError(f"{status_url}: job '{ARTICLES_JOB}' lists no .bz2 parts")
     manifest = {
+        "mirror": redact(mirror),
         "wiki": wiki,
         "requested_date": date,
         "date": folder,
         "updated": job.get("updated"),
-        "dumpstatus": status_url,
+        "dumpstatus": redact(status_url),
         "parts": parts,
     }
     with atomic_file(out) as temp:
@@ -206,12 +247,16 @@ def _copy_local(source: Path, partial: Path, bar) -> None:
             bar.update(len(chunk))
 
 
-def _fetch_http(url: str, partial: Path, timeout: float, bar) -> None:
-    """Append the rest of `url` to `partial`, asking for a Range when it already holds bytes."""
+def _fetch_http(url: str, partial: Path, download, bar) -> None:
+    """Append the rest of `url` to `partial`, asking for a Range when it already holds bytes, if the file on the
+    mirror is still the one they came from (If-Range with its ETag or Last-Modified, kept in `<partial>.validator`)."""
     offset = partial.stat().st_size if partial.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    validator_file = partial.with_name(partial.name + ".validator")
+    validator = validator_file.read_text() if offset and validator_file.is_file() else None
+    headers = {"Range": f"bytes={offset}-", **({"If-Range": validator} if validator else {})} if offset else {}
     try:
-        with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        with http_get(url, download.timeout_seconds, download.redirects_to_other_hosts, headers,
+                      stream=True) as response:
             if response.status_code == 404:
                 raise NotFound(f"{url}: 404 Not Found; check wiki, date and mirror in the config")
             if response.status_code == 416:
@@ -222,13 +267,16 @@ def _fetch_http(url: str, partial: Path, timeout: float, bar) -> None:
             if response.status_code not in (200, 206):
                 raise BertpipeError(f"{url}: HTTP {response.status_code} {response.reason}")
             if offset and response.status_code == 200:
-                log.warning("%s: server ignored the Range request; downloading from the start", url)
+                log.warning("%s: the server sent the whole file (it changed, or ignores Range); downloading from the "
+                            "start", url)
                 offset = 0
                 bar.reset()
             elif response.status_code == 206:
                 served_from = response.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
                 if served_from != str(offset):
                     raise TransientError(f"{url}: asked for bytes from {offset}, got Content-Range {served_from!r}")
+            if not offset:
+                validator_file.write_text(response.headers.get("ETag") or response.headers.get("Last-Modified") or "")
             with open(partial, "r+b" if offset else "wb") as f:
                 f.seek(offset)
                 f.truncate()
@@ -241,19 +289,28 @@ def _fetch_http(url: str, partial: Path, timeout: float, bar) -> None:
         raise TransientError(f"{url}: {error}") from error
 
 
-def download_part(manifest_path, part: str, out, settings) -> Path:
-    """Download one part listed in the manifest to `out`, resuming `<out>.part`, verifying sha1 before publishing;
-    `settings` (settings.DownloadSettings) say how often and how long to retry."""
-    retries, backoff, timeout = settings.retries, settings.backoff_seconds, settings.timeout_seconds
+def download_part(manifest_path, part: str, out, settings, mirror: str) -> Path:
+    """Download one part listed in the manifest from `mirror` to `out`, resuming `<out>.part`, verifying sha1 before
+    publishing; `settings` (settings.DownloadSettings) say how often and how long to retry."""
     manifest = read_manifest(manifest_path)
     if part not in manifest["parts"]:
         raise BertpipeError(f"{manifest_path}: no part named {part!r}; known: {', '.join(manifest['parts'])}")
     entry = manifest["parts"][part]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run downloading this part holds it until it is done
+        if out.is_file() and entry["sha1"] == sha1_of(out):
+            log.info("%s: already downloaded and verified (by another run)", out)
+            return out
+        return _download(entry, out, settings, join_url(mirror, entry["path"]))
+
+
+def _download(entry: dict, out: Path, settings, url: str) -> Path:
+    retries, backoff = settings.retries, settings.backoff_seconds
     # The partial file keeps a fixed name, unlike atomic_file's temp names, so that a rerun resumes it.
     partial = out.with_name(out.name + ".part")
-    size, url = entry["size"], entry["url"]
+    size = entry["size"]
     if size is not None and partial.exists() and partial.stat().st_size > size:
         partial.unlink()
     source = local_path(url)
@@ -265,7 +322,7 @@ def download_part(manifest_path, part: str, out, settings) -> Path:
                     if source is not None:
                         _copy_local(source, partial, bar)
                     else:
-                        _fetch_http(url, partial, timeout, bar)
+                        _fetch_http(url, partial, settings, bar)
                 have = partial.stat().st_size
                 if size is not None and have != size:
                     raise TransientError(f"{url}: got {have} of {size} bytes")
@@ -282,10 +339,12 @@ def download_part(manifest_path, part: str, out, settings) -> Path:
     digest = sha1_of(partial)
     if digest != entry["sha1"]:
         partial.unlink()
+        partial.with_name(partial.name + ".validator").unlink(missing_ok=True)
         raise BertpipeError(
             f"{out.name}: sha1 mismatch: the dump lists {entry['sha1']}, the downloaded file has {digest}; "
             "the download was deleted; rerun to fetch it again, and if it persists try another mirror"
         )
     partial.replace(out)
+    partial.with_name(partial.name + ".validator").unlink(missing_ok=True)
     log.info("%s: %d bytes, sha1 verified", out, out.stat().st_size)
     return out

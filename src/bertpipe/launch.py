@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 from bertpipe import BertpipeError
+from bertpipe.redaction import redact
 
 STOPPED = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again to resume
 
@@ -101,7 +102,7 @@ def supervise(argv: list, done, environ=None) -> int:
     """Runs `argv` (in `environ`) to its end; its exit status, or STOPPED where it succeeded without writing
     `done`."""
     threads = (environ or {}).get("OMP_NUM_THREADS")
-    print("launch:", " ".join(argv), *([f"({threads} threads a process)"] if threads else []), flush=True)
+    print("launch:", redact(" ".join(argv)), *([f"({threads} threads a process)"] if threads else []), flush=True)
     # Slurm signals every process of a job step, and a terminal every process of its foreground group, so the
     # trainers get each signal themselves; this process stays to report how they ended. (Handlers, unlike ignored
     # signals, are reset in the child when it starts.)

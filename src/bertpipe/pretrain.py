@@ -110,6 +110,7 @@ def run(args, tracking_run):
         raise BertpipeError("--valid-data goes with --use-tfrecords; loose json takes its valid split by --split")
     training = settings.from_args(TrainingSettings, args)
     phase = settings.from_args(PhaseSettings, args)
+    rank, _, _ = init(training.dist_timeout_minutes)
     tokenizer = Tokenizer(args.tokenizer_path)
     vocab_size = args.vocab_size or tokenizer.vocab_size
     if vocab_size < tokenizer.vocab_size:
@@ -123,7 +124,7 @@ def run(args, tracking_run):
                             f"{model_config.max_position_embeddings}")
     train_samples, valid_samples = _samples(args, tokenizer, phase, training.seed)
     inputs = {}
-    if init()[0] == 0:  # rank 0 checks checkpoints against them and saves them
+    if rank == 0:  # rank 0 checks checkpoints against them and saves them
         inputs = {"tokenizer": content_hash(args.tokenizer_path), "train_data": content_hash(*train_samples.files)}
     if tracking_run.enabled:
         tracking_run.log_params({"input_hash.train_data": inputs["train_data"]} | (

@@ -3,7 +3,9 @@ model in the Model Registry, tagged with its lineage and its evaluation metrics.
 
 The version's source is the folder as logged under this stage's run (`runs:/...` resolved to the artifact URI), so
 the registry points at an immutable copy, not at a results folder that a rerun may replace. Without a reachable
-tracking server the stage still completes: it says so and records what it would have registered.
+tracking server the stage fails, naming the server, and writes nothing: every earlier output is kept, and the rerun
+registers. Creating a version is idempotent: a request that MLflow retried after a timeout can have created the
+version twice, so the versions of this run and source are looked up, and only the first is kept.
 """
 
 import json
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_file
+from bertpipe.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,8 @@ def lineage(manifest, tokenizer_dir, train_data, training_done, commit: str = No
             "git_commit": commit or "unknown"}
 
 
-def register(run, model_dir, name: str, lineage: dict, evaluation_file, out) -> dict:
-    """Log `model_dir` under `run` and register it as a version of `name`; write what happened to `out`."""
+def register(run, model_dir, name: str, lineage: dict, evaluation_file, out, upload_timeout_seconds: int) -> dict:
+    """Log `model_dir` under `run` and register it as a version of `name`; write what was registered to `out`."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise BertpipeError(f"{model_dir}: not an exported model folder (no config.json); run the export stage")
@@ -42,17 +45,18 @@ def register(run, model_dir, name: str, lineage: dict, evaluation_file, out) -> 
             **{f"evaluation.{key}": f"{value:.6g}" for key, value in metrics.items()}}
     run.log_metrics(metrics)
     run.set_tags(tags)
-    run.log_artifact(model_dir, MODEL_ARTIFACT)
+    run.log_artifact(model_dir, MODEL_ARTIFACT, timeout_seconds=upload_timeout_seconds)
     source = run.artifact_uri(MODEL_ARTIFACT)
     version = None
     if source is not None:
         version = run.call(_create_version, name, source, run.run_id, tags, what="register_model")
-    record = {"name": name, "version": version, "source": source, "run_id": run.run_id, "tags": tags,
-              "registered": version is not None}
     if version is None:
-        log.warning("model %s was not registered (MLflow could not be reached); %s says what to register", name, out)
-    else:
-        log.info("registered %s version %s from %s", name, version, source)
+        raise BertpipeError(f"model {name} was not registered: MLflow at {redact(run.uri)} could not be reached "
+                            f"({run.failure}); every earlier output is kept: once it answers, run the workflow again "
+                            "(or snakemake --forcerun register) to register")
+    record = {"name": name, "version": version, "source": source, "run_id": run.run_id, "tags": tags,
+              "registered": True}
+    log.info("registered %s version %s from %s", name, version, source)
     with atomic_file(out) as temp:
         temp.write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -66,4 +70,18 @@ def _create_version(client, name, source, run_id, tags):
     except MlflowException as error:
         if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
             raise
-    return client.create_model_version(name, source, run_id=run_id, tags=tags).version
+
+    def ours():
+        found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        return sorted((version for version in found if version.source == source), key=lambda v: int(v.version))
+
+    if not ours():
+        try:
+            client.create_model_version(name, source, run_id=run_id, tags=tags)
+        except MlflowException:
+            if not ours():  # a retried request that had got through the first time is not a failure
+                raise
+    first, *duplicates = ours()
+    for duplicate in duplicates:
+        client.delete_model_version(name, duplicate.version)
+    return first.version

@@ -117,6 +117,8 @@ class DownloadSettings:
                            minimum=0)
     backoff_seconds: float = setting(2.0, "before the first retry; doubles on each further one", minimum=0)
     timeout_seconds: float = setting(60.0, "without data from the server", exclusiveMinimum=0)
+    redirects_to_other_hosts: bool = setting(False, "follow the mirror's redirects to other hosts (never from https "
+                                                    "to http); off: only to the mirror's own host")
 
 
 @dataclasses.dataclass
@@ -243,6 +245,8 @@ class TrainingSettings:
     num_workers: int = setting(2, "reader processes per training process, making the next steps' batches",
                                minimum=0)
     deterministic: bool = setting(False, "deterministic kernels (bitwise resume on a CPU), slower on a GPU")
+    dist_timeout_minutes: int = setting(30, "how long a process waits for the others (collectives, barriers: while "
+                                            "rank 0 indexes a loose-json corpus) before the run fails", minimum=1)
 
 
 @dataclasses.dataclass
@@ -277,6 +281,8 @@ class MlflowSettings:
     experiment: str = setting("bertpipe", "the MLflow experiment of every run", minLength=1)
     registered_model: str = setting("bertpipe-bert", "the Model Registry name each pipeline run adds a version to",
                                     pattern="^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    upload_timeout_seconds: int = setting(3600, "seconds for each request of the model's upload (a BERT-Large folder "
+                                                "is 1.3 GB); API calls keep MLflow's short timeout", minimum=1)
 
 
 @dataclasses.dataclass

@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bertpipe.redaction import redact, redact_values
 from bertpipe.settings import MlflowSettings
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,6 @@ def _key(name: str) -> str:
 
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:120]
-
-
-def redacted(uri: str) -> str:
-    """`uri` without user and password (http://user:secret@host -> http://host): logs and params carry no secrets."""
-    return re.sub(r"(//)[^/@]*@", r"\1", uri) if uri else uri
 
 
 def _is_rank_zero() -> bool:
@@ -158,6 +154,7 @@ class Run:
         self.folder = Path(target.folder)
         self.offline_file = self.folder / "offline" / f"{_safe_name(name)}-{uuid.uuid4().hex[:8]}.jsonl"
         self.offline = False
+        self.failure = None  # why MLflow could not be reached, once it could not
         self.run_id = run_id
         if not self.enabled:
             return
@@ -168,7 +165,7 @@ class Run:
             self.offline = run_id.startswith("offline-")
             self._call(self._connect, {"op": "attach"})
             return
-        tags = {"bertpipe.stage": stage, **(tags or {})}
+        tags = {"bertpipe.stage": stage, **{key: redact(value) for key, value in (tags or {}).items()}}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         if target.commit:
@@ -201,9 +198,10 @@ class Run:
             except Exception as error:  # noqa: BLE001: whatever MLflow raises, tracking must not stop the stage
                 self.offline = True
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                self.failure = f"{type(error).__name__}: {redact(first_line)}"
                 log.warning("MLflow tracking at %s failed (%s: %s); %s goes on without it and keeps what it "
-                            "would have logged in %s", redacted(self.uri), type(error).__name__,
-                            redacted(first_line), self.name,
+                            "would have logged in %s", redact(self.uri), type(error).__name__,
+                            redact(first_line), self.name,
                             self.offline_file)
         self._write(record)
         return None
@@ -216,7 +214,7 @@ class Run:
 
     # -- what stages log ---------------------------------------------------------------------------------------
     def log_params(self, params: dict):
-        from_values = {_key(k): str(v)[:PARAM_CHARS] for k, v in flatten(params).items() if v is not None}
+        from_values = {_key(k): redact(str(v))[:PARAM_CHARS] for k, v in flatten(params).items() if v is not None}
         if not from_values:
             return
 
@@ -249,21 +247,29 @@ class Run:
         self._call(send, {"op": "metrics", "metrics": rows})
 
     def set_tags(self, tags: dict):
-        tags = {_key(k): str(v) for k, v in tags.items()}
+        tags = {_key(k): redact(str(v)) for k, v in tags.items()}
         self._call(lambda: [self.client.set_tag(self.run_id, k, v) for k, v in tags.items()],
                    {"op": "tags", "tags": tags})
 
-    def log_artifact(self, path, artifact_path: str = None):
-        """A file or a folder (its contents under `artifact_path`)."""
+    def log_artifact(self, path, artifact_path: str = None, timeout_seconds: int = None):
+        """A file or a folder (its contents under `artifact_path`); `timeout_seconds`: of each upload request, for
+        large files (MLflow's one request timeout, HTTP_DEFAULTS, is sized for API calls)."""
         path = Path(path)
         if not path.exists():
             return
 
         def send():
-            if path.is_dir():
-                self.client.log_artifacts(self.run_id, str(path), artifact_path)
-            else:
-                self.client.log_artifact(self.run_id, str(path), artifact_path)
+            timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
+            if timeout_seconds:  # MLflow reads it at each request
+                os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_seconds)
+            try:
+                if path.is_dir():
+                    self.client.log_artifacts(self.run_id, str(path), artifact_path)
+                else:
+                    self.client.log_artifact(self.run_id, str(path), artifact_path)
+            finally:
+                if timeout is not None:
+                    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = timeout
 
         self._call(send, {"op": "artifact", "path": str(path.resolve()), "artifact_path": artifact_path})
 
@@ -324,14 +330,13 @@ def start_pipeline(target: Target, config: dict, command: list) -> Run:
               tags={"bertpipe.command": " ".join(command)})
     if not run.enabled:
         return run
-    config = {**config, "mlflow": {**config.get("mlflow", {}),
-                                   "tracking_uri": redacted(config.get("mlflow", {}).get("tracking_uri"))}}
+    config = redact_values(config)
     run.log_params(config)
     with atomic_file(run.folder / "effective-config.json") as temp:
         temp.write_text(json.dumps(config, indent=2) + "\n")
     run.log_artifact(run.folder / "effective-config.json")
     with atomic_file(run.folder / PIPELINE_RUN) as temp:
-        temp.write_text(json.dumps({"run_id": run.run_id, "tracking_uri": redacted(run.uri)}) + "\n")
+        temp.write_text(json.dumps({"run_id": run.run_id, "tracking_uri": redact(run.uri)}) + "\n")
     return run
 
 

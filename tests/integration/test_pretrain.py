@@ -53,7 +53,8 @@ def in_process(args, capsys):
 def environment():
     # One thread: the same kernels and summation order in every run, for bitwise comparisons. TensorFlow cannot be
     # imported: training reads its TFRecords without it (records.py), in the trainer and in its reader processes.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, (str(NO_TENSORFLOW), os.environ.get("PYTHONPATH"))))}
+    path = os.pathsep.join(filter(None, (str(NO_TENSORFLOW), os.environ.get("PYTHONPATH"))))
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
 def losses(metrics_file) -> dict:

@@ -1,7 +1,10 @@
 """Checkpoints: atomic folders, the last K kept, abandoned temporary folders removed, weights-only loading."""
 
+import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -22,15 +25,20 @@ def test_incomplete_folders_are_not_checkpoints(tmp_path):
     assert checkpoint.latest(tmp_path) is None
 
 
-def test_temporary_folders_of_dead_savers_are_removed(tmp_path):
+def test_temporary_folders_of_dead_savers_are_removed_here_by_pid_and_from_other_hosts_by_age(tmp_path):
+    host = socket.gethostname()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    abandoned = tmp_path / f".step-00000005.tmp-{int(dead.stdout)}"
-    abandoned.mkdir()
-    (abandoned / "state.pt").write_bytes(b"half written")
-    ours = tmp_path / ".step-00000006.tmp-1"  # pid 1 is alive
-    ours.mkdir()
+    abandoned = tmp_path / f".step-00000005.tmp-{host}-{int(dead.stdout)}"
+    alive = tmp_path / f".step-00000006.tmp-{host}-1"  # pid 1 is alive
+    elsewhere_old = tmp_path / ".step-00000004.tmp-node17-4242"
+    elsewhere_recent = tmp_path / ".step-00000008.tmp-node17-4243"  # maybe saving now, on another node
+    for folder in (abandoned, alive, elsewhere_old, elsewhere_recent):
+        folder.mkdir()
+        (folder / "state.pt").write_bytes(b"half written")
+    hours_ago = time.time() - 2 * checkpoint.ABANDONED_SECONDS
+    os.utime(elsewhere_old, (hours_ago, hours_ago))
     checkpoint.save(tmp_path, 7, {"step": torch.tensor(7)}, keep_last=2)
-    assert not abandoned.exists() and ours.exists()
+    assert not abandoned.exists() and not elsewhere_old.exists() and alive.exists() and elsewhere_recent.exists()
 
 
 def test_loading_refuses_code(tmp_path):

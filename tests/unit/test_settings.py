@@ -33,9 +33,11 @@ TFRECORDS_PHASE = lambda config: {**config["tfrecords"], **config["tfrecords"]["
 FIRST_PHASE = lambda config: config["pretrain"]["phases"][0]  # noqa: E731
 COMMANDS = {
     "download manifest": (["--out", "m.json"], [(lambda c: c["dump"], DumpSettings, None),
-                                                (lambda c: c["download"], DownloadSettings, ("timeout_seconds",))]),
+                                                (lambda c: c["download"], DownloadSettings,
+                                                 ("timeout_seconds", "redirects_to_other_hosts"))]),
     "download part": (["--manifest", "m.json", "--part", "p", "--out", "p.bz2"],
-                      [(lambda c: c["download"], DownloadSettings, None)]),
+                      [(lambda c: c["dump"], DumpSettings, ("mirror",)),
+                       (lambda c: c["download"], DownloadSettings, None)]),
     "extract": (["--input", "p.bz2", "--out", "p.jsonl"], [(lambda c: c["extract"], ExtractSettings, None)]),
     "corpus build": (["--input", "p.jsonl", "--outdir", "c"], [(lambda c: c["corpus"], CorpusSettings, None)]),
     "corpus summarize": (["c", "--out", "s.json"], [(lambda c: c["corpus"], CorpusSettings, ("split",))]),
@@ -53,7 +55,7 @@ COMMANDS = {
                   (lambda c: c["pretrain"], TrainingSettings, ("precision",))]),
     "register": (["--model", "m", "--evaluation", "e", "--manifest", "m", "--tokenizer", "t", "--train-data", "r",
                   "--training-done", "d", "--out", "o"],
-                 [(lambda c: c["mlflow"], MlflowSettings, ("registered_model",))]),
+                 [(lambda c: c["mlflow"], MlflowSettings, ("registered_model", "upload_timeout_seconds"))]),
 }
 
 

@@ -6,7 +6,9 @@ checkpoint download_manifest:
         f"{DUMP_DIR}/manifest.json",
     params:
         dump=settings_flags(DumpSettings, config["dump"]),
-        timeout=settings_flags(DownloadSettings, config["download"], only=("timeout_seconds",)),
+        timeout=settings_flags(
+            DownloadSettings, config["download"], only=("timeout_seconds", "redirects_to_other_hosts")
+        ),
     resources:
         **slurm_job("download_manifest"),
     conda:
@@ -24,6 +26,7 @@ rule download:
         f"{DUMP_DIR}/{{part}}.bz2",
     params:
         download=settings_flags(DownloadSettings, config["download"]),
+        mirror=settings_flags(DumpSettings, config["dump"], only=("mirror",)),
     resources:
         **slurm_job("download"),
     conda:
@@ -32,4 +35,4 @@ rule download:
         f"{LOGS}/download/{{part}}.log",
     shell:
         "bertpipe --log-file {log:q} download part --manifest {input.manifest:q} --part {wildcards.part:q}"
-        " --out {output:q} {params.download} 2> {log:q}"
+        " --out {output:q} {params.mirror} {params.download} 2> {log:q}"

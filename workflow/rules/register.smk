@@ -15,7 +15,7 @@ rule register:
     output:
         report(f"{RESULTS}/register/model-version.json", caption="../report/register.rst", category="Model"),
     params:
-        name=settings_flags(MlflowSettings, config["mlflow"], only=("registered_model",)),
+        name=settings_flags(MlflowSettings, config["mlflow"], only=("registered_model", "upload_timeout_seconds")),
     resources:
         **slurm_job("register"),
     conda:

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -30,16 +31,27 @@ def set_aside(path: Path, why: str) -> Path:
     return aside
 
 
+ABANDONED_SECONDS = 3600  # a save that has not changed its temporary folder for this long has ended without it
+
+
 def _remove_abandoned(folder: Path) -> None:
-    """Remove the temporary folders of saves whose process is gone (killed mid-save): they can hold gigabytes."""
+    """Remove the temporary folders of saves that ended without renaming them (killed, or their node lost): they can
+    hold gigabytes. A folder (atomic.py names it `.step-N.tmp-<host>-<pid>`) is abandoned when its process is gone
+    from this host, or, from another host whose processes cannot be seen from here, once untouched for an hour."""
+    host = socket.gethostname()
     for temp in folder.glob(".step-*.tmp-*"):
-        pid = int(temp.name.rsplit("-", 1)[1])
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(temp, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, another user's
+        owner, _, pid = temp.name.split(".tmp-", 1)[1].rpartition("-")
+        if owner == host and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+                continue
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # alive, another user's
+        elif time.time() - temp.stat().st_mtime < ABANDONED_SECONDS:
+            continue
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def save(folder, step: int, state: dict, keep_last: int) -> Path:

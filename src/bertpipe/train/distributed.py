@@ -1,5 +1,6 @@
 """Process group set-up from torchrun's environment (env://), rank helpers, and preemption signals."""
 
+import datetime
 import logging
 import os
 import signal
@@ -9,9 +10,10 @@ import torch
 import torch.distributed as dist
 
 
-def init() -> tuple:
+def init(timeout_minutes: int = None) -> tuple:
     """(rank, world size, device): one process per device; NCCL on GPUs, gloo on CPUs; a plain run is rank 0 of 1.
-    Safe to call again: later calls return the same."""
+    Safe to call again: later calls return the same. `timeout_minutes`: of every collective and barrier (the first
+    call's; torch's default without it)."""
     cuda = torch.cuda.is_available()
     if "RANK" not in os.environ:
         return 0, 1, torch.device("cuda" if cuda else "cpu")
@@ -21,7 +23,8 @@ def init() -> tuple:
             torch.cuda.set_device(local_rank)
         # NCCL binds the group to this rank's GPU (unnamed, it guesses from the global rank and warns of hangs).
         dist.init_process_group(backend="nccl" if cuda else "gloo",
-                                device_id=torch.device("cuda", local_rank) if cuda else None)
+                                device_id=torch.device("cuda", local_rank) if cuda else None,
+                                **({"timeout": datetime.timedelta(minutes=timeout_minutes)} if timeout_minutes else {}))
         # Which machine each rank runs on (Slurm's node name: nodes may share a host name).
         node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
         logging.getLogger(__name__).info("rank %d of %d on node %s", dist.get_rank(), dist.get_world_size(), node)

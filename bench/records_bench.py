@@ -1,0 +1,111 @@
+"""The trainer's TFRecord data set at Wikipedia scale: start-up time and resident index bytes per record.
+
+A synthetic set of `--records` records (default 100 million, about what English Wikipedia's seq-128 TFRecords hold
+at dupe_factor 5) in `--files` files. Each file is sparse: its first record is a real BERT record, the rest of its
+length a hole, so the set takes the disk of its indexes only (16 bytes a record) and the data set can open it as
+it opens real files (it reads each index's header and each file's first record). Printed: the seconds to open the
+data set, and the resident memory it adds, per record, right after opening and after every page of every index
+has been read (an epoch of random batches touches them all). Measured against the goal of 16 bytes a record and
+10 s, with the old per-record header scan as the reference, timed on the first file and scaled.
+
+    .venv/bin/python bench/records_bench.py [--records 100000000] [--files 100] [--folder /tmp/records-bench]
+"""
+
+import argparse
+import resource
+import shutil
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from bertpipe.records import (_HEADER, FEATURES, TFRecordSamples, example_class, index_path,  # noqa: E402
+                              masked_crc)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def one_record() -> bytes:
+    """A seq-128 BERT record, framed as TFRecord frames it (length, its crc, data, its crc)."""
+    example = example_class()()
+    for name in FEATURES:
+        size = {"masked_lm_positions": 20, "masked_lm_ids": 20, "masked_lm_weights": 20,
+                "next_sentence_labels": 1}.get(name, 128)
+        feature = example.features.feature[name]
+        (feature.float_list if name == "masked_lm_weights" else feature.int64_list).value.extend([1] * size)
+    data = example.SerializeToString()
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", masked_crc(length)) + data + struct.pack("<I", masked_crc(data))
+
+
+def make(folder: Path, records: int, files: int) -> list:
+    record = one_record()
+    per_file = records // files
+    paths = []
+    for number in range(files):
+        path = folder / f"shard-{number:04d}.tfrecord"
+        with open(path, "wb") as f:
+            f.write(record)
+            f.truncate(per_file * len(record))  # a hole: no disk, reads as zeros
+        offsets = np.arange(per_file, dtype=np.int64) * len(record) + _HEADER
+        index = np.stack([offsets, np.full(per_file, len(record) - _HEADER - 4, dtype=np.int64)], axis=1)
+        with open(index_path(path), "wb") as f:
+            np.save(f, index)
+        paths.append(path)
+    return paths
+
+
+def header_scan_seconds(path: Path, records: int) -> float:
+    """The old start-up, reading every record's header (timed on one file; the holes read as zero lengths, so the
+    scan is given the record length to step by)."""
+    step = path.stat().st_size // records
+    started = time.perf_counter()
+    with open(path, "rb") as f:
+        for offset in range(0, path.stat().st_size, step):
+            f.seek(offset)
+            f.read(_HEADER)
+    return time.perf_counter() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=100_000_000)
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--folder", default="/tmp/records-bench")
+    args = parser.parse_args()
+    folder = Path(args.folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        started = time.perf_counter()
+        paths = make(folder, args.records, args.files)
+        print(f"made {args.records:,} records in {args.files} files in {time.perf_counter() - started:.1f} s "
+              f"(indexes: {sum(index_path(p).stat().st_size for p in paths) / 2**30:.2f} GiB)")
+        import torch  # noqa: F401: the trainer has it loaded already; its import is not the data set's
+
+        before = rss_bytes()
+        started = time.perf_counter()
+        samples = TFRecordSamples([folder / "*.tfrecord"])
+        opened = time.perf_counter() - started
+        after_open = rss_bytes() - before
+        touched = sum(int(index[::256, 0].sum()) for index in samples.indexes)  # one value a 4 KiB page
+        after_touch = rss_bytes() - before
+        scan = header_scan_seconds(paths[0], len(samples.indexes[0])) * args.files
+        print(f"records: {len(samples):,} (checksum of touched offsets {touched % 1000})")
+        print(f"open: {opened:.2f} s (goal: under 10 s); the old header scan: {scan:.1f} s, "
+              f"{scan / opened:.0f} times as long")
+        print(f"resident index bytes per record: {after_open / len(samples):.4f} after opening, "
+              f"{after_touch / len(samples):.2f} with every index page read (goal: at most 16; file-backed pages "
+              "the kernel can drop and share between the ranks of a node)")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
