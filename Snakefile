@@ -41,6 +41,13 @@ shell.prefix(
 )
 
 
+# Sums of small JSON files run where Snakemake runs: as Slurm jobs they would wait in the queue for a second's work.
+localrules:
+    all,
+    corpus_stats,
+    tfrecords_stats,
+
+
 rule all:
     input:
         f"{RESULTS}/corpus/stats.json",

@@ -232,9 +232,10 @@ def sample_corpus(tmp_path_factory):
     return folder / "enwiki-sample"
 
 
-# The longest test files first: `make test` runs two workers a file at a time (pytest-xdist's loadfile, reordering
+# The longest test files first: `make test` runs three workers a file at a time (pytest-xdist's loadfile, reordering
 # off), so these start at once and the short files fill in around them.
-LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_mlflow_server.py", "test_pretrain.py")
+LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_mlflow_server.py", "test_workflow_mirror.py",
+                 "test_pretrain.py")
 
 
 def pytest_collection_modifyitems(items):

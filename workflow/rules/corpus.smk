@@ -26,8 +26,6 @@ rule corpus_stats:
         report(f"{RESULTS}/corpus/stats.json", caption="../report/corpus_stats.rst", category="Corpus"),
     params:
         split=settings_flags(CorpusSettings, config["corpus"], only=("split",)),
-    resources:
-        **slurm_job("corpus_stats"),
     conda:
         "../../envs/corpus.yaml"
     log:

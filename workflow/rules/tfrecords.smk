@@ -38,8 +38,6 @@ rule tfrecords_stats:
             caption="../report/tfrecords_stats.rst",
             category="TFRecords",
         ),
-    resources:
-        **slurm_job("tfrecords_stats"),
     conda:
         "../../envs/tfrecords.yaml"
     log:
