@@ -16,11 +16,11 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) all --configfile config.demo.yaml
 
-# Three pytest workers on two cores, a test file each at a time (a file's tests share their fixtures: a Slurm
-# cluster, a pipeline run): the long tests wait on Slurm, servers and subprocesses for a third of their time, which
-# the third worker fills.
+# Two pytest workers, a test file each at a time (a file's tests share their fixtures: a Slurm cluster, a pipeline
+# run): the long tests wait on Slurm, servers and subprocesses as much as they compute. (A third worker on these two
+# cores made every long test slower: the demo's then ran past its 15 minutes.)
 test: $(VENV)/.installed
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=25
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m "not slow"

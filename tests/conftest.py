@@ -213,6 +213,7 @@ def snakemake(folder: Path, *args, check=True):
 # one shard per split, one sequence length and one phase of 40 steps, every step's losses logged. Every rule still
 # runs (16 jobs, the demo's 27); two phases run in test_workflow.py.
 SMALL_PIPELINE = {
+    "slurm": {"pretrain": {"cpus_per_node": 1}},  # one thread: the suite's other worker has the second core
     "corpus": {"shard_max_mb": 16},
     "tfrecords": {"phases": [{"seq_length": 128, "max_predictions": 20}]},
     "pretrain": {"save_interval": 20, "eval_interval": 20, "log_interval": 1, "phases": [
@@ -232,7 +233,7 @@ def sample_corpus(tmp_path_factory):
     return folder / "enwiki-sample"
 
 
-# The longest test files first: `make test` runs three workers a file at a time (pytest-xdist's loadfile, reordering
+# The longest test files first: `make test` runs two workers a file at a time (pytest-xdist's loadfile, reordering
 # off), so these start at once and the short files fill in around them.
 LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_mlflow_server.py", "test_workflow_mirror.py",
                  "test_pretrain.py")

@@ -145,11 +145,12 @@ def _tfrecords(subparsers):
     def run_build(args, _):
         from bertpipe.tfrecords import build_shard
 
-        stats = build_shard(args.input, args.tokenizer, args.out, args.stats,
-                            settings.from_args(InstanceSpec, args), args.seed)
-        return Outcome(metrics=stats, artifacts=[(args.stats, None)])
+        build_shard(args.input, args.tokenizer, args.out, args.stats, settings.from_args(InstanceSpec, args),
+                    args.seed)
 
-    build.set_defaults(run=run_build, label="out", inputs=("input", "tokenizer"))
+    # Not a run of its own: English Wikipedia makes thousands of shards. Their figures are the summary's (one run per
+    # sequence length and split, with every shard's stats in its stats.json).
+    build.set_defaults(run=run_build, label=None, inputs=(), tracked=False)
 
     index = _stage(steps, "index", "index TFRecord files made elsewhere, for pretrain and evaluate to read them")
     index.add_argument("files", nargs="+", help="TFRecord files; each gets <file>.index.npy beside it")

@@ -176,16 +176,19 @@ def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: 
 
 
 def summarize(stats_files, out) -> dict:
-    """Add up the per-shard stats of one sequence length and split."""
+    """Add up the per-shard stats of one sequence length and split; `out` holds the totals and, under "per_shard",
+    every shard's stats (the shards' jobs are not runs of their own: this is their record). Returns the totals."""
     keys = ("documents", "sentences", "instances", "tokens", "real_tokens", "masked", "mask", "kept", "random",
             "random_next", "random_next_forced", "padding")
     total = dict.fromkeys(keys, 0) | {"shards": len(stats_files)}
+    per_shard = []
     for path in stats_files:
         stats = json.loads(Path(path).read_text())
+        per_shard.append(stats)
         for key in keys:
             total[key] += stats[key]
     total["masked_fraction"] = total["masked"] / max(total["real_tokens"], 1)
     total["random_next_share"] = total["random_next"] / max(total["instances"], 1)
     with atomic_file(out) as temp:
-        temp.write_text(json.dumps(total, indent=2) + "\n")
+        temp.write_text(json.dumps({**total, "per_shard": per_shard}, indent=2) + "\n")
     return total

@@ -87,6 +87,8 @@ def check_mlflow_store(folder):
     assert {a.path for a in client.list_artifacts(tokenizer.info.run_id, "tokenizer")} >= {"tokenizer/spm.model"}
     summaries = [r for r in by_stage["tfrecords"] if r.info.run_name.startswith("tfrecords summarize")]
     assert len(summaries) == 6 and all(0.14 < r.data.metrics["masked_fraction"] < 0.16 for r in summaries)
+    assert len(by_stage["tfrecords"]) == 6, "a shard's job is not a run: its figures are in its summary's"
+    assert len(json.loads((folder / "results/tfrecords/seq128/train/stats.json").read_text())["per_shard"]) == 3
     phase1 = next(r for r in by_stage["pretrain"] if "phase1" in r.info.run_name)
     assert STEP_METRICS | {"valid_perplexity", "valid_nsp_accuracy"} <= set(phase1.data.metrics)
     history = client.get_metric_history(phase1.info.run_id, "loss")
