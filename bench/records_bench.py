@@ -87,7 +87,7 @@ def main():
         paths = make(folder, args.records, args.files)
         print(f"made {args.records:,} records in {args.files} files in {time.perf_counter() - started:.1f} s "
               f"(indexes: {sum(index_path(p).stat().st_size for p in paths) / 2**30:.2f} GiB)")
-        import torch  # noqa: F401: the trainer has it loaded already; its import is not the data set's
+        import torch  # noqa: F401 (loaded in the trainer already: its import is not the data set's cost)
 
         before = rss_bytes()
         started = time.perf_counter()
