@@ -8,6 +8,8 @@ TRACKING = tracking.Target.for_pipeline(config["mlflow"], results=RESULTS, code=
 
 
 onstart:
+    if not workflow.local_exec and config["mlflow"]["tracking_uri"] is None:
+        print(tracking.SQLITE_ON_A_CLUSTER, file=sys.stderr)
     tracking.start_pipeline(TRACKING, config, command=sys.argv)
 
 

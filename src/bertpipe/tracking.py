@@ -11,7 +11,9 @@ from then on this process appends what it would have logged to `offline/<run>.js
 so nothing is lost. Under torchrun only rank 0 tracks.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 PIPELINE_RUN = "pipeline-run.json"
+SQLITE_ON_A_CLUSTER = (
+    "bertpipe: warning: mlflow.tracking_uri is null, so every job of this cluster run writes to one SQLite file under "
+    "results/mlflow on a shared file system, whose locks SQLite cannot always trust, one writer at a time: a "
+    "tracking server is the right store here (set mlflow.tracking_uri to its URL)")
 METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
 PARAM_CHARS = 6000  # MLflow's param value limit
 
@@ -185,8 +191,9 @@ class Run:
         self.client = MlflowClient(self.uri)
 
     def _create(self, tags):
-        self._connect()
-        experiment_id = experiment(self.client, self.target.experiment, self.folder)
+        with _first_use_lock(self.uri):
+            self._connect()
+            experiment_id = experiment(self.client, self.target.experiment, self.folder)
         return self.client.create_run(experiment_id, run_name=self.name, tags=tags).info.run_id
 
     def _call(self, function, record, *args):
@@ -283,6 +290,22 @@ class Run:
 
     def end(self, status: str = "FINISHED"):
         self._call(lambda: self.client.set_terminated(self.run_id, status), {"op": "end", "status": status})
+
+
+@contextlib.contextmanager
+def _first_use_lock(uri: str):
+    """With a SQLite store, one process at a time opens it and finds or makes the experiment: MLflow makes or
+    upgrades its tables when a client first opens the file, and jobs that start together would run those migrations
+    at once and break them (and the experiment would be made twice). Runs are then written concurrently, which
+    SQLite serialises."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_file = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def experiment(client, name: str, folder: Path) -> str:

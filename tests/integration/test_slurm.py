@@ -95,6 +95,7 @@ def test_profile_runs_the_jobs_on_slurm_with_the_results_of_a_local_run(slurm_ru
     submitted = slurm_jobs(log)
     assert Counter(submitted.values()) == ON_SLURM
     assert rules_run(log) == Counter(ON_SLURM) + Counter(LOCAL)
+    assert "a tracking server is the right store here" in log, "the SQLite default on a cluster is warned of"
     records = {record["JobId"]: record for record in job_records}
     for job in submitted:
         assert records[job]["JobState"] == "COMPLETED" and records[job]["Name"] == run_id(log), records[job]

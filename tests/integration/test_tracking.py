@@ -96,3 +96,30 @@ def test_content_hash_reads_bytes_and_folder_layout(tmp_path):
     second = content_hash(tmp_path / "a")
     (tmp_path / "a/x.txt").rename(tmp_path / "a/y.txt")
     assert len({first, second, content_hash(tmp_path / "a")}) == 3
+
+
+def test_jobs_that_start_together_on_a_new_sqlite_store_lose_no_run(store):
+    # As a Slurm array of short jobs on a first run: eight processes open the same new SQLite store at once. Without
+    # a lock MLflow's table migrations collide and the runs go to the offline files.
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    from tests.conftest import VENV_BIN
+
+    stats = store / "shard.stats.json"
+    stats.write_text(json.dumps(dict.fromkeys(("documents", "sentences", "instances", "tokens", "real_tokens",
+                                               "masked", "mask", "kept", "random", "random_next",
+                                               "random_next_forced", "padding"), 1)))
+    uri = f"sqlite:///{store}/mlflow/mlflow.db"
+    jobs = [subprocess.Popen([str(VENV_BIN / "bertpipe"), "--tracking-uri", uri, "--tracking-dir", store / "mlflow",
+                              "--experiment", "tests", "tfrecords", "summarize", stats, "--out",
+                              store / f"summary-{job}.json"], stderr=subprocess.PIPE, text=True)
+            for job in range(8)]
+    errors = [job.communicate()[1] for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * 8, errors
+    assert not any("MLflow tracking at" in error for error in errors), errors
+    assert not (store / "mlflow/offline").exists()
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id], max_results=100)
+    assert len(runs) == 8 and {run.info.status for run in runs} == {"FINISHED"}
