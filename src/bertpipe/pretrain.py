@@ -126,8 +126,9 @@ def run(args, tracking_run):
     inputs = {}
     if rank == 0:  # rank 0 checks checkpoints against them and saves them
         inputs = {"tokenizer": content_hash(args.tokenizer_path), "train_data": content_hash(*train_samples.files)}
-    if tracking_run.enabled:
-        tracking_run.log_params({"input_hash.train_data": inputs["train_data"]} | (
+    if tracking_run.enabled:  # the hashes the checkpoints record, as the run's params
+        tracking_run.log_params({"input_hash.tokenizer_path": inputs["tokenizer"],
+                                 "input_hash.train_data": inputs["train_data"]} | (
             {"input_hash.valid_data": content_hash(*valid_samples.files)} if args.valid_data else {}))
 
     sinks = [ConsoleSink(training.log_interval, phase.train_iters), MetricSink(tracking_run, training.log_interval)]

@@ -275,7 +275,9 @@ class Run:
                 else:
                     self.client.log_artifact(self.run_id, str(path), artifact_path)
             finally:
-                if timeout is not None:
+                if timeout is None:
+                    os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT", None)
+                else:
                     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = timeout
 
         self._call(send, {"op": "artifact", "path": str(path.resolve()), "artifact_path": artifact_path})
