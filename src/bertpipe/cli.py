@@ -200,7 +200,8 @@ def _launch(subparsers):
         if not args.command:
             raise BertpipeError("name the command to launch, e.g. `bertpipe launch --nodes 2 pretrain ...`")
         # The launched command is tracked as this one would be, with this job's log.
-        command = [*run.target.arguments(), *(["--log-file", args.log_file] if args.log_file else []), *args.command,
+        command = [*run.target.arguments(), *(["--log-file", args.log_file] if args.log_file else []),
+                   *(["--run-name", args.run_name] if args.run_name else []), *args.command,
                    *(["--done", args.done] if args.done else [])]
         raise SystemExit(launch.run(args.nodes, args.nproc_per_node, command, cpus_per_node=args.cpus_per_node,
                                     gpus_per_node=args.gpus_per_node, done=args.done))
@@ -294,6 +295,8 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"bertpipe {__version__}")
     # Not --log: torchrun reads the launched command's flags too, and takes --log for an abbreviation of its own.
     top.add_argument("--log-file", help="this job's log (the rule's): logged with its run at the end")
+    top.add_argument("--run-name", help="this job's MLflow run name, what it worked on in a few words (the workflow "
+                                        "names each job, e.g. 'pretrain phase 1'; default: the stage and its output)")
     tracking.add_arguments(top)
     subparsers = top.add_subparsers(dest="stage", required=True)
     for add in (_download, _extract, _corpus, _tokenizer, _tfrecords, _pretrain, _launch, _evaluate, _export,
@@ -313,7 +316,7 @@ def _input_hashes(args) -> dict:
     return hashes
 
 
-TRACKING_FLAGS = ("log_file", "tracking_uri", "tracking_dir", "experiment", "git_commit")
+TRACKING_FLAGS = ("log_file", "run_name", "tracking_uri", "tracking_dir", "experiment", "git_commit")
 
 
 def main(argv=None) -> int:
@@ -325,7 +328,7 @@ def main(argv=None) -> int:
     stage = " ".join(filter(None, (args.stage, getattr(args, "step", None))))
     label = getattr(args, args.label) if args.label else None
     target = tracking.target_of(args)
-    run = tracking.Run(target, f"{stage} {label}" if label else stage, args.stage,
+    run = tracking.Run(target, args.run_name or (f"{stage} {label}" if label else stage), args.stage,
                        parent_id=target.pipeline_parent(), enabled=getattr(args, "tracked", True))
     status = "FAILED"
     try:

@@ -1,12 +1,12 @@
 """`bertpipe launch`: runs `bertpipe pretrain` under torchrun on one machine, or on several Slurm nodes.
 
 One node (a workstation, or a one-node Slurm job): `torchrun --standalone --nproc-per-node G -m bertpipe pretrain ...`.
-Several nodes: this process runs in the job's batch step, on the allocation's first node. It takes that node's
-address (its NodeAddr in Slurm, not its name resolved: nodes may share a name's address, as on a test machine) and a
-free port on it, then `srun` starts one task per node, each running
-`torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint ADDR:PORT --rdzv-id JOB_ID`. The torchrun
-on the first node hosts the rendezvous store (c10d picks the agent whose machine matches the endpoint; where several
-match, the first to bind hosts and the others connect).
+Several nodes: this process runs in the job's batch step, on the allocation's first node. It hosts the c10d
+rendezvous store there, on its node's address (its NodeAddr in Slurm, not its name resolved: nodes may share a name's
+address, as on a test machine) and a port the system assigns as the store binds it, so no other job can take the port
+between a choice and its use. Then `srun` starts one task per node, each running `torchrun --nnodes N
+--nproc-per-node G --rdzv-backend c10d --rdzv-endpoint ADDR:PORT --rdzv-conf is_host=false --rdzv-id JOB_ID`: every
+node's torchrun connects to this process's store.
 
 Stopping: Slurm's time-limit warning is SIGURG (`--signal=URG@<seconds>`), a signal every process ignores unless
 it asks for it; so it reaches the trainer (which checkpoints and stops, see train/distributed.py) through Snakemake,
@@ -17,9 +17,9 @@ resumes from the checkpoint.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
+from datetime import timedelta
 
 from bertpipe import BertpipeError
 from bertpipe.redaction import redact
@@ -35,7 +35,7 @@ def torchrun_command(nproc_per_node: int, command: list, nnodes: int = 1, endpoi
         torchrun.append("--standalone")
     else:
         torchrun += ["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
-                     "--rdzv-id", rendezvous_id]
+                     "--rdzv-conf", "is_host=false", "--rdzv-id", rendezvous_id]
     return torchrun + ["-m", "bertpipe", *command]
 
 
@@ -54,23 +54,28 @@ def parse_node_address(scontrol_output: str, node: str) -> str:
     raise BertpipeError(f"scontrol show node {node} names no NodeAddr")
 
 
-def free_port(address: str) -> int:
-    """A TCP port free on `address` now (the rendezvous store binds it a moment later)."""
-    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
-        probe.bind((address, 0))
-        return probe.getsockname()[1]
+def rendezvous_store(address: str):
+    """A c10d store served by this process until it ends, on a port the system assigns as it binds."""
+    from torch.distributed import TCPStore
+
+    # The agents' reads of it time out as theirs do by default (c10d's read_timeout, 60 s); the rendezvous itself
+    # waits for the nodes as long as torchrun's --rdzv-conf join_timeout says.
+    return TCPStore(address, 0, is_master=True, multi_tenant=True, wait_for_workers=False,
+                    timeout=timedelta(seconds=60))
 
 
 def multi_node_command(nnodes: int, nproc_per_node: int, cpus_per_node: int, gpus_per_node: int, command: list,
-                       environ) -> list:
-    """`srun` with one task per node, each running torchrun with a c10d rendezvous on this node."""
+                       environ, store_port) -> list:
+    """`srun` with one task per node, each running torchrun with a c10d rendezvous at a store on this node:
+    `store_port(address)` starts it on that address and gives its port."""
     job = environ.get("SLURM_JOB_ID")
     node = environ.get("SLURMD_NODENAME")
     if not job or not node:
         raise BertpipeError(f"{nnodes} nodes need a Slurm job: run the workflow with `--profile slurm`, or set "
                             "pretrain.nodes to 1 for a run on this machine")
     address = node_address(node)
-    endpoint = f"[{address}]:{free_port(address)}" if ":" in address else f"{address}:{free_port(address)}"
+    port = store_port(address)
+    endpoint = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     step = ["srun", "--nodes", str(nnodes), "--ntasks", str(nnodes), "--ntasks-per-node", "1",
             "--cpus-per-task", str(cpus_per_node), "--kill-on-bad-exit=1"]
     if gpus_per_node:
@@ -89,10 +94,17 @@ def threads_per_process(nproc_per_node: int, cpus_per_node: int, environ, usable
 def run(nnodes: int, nproc_per_node: int, command: list, cpus_per_node: int, gpus_per_node: int, done=None) -> int:
     """Runs `bertpipe <command>` across `nnodes` x `nproc_per_node` processes; returns the exit status, STOPPED
     where it succeeded without writing the file `done` (the trainer's --done)."""
+    stores = []  # the rendezvous store lives as long as this call: the nodes' torchruns use it to the end
+
+    def store_port(address):
+        stores.append(rendezvous_store(address))
+        return stores[-1].port
+
     if nnodes == 1:
         argv = torchrun_command(nproc_per_node, command)
     else:
-        argv = multi_node_command(nnodes, nproc_per_node, cpus_per_node, gpus_per_node, command, os.environ)
+        argv = multi_node_command(nnodes, nproc_per_node, cpus_per_node, gpus_per_node, command, os.environ,
+                                  store_port)
     # torchrun keeps an OMP_NUM_THREADS it is given (else 1 per process when there are several), and srun passes it on.
     threads = threads_per_process(nproc_per_node, cpus_per_node, os.environ, len(os.sched_getaffinity(0)))
     return supervise(argv, done, {**os.environ, "OMP_NUM_THREADS": str(threads)})

@@ -243,8 +243,9 @@ class TrainingSettings:
     num_workers: int = setting(2, "reader processes per training process, making the next steps' batches",
                                minimum=0)
     deterministic: bool = setting(False, "deterministic kernels (bitwise resume on a CPU), slower on a GPU")
-    dist_timeout_minutes: int = setting(30, "how long a process waits for the others (collectives, barriers: while "
-                                            "rank 0 indexes a loose-json corpus) before the run fails", minimum=1)
+    dist_timeout_minutes: float = setting(30.0, "how long a process waits for the others (collectives, barriers: "
+                                                "while rank 0 indexes a loose-json corpus) before the run fails",
+                                          exclusiveMinimum=0)
 
 
 @dataclasses.dataclass

@@ -35,6 +35,8 @@ SQLITE_ON_A_CLUSTER = (
     "bertpipe: warning: mlflow.tracking_uri is null, so every job of this cluster run writes to one SQLite file under "
     "results/mlflow on a shared file system, whose locks SQLite cannot always trust, one writer at a time: a "
     "tracking server is the right store here (set mlflow.tracking_uri to its URL)")
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = {EXPERIMENT_KIND_TAG: "custom_model_development"}  # the UI's kind for training runs
 METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
 PARAM_CHARS = 6000  # MLflow's param value limit
 
@@ -311,21 +313,23 @@ def _first_use_lock(uri: str):
 
 
 def experiment(client, name: str, folder: Path) -> str:
-    """The id of experiment `name`, created on first use. With a local database the artifacts go beside it, under
-    the results; a tracking server keeps them where it is configured to."""
+    """The id of experiment `name`, created on first use, marked as model training (MLflow's UI otherwise opens it
+    on its GenAI pages: traces, token usage). With a local database the artifacts go beside it, under the results;
+    a tracking server keeps them where it is configured to."""
     found = client.get_experiment_by_name(name)
-    if found:
-        return found.experiment_id
-    location = None
-    if client.tracking_uri.startswith("sqlite:"):
-        location = (folder.resolve() / "artifacts").as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # another job created it first
-        found = client.get_experiment_by_name(name)
-        if found:
-            return found.experiment_id
-        raise
+    if found is None:
+        location = None
+        if client.tracking_uri.startswith("sqlite:"):
+            location = (folder.resolve() / "artifacts").as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        except Exception:  # another job created it first
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in found.tags:  # an experiment made before (a kind set in the UI is kept)
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND[EXPERIMENT_KIND_TAG])
+    return found.experiment_id
 
 
 class MetricSink:

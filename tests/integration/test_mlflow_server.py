@@ -97,7 +97,7 @@ def test_demo_against_a_tracking_server_is_found_through_its_rest_api(served):
                for run, tag in children)
     assert {tag["bertpipe.stage"] for _, tag in children} == {
         "download", "extract", "corpus", "tokenizer", "tfrecords", "pretrain", "evaluate", "export", "register"}
-    phase1 = next(run for run, tag in children if run["info"]["run_name"].endswith("phase1/checkpoints"))
+    phase1 = next(run for run, tag in children if run["info"]["run_name"] == "pretrain phase 1")
     history = mlflow_server.api("GET", "metrics/get-history",
                                 params={"run_id": phase1["info"]["run_id"], "metric_key": "loss"})["metrics"]
     assert sorted(int(m["step"]) for m in history) == list(range(1, 41))

@@ -246,3 +246,21 @@ def test_megatron_readme_command_runs_with_only_paths_changed(tmp_path, records,
     assert (tmp_path / "wikipedia.jsonl.lazy/offsets.npy").is_file()
     # Tracked like the workflow's TFRecord runs: the loose-json input is hashed too.
     assert "goes on without it" not in caplog.text and not (tmp_path / "mlflow/offline").exists()
+
+
+def test_ranks_waiting_for_rank_0_fail_after_the_configured_timeout(tmp_path, records):
+    """`--dist-timeout-minutes` bounds every barrier: here rank 0 is stuck reading its corpus (a named pipe nobody
+    writes, as a hung file system) while rank 1 waits for its loose-json index; rank 1 fails after 3 s, not after
+    torch's default 30 minutes, and torchrun stops the run."""
+    tokenizer, _, _ = records
+    corpus = tmp_path / "stuck.jsonl"
+    os.mkfifo(corpus)
+    torchrun = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "bertpipe", "pretrain"]
+    result = subprocess.run(
+        [*torchrun, "--train-data", str(corpus), "--loose-json", "--tokenizer-path", str(tokenizer),
+         "--seq-length", "64", "--num-layers", "1", "--hidden-size", "32", "--intermediate-size", "64",
+         "--num-attention-heads", "2", "--max-position-embeddings", "64", "--train-iters", "1",
+         "--dist-timeout-minutes", "0.05", "--save", str(tmp_path / "ckpt")],
+        capture_output=True, text=True, env=environment(), timeout=300)
+    assert result.returncode != 0
+    assert "Timed out" in result.stderr or "timed out" in result.stderr, result.stderr[-3000:]

@@ -123,3 +123,19 @@ def test_jobs_that_start_together_on_a_new_sqlite_store_lose_no_run(store):
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id], max_results=100)
     assert len(runs) == 8 and {run.info.status for run in runs} == {"FINISHED"}
+
+
+def test_the_experiment_is_marked_as_model_training_and_a_kind_set_in_the_ui_is_kept(store):
+    """MLflow's UI opens an experiment by its kind: without one it shows its GenAI pages (traces, token usage)."""
+    from mlflow import MlflowClient
+
+    where = target(store)
+    stage_run(where, "tokenizer", "tokenizer").end()
+    client = MlflowClient(where.uri)
+    assert client.get_experiment_by_name("tests").tags["mlflow.experimentKind"] == "custom_model_development"
+    # An experiment made before (by an older bertpipe, or by hand) gets the tag; a kind someone chose stays.
+    for name, tags, kind in (("older", {}, "custom_model_development"),
+                             ("chosen", {"mlflow.experimentKind": "finetuning"}, "finetuning")):
+        client.create_experiment(name, tags=tags)
+        stage_run(tracking.Target(uri=where.uri, folder=where.folder, experiment=name), "tokenizer", "tokenizer").end()
+        assert client.get_experiment_by_name(name).tags.get("mlflow.experimentKind") == kind

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE_ARTICLES, snakemake
+from tests.conftest import SAMPLE, SAMPLE_ARTICLES, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +61,7 @@ def check_mlflow_store(folder):
 
     client = MlflowClient(f"sqlite:///{folder}/results/mlflow/mlflow.db")
     experiment = client.get_experiment_by_name("bertpipe")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on training runs
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags["bertpipe.stage"] == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -75,21 +76,25 @@ def check_mlflow_store(folder):
     for run in children:
         by_stage.setdefault(run.data.tags["bertpipe.stage"], []).append(run)
         assert "logs" in {a.path for a in client.list_artifacts(run.info.run_id)}, run.info.run_name
-    download = next(r for r in by_stage["download"] if r.info.run_name.startswith("download part"))
+    part = SAMPLE.name.removesuffix(".bz2")  # each run is named by what it worked on
+    assert {r.info.run_name for r in children} == {
+        "download manifest", f"download {part}", f"extract {part}", f"corpus {part}", "corpus stats", "tokenizer",
+        *(f"tfrecords seq{seq} {split}" for seq in (128, 512) for split in ("train", "valid", "test")),
+        "pretrain phase 1", "pretrain phase 2", "evaluate", "export", "register"}
+    download = next(r for r in by_stage["download"] if r.info.run_name == f"download {part}")
     assert download.data.metrics["bytes"] > 100_000 and "seconds" in download.data.metrics
     assert by_stage["extract"][0].data.metrics["articles"] == SAMPLE_ARTICLES
     assert len(by_stage["extract"][0].data.params["input_hash.input"]) == 32
     tokenizer = by_stage["tokenizer"][0]
     assert tokenizer.data.params["vocab_size"] == "4000" and tokenizer.data.metrics["vocab_size"] > 3500
     # Each job ran with the config's values (the demo's, not the commands' defaults), as its params show.
-    corpus = next(r for r in by_stage["corpus"] if r.info.run_name.startswith("corpus build"))
+    corpus = next(r for r in by_stage["corpus"] if r.info.run_name == f"corpus {part}")
     assert (corpus.data.params["split"], corpus.data.params["shard_max_mb"]) == ("90,5,5", "1.0")
     assert {a.path for a in client.list_artifacts(tokenizer.info.run_id, "tokenizer")} >= {"tokenizer/spm.model"}
-    summaries = [r for r in by_stage["tfrecords"] if r.info.run_name.startswith("tfrecords summarize")]
+    summaries = by_stage["tfrecords"]  # a shard's job is not a run: its figures are in its summary's
     assert len(summaries) == 6 and all(0.14 < r.data.metrics["masked_fraction"] < 0.16 for r in summaries)
-    assert len(by_stage["tfrecords"]) == 6, "a shard's job is not a run: its figures are in its summary's"
     assert len(json.loads((folder / "results/tfrecords/seq128/train/stats.json").read_text())["per_shard"]) == 3
-    phase1 = next(r for r in by_stage["pretrain"] if "phase1" in r.info.run_name)
+    phase1 = next(r for r in by_stage["pretrain"] if r.info.run_name == "pretrain phase 1")
     assert STEP_METRICS | {"valid_perplexity", "valid_nsp_accuracy"} <= set(phase1.data.metrics)
     history = client.get_metric_history(phase1.info.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, 2401))

@@ -26,6 +26,7 @@ def test_several_nodes_meet_at_a_c10d_rendezvous_named_by_the_job():
     assert command[command.index("--rdzv-backend") + 1] == "c10d"
     assert command[command.index("--rdzv-endpoint") + 1] == "10.0.0.7:29411"
     assert command[command.index("--rdzv-id") + 1] == "1234"
+    assert command[command.index("--rdzv-conf") + 1] == "is_host=false"  # the store is launch's, see below
     assert "--standalone" not in command
 
 
@@ -35,15 +36,26 @@ def test_the_head_address_is_the_nodes_nodeaddr():
         launch.parse_node_address("NodeName=n2 State=IDLE", "n2")
 
 
-def test_free_port_can_be_bound():
-    port = launch.free_port("127.0.0.1")
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", port))
+def test_the_rendezvous_store_takes_its_port_as_it_binds_and_the_nodes_connect_to_it():
+    """No probe-then-bind race: a port taken by another job cannot be chosen, since the store holds it from the
+    moment the system assigns it; the nodes' torchruns are clients of it (is_host=false)."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        store = launch.rendezvous_store("127.0.0.1")
+        assert store.port != taken.getsockname()[1]
+    client = TCPStore("127.0.0.1", store.port, is_master=False, multi_tenant=True, timeout=timedelta(seconds=30))
+    client.set("rendezvous", "1")
+    assert store.get("rendezvous") == b"1"
 
 
 def test_several_nodes_outside_a_slurm_job_are_refused_with_what_to_do():
     with pytest.raises(BertpipeError, match="--profile slurm"):
-        launch.multi_node_command(2, 1, 1, 0, ["pretrain"], environ={})
+        launch.multi_node_command(2, 1, 1, 0, ["pretrain"], environ={}, store_port=None)
 
 
 def test_the_launched_command_gets_the_done_file_the_tracking_flags_and_the_log(monkeypatch):

@@ -16,7 +16,8 @@ checkpoint corpus:
     log:
         f"{LOGS}/corpus/{{part}}.log",
     shell:
-        "bertpipe --log-file {log:q} corpus build --input {input:q} --outdir {output:q} {params.corpus} 2> {log:q}"
+        "bertpipe --log-file {log:q} --run-name 'corpus {wildcards.part}'"
+        " corpus build --input {input:q} --outdir {output:q} {params.corpus} 2> {log:q}"
 
 
 rule corpus_stats:
@@ -31,4 +32,5 @@ rule corpus_stats:
     log:
         f"{LOGS}/corpus/stats.log",
     shell:
-        "bertpipe --log-file {log:q} corpus summarize {input:q} {params.split} --out {output:q} 2> {log:q}"
+        "bertpipe --log-file {log:q} --run-name 'corpus stats'"
+        " corpus summarize {input:q} {params.split} --out {output:q} 2> {log:q}"

@@ -16,7 +16,8 @@ checkpoint download_manifest:
     log:
         f"{LOGS}/download/manifest.log",
     shell:
-        "bertpipe --log-file {log:q} download manifest {params.dump} {params.timeout} --out {output:q} 2> {log:q}"
+        "bertpipe --log-file {log:q} --run-name 'download manifest'"
+        " download manifest {params.dump} {params.timeout} --out {output:q} 2> {log:q}"
 
 
 rule download:
@@ -34,5 +35,6 @@ rule download:
     log:
         f"{LOGS}/download/{{part}}.log",
     shell:
-        "bertpipe --log-file {log:q} download part --manifest {input.manifest:q} --part {wildcards.part:q}"
+        "bertpipe --log-file {log:q} --run-name 'download {wildcards.part}'"
+        " download part --manifest {input.manifest:q} --part {wildcards.part:q}"
         " --out {output:q} {params.mirror} {params.download} 2> {log:q}"

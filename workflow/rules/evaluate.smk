@@ -19,5 +19,6 @@ rule evaluate:
     log:
         f"{LOGS}/evaluate.log",
     shell:
-        "bertpipe --log-file {log:q} evaluate --checkpoint {params.checkpoints:q} --test-data {input.test:q}"
+        "bertpipe --log-file {log:q} --run-name evaluate"
+        " evaluate --checkpoint {params.checkpoints:q} --test-data {input.test:q}"
         " {params.evaluate} {params.precision} --out {output:q} 2> {log:q}"

@@ -16,5 +16,6 @@ rule export:
     log:
         f"{LOGS}/export.log",
     shell:
-        "bertpipe --log-file {log:q} export --checkpoint {params.checkpoints:q} --tokenizer {input.tokenizer:q}"
+        "bertpipe --log-file {log:q} --run-name export"
+        " export --checkpoint {params.checkpoints:q} --tokenizer {input.tokenizer:q}"
         " --out {output:q} 2> {log:q}"

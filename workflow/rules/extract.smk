@@ -14,4 +14,5 @@ rule extract:
     log:
         f"{LOGS}/extract/{{part}}.log",
     shell:
-        "bertpipe --log-file {log:q} extract --input {input:q} --out {output:q} --threads {threads} 2> {log:q}"
+        "bertpipe --log-file {log:q} --run-name 'extract {wildcards.part}'"
+        " extract --input {input:q} --out {output:q} --threads {threads} 2> {log:q}"

@@ -52,7 +52,8 @@ rule pretrain:
     log:
         f"{LOGS}/pretrain/phase{{phase}}.log",
     shell:
-        "bertpipe --log-file {log:q} launch {params.launch} --done {output.done:q}"
+        "bertpipe --log-file {log:q} --run-name 'pretrain phase {wildcards.phase}'"
+        " launch {params.launch} --done {output.done:q}"
         " pretrain --use-tfrecords --train-data {input.train:q} {params.valid} --tokenizer-path {input.tokenizer:q}"
         " {params.settings} {params.init} --save {params.folder}/checkpoints --stale-checkpoints set-aside"
         " --metrics {params.folder}/metrics.jsonl"

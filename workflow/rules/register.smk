@@ -23,6 +23,6 @@ rule register:
     log:
         f"{LOGS}/register.log",
     shell:
-        "bertpipe --log-file {log:q} register --model {input.model:q} {params.name}"
+        "bertpipe --log-file {log:q} --run-name register register --model {input.model:q} {params.name}"
         " --evaluation {input.evaluation:q} --manifest {input.manifest:q} --tokenizer {input.tokenizer:q}"
         " --train-data {input.train:q} --training-done {input.done:q} --out {output:q} 2> {log:q}"

@@ -43,4 +43,5 @@ rule tfrecords_stats:
     log:
         f"{LOGS}/tfrecords/seq{{seq}}/{{split}}/stats.log",
     shell:
-        "bertpipe --log-file {log:q} tfrecords summarize {input:q} --out {output:q} 2> {log:q}"
+        "bertpipe --log-file {log:q} --run-name 'tfrecords seq{wildcards.seq} {wildcards.split}'"
+        " tfrecords summarize {input:q} --out {output:q} 2> {log:q}"

@@ -18,5 +18,6 @@ rule tokenizer:
     log:
         f"{LOGS}/tokenizer.log",
     shell:
-        "bertpipe --log-file {log:q} tokenizer --corpus {input.corpus:q} --outdir {output:q} {params.tokenizer}"
+        "bertpipe --log-file {log:q} --run-name tokenizer"
+        " tokenizer --corpus {input.corpus:q} --outdir {output:q} {params.tokenizer}"
         " --threads {threads} 2> {log:q}"

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 
-def init(timeout_minutes: int = None) -> tuple:
+def init(timeout_minutes: float = None) -> tuple:
     """(rank, world size, device): one process per device; NCCL on GPUs, gloo on CPUs; a plain run is rank 0 of 1.
     Safe to call again: later calls return the same. `timeout_minutes`: of every collective and barrier (the first
     call's; torch's default without it)."""
