@@ -1,4 +1,4 @@
-"""Publish files and folders only when they are complete.
+"""Publish files and folders only when they are complete, and let one process at a time make a shared one.
 
 Every stage writes to a temporary name beside the target and renames it at the end, so that a crash, a kill or an
 error never leaves a half-written output where Snakemake or a later stage could take it as done. The data is synced
@@ -7,6 +7,7 @@ new name on a short or empty file.
 """
 
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
@@ -66,3 +67,14 @@ def atomic_dir(target):
         _publish(temp, target)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive(lock_file):
+    """Hold an exclusive lock on `lock_file` (made if missing): one process at a time, on this machine or on any
+    that shares the file system with working locks, does what it guards; the others wait, without a time limit."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

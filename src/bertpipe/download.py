@@ -15,7 +15,6 @@ is fetched, and out of everything written down (redaction.py). The manifest name
 mirror, and each download job joins it to the configured mirror.
 """
 
-import fcntl
 import hashlib
 import html.parser
 import json
@@ -31,7 +30,7 @@ import urllib3
 from tqdm import tqdm
 
 from bertpipe import BertpipeError
-from bertpipe.atomic import atomic_file
+from bertpipe.atomic import atomic_file, exclusive
 from bertpipe.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -298,8 +297,7 @@ def download_part(manifest_path, part: str, out, settings, mirror: str) -> Path:
     entry = manifest["parts"][part]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_name(out.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another run downloading this part holds it until it is done
+    with exclusive(out.with_name(out.name + ".lock")):  # another run downloading this part holds it until it is done
         if out.is_file() and entry["sha1"] == sha1_of(out):
             log.info("%s: already downloaded and verified (by another run)", out)
             return out

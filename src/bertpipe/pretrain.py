@@ -26,8 +26,7 @@ import json
 import math
 
 from bertpipe import BertpipeError, settings
-from bertpipe.settings import InstanceSpec, ModelSettings, PhaseSettings, TrainingSettings
-from bertpipe.train.checkpoint import STALE_POLICIES
+from bertpipe.settings import STALE_POLICIES, InstanceSpec, ModelSettings, PhaseSettings, TrainingSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

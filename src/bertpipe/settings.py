@@ -25,6 +25,8 @@ from bertpipe.tokenizer import SPECIAL_TOKENS
 ASCII_ALPHABET = {True: 26 + 10 + 32, False: 52 + 10 + 32}  # by `lowercase`
 # Positions an instance cannot mask: [CLS] and two [SEP] (google-research/bert never masks them).
 SPECIAL_POSITIONS = 3
+# What a resume does with a checkpoint of another run (`bertpipe pretrain --stale-checkpoints`, train/checkpoint.py).
+STALE_POLICIES = ("refuse", "set-aside")
 
 
 def setting(default, help: str, **limits):
@@ -243,9 +245,8 @@ class TrainingSettings:
     num_workers: int = setting(2, "reader processes per training process, making the next steps' batches",
                                minimum=0)
     deterministic: bool = setting(False, "deterministic kernels (bitwise resume on a CPU), slower on a GPU")
-    dist_timeout_minutes: float = setting(30.0, "how long a process waits for the others (collectives, barriers: "
-                                                "while rank 0 indexes a loose-json corpus) before the run fails",
-                                          exclusiveMinimum=0)
+    dist_timeout_minutes: float = setting(30.0, "how long a process waits in a collective for the others (a rank "
+                                                "that hangs or is lost) before the run fails", exclusiveMinimum=0)
 
 
 @dataclasses.dataclass

@@ -13,7 +13,6 @@ so nothing is lost. Under torchrun only rank 0 tracks.
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bertpipe.atomic import atomic_file, exclusive
 from bertpipe.redaction import redact, redact_values
 from bertpipe.settings import MlflowSettings
 
@@ -305,10 +305,7 @@ def _first_use_lock(uri: str):
     if not uri.startswith("sqlite:///"):
         yield
         return
-    lock_file = Path(uri.removeprefix("sqlite:///") + ".lock")
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(uri.removeprefix("sqlite:///") + ".lock"):
         yield
 
 
@@ -353,8 +350,6 @@ class MetricSink:
 def start_pipeline(target: Target, config: dict, command: list) -> Run:
     """The parent run of a pipeline run, with the whole effective config as params and as an artifact; its id goes
     to `pipeline-run.json` for the jobs."""
-    from bertpipe.atomic import atomic_file
-
     run = Run(target, f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}", "pipeline",
               tags={"bertpipe.command": " ".join(command)})
     if not run.enabled:

@@ -243,24 +243,35 @@ def test_megatron_readme_command_runs_with_only_paths_changed(tmp_path, records,
     status, _, err = in_process(["bertpipe", *tracked, "pretrain", *args], capsys)
     assert status == 0, err
     assert checkpoint.latest(tmp_path / "ckpt").name == "step-00000002"
-    assert (tmp_path / "wikipedia.jsonl.lazy/offsets.npy").is_file()
+    assert (tmp_path / "wikipedia.jsonl.lazy/offsets.int64").is_file()
     # Tracked like the workflow's TFRecord runs: the loose-json input is hashed too.
     assert "goes on without it" not in caplog.text and not (tmp_path / "mlflow/offline").exists()
 
 
-def test_ranks_waiting_for_rank_0_fail_after_the_configured_timeout(tmp_path, records):
-    """`--dist-timeout-minutes` bounds every barrier: here rank 0 is stuck reading its corpus (a named pipe nobody
-    writes, as a hung file system) while rank 1 waits for its loose-json index; rank 1 fails after 3 s, not after
-    torch's default 30 minutes, and torchrun stops the run."""
-    tokenizer, _, _ = records
-    corpus = tmp_path / "stuck.jsonl"
-    os.mkfifo(corpus)
-    torchrun = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "bertpipe", "pretrain"]
-    result = subprocess.run(
-        [*torchrun, "--train-data", str(corpus), "--loose-json", "--tokenizer-path", str(tokenizer),
-         "--seq-length", "64", "--num-layers", "1", "--hidden-size", "32", "--intermediate-size", "64",
-         "--num-attention-heads", "2", "--max-position-embeddings", "64", "--train-iters", "1",
-         "--dist-timeout-minutes", "0.05", "--save", str(tmp_path / "ckpt")],
-        capture_output=True, text=True, env=environment(), timeout=300)
-    assert result.returncode != 0
-    assert "Timed out" in result.stderr or "timed out" in result.stderr, result.stderr[-3000:]
+def test_when_a_rank_hangs_the_others_fail_after_the_configured_timeout(tmp_path, records):
+    """`--dist-timeout-minutes` bounds every collective: rank 0 is stopped (SIGSTOP, as a hung file system or
+    device leaves a process) after step 1; rank 1 fails in its next gradient all-reduce after 3 s, not torch's
+    default 30 minutes, and torchrun stops the run."""
+    torchrun = (str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "bertpipe")
+    process = subprocess.Popen(command(records, tmp_path, "--train-iters", 10000, "--save-interval", 10000,
+                                       "--batch-size", 4, "--num-workers", 0, "--dist-timeout-minutes", 0.05,
+                                       launcher=torchrun),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment(),
+                               start_new_session=True)
+    output, rank_0 = [], None
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("step 1 ") and rank_0 is None:
+                children = open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()
+                rank_0 = next(int(pid) for pid in children
+                              if b"\0RANK=0\0" in b"\0" + open(f"/proc/{pid}/environ", "rb").read())
+                os.kill(rank_0, signal.SIGSTOP)
+            if "Timed out" in line and rank_0:
+                os.kill(rank_0, signal.SIGCONT)  # so that it takes torchrun's SIGTERM at once
+        assert process.wait(timeout=300) != 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    text = "".join(output)
+    assert rank_0 and "Timed out" in text and "3000ms" in text, text[-3000:]

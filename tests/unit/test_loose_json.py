@@ -1,14 +1,21 @@
 """Megatron's loose-json path: lazy files, the split by document id, deterministic samples with BERT's layout."""
 
 import json
+import logging
+import multiprocessing
+import os
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from bertpipe import BertpipeError
-from bertpipe.splits import parse_split, split_of
+from bertpipe.atomic import exclusive
+from bertpipe.splits import SPLITS, parse_split, split_indices, split_of, split_point
 from bertpipe.instances import InstanceSpec
-from bertpipe.train.loose_json import LooseJsonSamples, build_lazy
+from bertpipe.train import loose_json as module
+from bertpipe.train.loose_json import OFFSETS, LooseJsonSamples, build_lazy
 
 PAD, UNK, CLS, SEP, MASK = range(5)
 
@@ -39,7 +46,7 @@ SPEC = InstanceSpec(seq_length=48, max_predictions=8)
 def test_lazy_files_hold_every_document(tmp_path):
     path = loose_json(tmp_path / "wiki.jsonl")
     folder = build_lazy(path, "text")
-    offsets = np.load(folder / "offsets.npy")
+    offsets = np.fromfile(folder / OFFSETS, dtype="<i8")
     text = (folder / "text").read_bytes()
     documents = [json.loads(line)["text"] for line in path.read_text().splitlines()]
     assert [text[offsets[i]:offsets[i + 1]].decode() for i in range(len(documents))] == documents
@@ -58,8 +65,73 @@ def test_split_by_document_id_like_the_corpus_stage(tmp_path):
     train = LooseJsonSamples([path], WordTokenizer(), SPEC, "8,1,1", "train", "text", seed=1)
     valid = LooseJsonSamples([path], WordTokenizer(), SPEC, "8,1,1", "valid", "text", seed=1)
     fractions = parse_split("8,1,1")
-    assert {d for _, d in train.documents} == {d for d in range(200) if split_of(f"doc{d}", fractions) == "train"}
-    assert not {d for _, d in train.documents} & {d for _, d in valid.documents}
+    assert set(train.index_in_file) == {d for d in range(200) if split_of(f"doc{d}", fractions) == "train"}
+    assert set(valid.index_in_file) == {d for d in range(200) if split_of(f"doc{d}", fractions) == "valid"}
+
+
+def test_the_split_of_many_points_at_once_is_the_split_of_each_id():
+    """The loose-json index splits millions of documents with numpy; the corpus stage splits one id at a time: the
+    same rule, also at a zero weight and at the top of the range (where the weights' float sum falls short of 1)."""
+    ids = [f"doc{d}" for d in range(3000)]
+    for spec in ("8,1,1", "1000,1,1", "1,0,1", "0,1,0", "1,1"):
+        fractions = parse_split(spec)
+        indices = split_indices([split_point(i) for i in ids], fractions)
+        assert [SPLITS[k] for k in indices] == [split_of(i, fractions) for i in ids], spec
+    top = split_indices([2**64 - 1], parse_split("0.7,0.2,0.1"))
+    assert SPLITS[int(top[0])] == "test"
+    assert SPLITS[int(split_indices([2**64 - 1], parse_split("1,1,0"))[0])] == "valid"
+
+
+def _open_as_a_rank(path, results):
+    """A rank's start: open the train split; reports (documents, whether this process built the index)."""
+    built = []
+    handler = logging.Handler()
+    handler.emit = lambda record: built.append(record.getMessage().startswith("indexed"))
+    logging.getLogger(module.__name__).addHandler(handler)
+    logging.getLogger(module.__name__).setLevel(logging.INFO)
+    documents = len(LooseJsonSamples([path], WordTokenizer(), SPEC, "1", "train", "text", seed=1).file_of)
+    results.put((documents, any(built)))
+
+
+def blocked_on(lock_file) -> int:
+    """How many processes wait for a lock on `lock_file` (/proc/locks: its waiters are the lines with '->')."""
+    inode = os.stat(lock_file).st_ino
+    return sum(1 for line in open("/proc/locks") if "->" in line and line.split()[-3].endswith(f":{inode}"))
+
+
+def test_ranks_that_start_together_build_the_index_once_waiting_on_its_lock(tmp_path):
+    """The rank that takes the lock builds; the others wait on the lock (not in a collective, whose timeout could
+    run out during a long build) and then read what it built."""
+    path = loose_json(tmp_path / "wiki.jsonl")
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ranks = [context.Process(target=_open_as_a_rank, args=(path, results)) for _ in range(2)]
+    with exclusive(f"{path}.lazy.lock"):  # held until both ranks wait behind it, so that they meet there
+        for rank in ranks:
+            rank.start()
+        deadline = time.monotonic() + 120
+        while blocked_on(f"{path}.lazy.lock") < 2:
+            assert time.monotonic() < deadline and all(rank.is_alive() for rank in ranks), "the ranks did not wait"
+            time.sleep(0.05)
+    outcomes = [results.get(timeout=120) for _ in ranks]
+    for rank in ranks:
+        rank.join(timeout=60)
+    assert sorted(outcomes) == [(60, False), (60, True)], outcomes
+
+
+def test_the_index_is_built_in_bounded_memory(tmp_path, monkeypatch):
+    """Python heap while indexing: flat in the number of documents (a piece of each column at a time, never a list
+    of every offset or id)."""
+    monkeypatch.setattr(module, "ROWS_PER_WRITE", 1000)
+    peaks = []
+    for documents in (5000, 50000):
+        path = tmp_path / f"wiki-{documents}.jsonl"
+        path.write_text("".join(json.dumps({"id": f"d{d}", "text": f"sentence {d}."}) + "\n" for d in range(documents)))
+        tracemalloc.start()
+        build_lazy(path, "text")
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.5 * peaks[0], peaks
 
 
 def test_samples_are_deterministic_and_laid_out_like_tfrecords(tmp_path):

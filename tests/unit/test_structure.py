@@ -41,3 +41,17 @@ def test_no_stage_imports_evaluate_or_export_for_what_they_hold():
     for path in SOURCE.rglob("*.py"):
         if path.name != "cli.py":
             assert not imported_modules(path) & {"evaluate", "export"}, path
+
+
+def test_starting_a_command_imports_no_heavy_library():
+    """Every job starts `python -m bertpipe`; its flags come from every stage's module, so those modules import
+    torch, TensorFlow, MLflow and transformers only where a stage runs (each takes seconds to import, and a pipeline
+    starts hundreds of jobs)."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "tensorflow", "mlflow", "transformers", "matplotlib")
+    result = subprocess.run([sys.executable, "-c", "import sys, bertpipe.cli; bertpipe.cli.parser(); "
+                                                   f"print(*[m for m in {heavy!r} if m in sys.modules])"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [], f"importing bertpipe.cli imports {result.stdout.strip()}"

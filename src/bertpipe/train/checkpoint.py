@@ -16,10 +16,9 @@ import torch
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_dir
-from bertpipe.settings import TrainingSettings
+from bertpipe.settings import STALE_POLICIES, TrainingSettings
 
 STEP_FOLDER = re.compile(r"^step-(\d{8})$")
-STALE_POLICIES = ("refuse", "set-aside")
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,6 @@ def init(timeout_minutes: float = None) -> tuple:
     return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank) if cuda else torch.device("cpu")
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def all_sum(value: float, device) -> float:
     """The sum of `value` over all ranks (itself when not distributed)."""
     if not dist.is_initialized():

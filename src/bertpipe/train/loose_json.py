@@ -2,9 +2,12 @@
 a file of one JSON object a line, read lazily through a memory map, made into masked sentence pairs on the fly.
 
 The lazy form of `X.jsonl` is a folder `X.jsonl.lazy/` (as Megatron's `X.lazy/`) holding every document's text
-concatenated as UTF-8 (`text`) and the byte offsets of the documents (`offsets.npy`), built once by rank 0 while the
-other ranks wait. Documents are assigned to train/valid/test by `--split` with the corpus stage's hash of their id
-(or of their line number when they have none), so the same document is in the same split in both paths.
+concatenated as UTF-8 (`text`), the byte offsets of the documents (`offsets.int64`) and each document's split point
+(`split_points.uint64`, splits.split_point of its id, or of its line number when it has none), so that `--split`
+assigns documents to train/valid/test as the corpus stage does, without the ids. It is built in one streaming pass
+whose memory does not grow with the file (a document and a piece of each column at a time), by the first process
+to take its lock; the others wait on that lock, not in a collective, so no process group's timeout can run out
+however long the build takes. Readers memory-map all three files and keep 20 bytes per document of their split.
 
 Sample `i` is a function of `i` and the seed alone: a document drawn with probability proportional to its length,
 a random starting sentence, then Google's pair construction and masking (bertpipe.instances) over just the
@@ -14,67 +17,108 @@ corpus stage's format); a document without line breaks is one sentence.
 
 import dataclasses
 import json
+import logging
 import random
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bertpipe import BertpipeError
-from bertpipe.atomic import atomic_dir
-from bertpipe.splits import parse_split, split_of
+from bertpipe.atomic import atomic_dir, exclusive
 from bertpipe.instances import InstanceSpec, TokenizedShard, document_pairs, materialize
+from bertpipe.splits import SPLITS, parse_split, split_indices, split_point
 
 TOKENS_PER_BYTE = 0.25  # for the number of samples an epoch holds: about four bytes of English text per token
+ROWS_PER_WRITE = 1 << 16  # offsets and split points are written this many documents at a time
+OFFSETS, SPLIT_POINTS = "offsets.int64", "split_points.uint64"  # raw little-endian columns, one row a document
+
+log = logging.getLogger(__name__)
+
+
+class _Column:
+    """A file of little-endian numbers of one type, appended in pieces of ROWS_PER_WRITE (the build never holds a
+    column whole), read back as a memory map."""
+
+    def __init__(self, path: Path, dtype: str):
+        self.file, self.dtype, self.pending = open(path, "wb"), dtype, []
+
+    def append(self, value: int):
+        self.pending.append(value)
+        if len(self.pending) == ROWS_PER_WRITE:
+            self.flush()
+
+    def flush(self):
+        self.file.write(np.asarray(self.pending, dtype=self.dtype).tobytes())
+        self.pending = []
+
+    @staticmethod
+    def read(path: Path, dtype: str) -> np.ndarray:
+        return np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
 
 
 def build_lazy(path, text_key: str) -> Path:
-    """Write `<path>.lazy/` (text, offsets.npy, ids.json, source.json) unless it is there for this file and key;
-    returns the folder."""
+    """Write `<path>.lazy/` (text, offsets, split points, source.json) unless it is there for this file and
+    key; returns the folder. One process at a time builds it (the lock `<path>.lazy.lock`); the others find it
+    built."""
     path = Path(path)
     folder = Path(f"{path}.lazy")
-    origin = {"text_key": text_key, "size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns}
-    if (folder / "source.json").is_file() and json.loads((folder / "source.json").read_text()) == origin:
-        return folder  # built before, from this very file and key
-    with atomic_dir(folder) as temp, open(path, encoding="utf-8") as source, open(temp / "text", "wb") as text:
-        offsets, ids = [0], []
-        for line_number, line in enumerate(source, 1):
-            try:
-                record = json.loads(line)
-                data = record[text_key].encode("utf-8")
-            except (ValueError, KeyError, TypeError, AttributeError) as error:
-                raise BertpipeError(f"{path}, line {line_number}: not a JSON object with a string {text_key!r} "
-                                    f"({error!r}); check --text-key") from None
-            text.write(data)
-            offsets.append(offsets[-1] + len(data))
-            ids.append(str(record.get("id", line_number)))
-        np.save(temp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
-        (temp / "ids.json").write_text(json.dumps(ids))
-        (temp / "source.json").write_text(json.dumps(origin))
+    with exclusive(f"{folder}.lock"):
+        origin = {"text_key": text_key, "size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns}
+        if (folder / "source.json").is_file() and json.loads((folder / "source.json").read_text()) == origin:
+            return folder  # built before, from this very file and key
+        started = time.monotonic()
+        with atomic_dir(folder) as temp, open(path, encoding="utf-8") as source, open(temp / "text", "wb") as text:
+            offsets, points = _Column(temp / OFFSETS, "<i8"), _Column(temp / SPLIT_POINTS, "<u8")
+            end, line_number = 0, 0
+            offsets.append(end)
+            for line_number, line in enumerate(source, 1):
+                try:
+                    record = json.loads(line)
+                    data = record[text_key].encode("utf-8")
+                except (ValueError, KeyError, TypeError, AttributeError) as error:
+                    raise BertpipeError(f"{path}, line {line_number}: not a JSON object with a string {text_key!r} "
+                                        f"({error!r}); check --text-key") from None
+                text.write(data)
+                end += len(data)
+                offsets.append(end)
+                points.append(split_point(str(record.get("id", line_number))))
+            for column in (offsets, points):
+                column.flush()
+                column.file.close()
+            (temp / "source.json").write_text(json.dumps(origin))
+        seconds = time.monotonic() - started
+        log.info("indexed %s: %d documents, %.1f MB in %.1f s (%.1f MB/s)", path, line_number, origin["size"] / 1e6,
+                 seconds, origin["size"] / 1e6 / max(seconds, 1e-9))
     return folder
 
 
 class LooseJsonSamples:
     """Masked sentence pairs made on the fly from the documents of one split of loose-json files."""
 
-    def __init__(self, files, tokenizer, spec: InstanceSpec, split: str, which: str, text_key: str, seed: int,
-                 build=True):
+    def __init__(self, files, tokenizer, spec: InstanceSpec, split: str, which: str, text_key: str, seed: int):
         self.tokenizer, self.spec, self.seed = tokenizer, spec, seed
         self.files = [str(path) for path in files]  # as TFRecordSamples: what the run read (its input hash)
-        fractions = parse_split(split)
-        self.texts, self.documents = [], []  # (memory map, offsets) per file; (file, document) per kept document
+        fractions, wanted = parse_split(split), SPLITS.index(which)
+        # Per file: (text memory map, offsets); per kept document: its file and its index there, as arrays.
+        self.texts, file_of, index_in_file, lengths = [], [], [], []
         for file_index, path in enumerate(map(Path, files)):
-            folder = build_lazy(path, text_key) if build else Path(f"{path}.lazy")
-            offsets = np.load(folder / "offsets.npy")
-            ids = json.loads((folder / "ids.json").read_text())
+            folder = build_lazy(path, text_key)
+            offsets = _Column.read(folder / OFFSETS, "<i8")
+            sizes = np.diff(offsets)
+            splits = split_indices(_Column.read(folder / SPLIT_POINTS, "<u8"), fractions)
+            kept = np.flatnonzero((sizes > 0) & (splits == wanted))
             self.texts.append((np.memmap(folder / "text", dtype=np.uint8, mode="r") if offsets[-1] else None,
                                offsets))
-            self.documents.extend((file_index, d) for d, doc_id in enumerate(ids)
-                                  if offsets[d + 1] > offsets[d] and split_of(doc_id, fractions) == which)
-        if not self.documents:
+            file_of.append(np.full(len(kept), file_index, dtype=np.int32))
+            index_in_file.append(kept)
+            lengths.append(sizes[kept])
+        self.file_of, self.index_in_file = np.concatenate(file_of), np.concatenate(index_in_file)
+        if not len(self.file_of):
             raise BertpipeError(f"no documents of the {which} split in {', '.join(map(str, files))} "
                                 f"with --split {split}")
-        lengths = np.asarray([self.texts[f][1][d + 1] - self.texts[f][1][d] for f, d in self.documents], dtype=float)
+        lengths = np.concatenate(lengths).astype(np.float64)
         self.cumulative = np.cumsum(lengths) / lengths.sum()
         self.samples = max(1, int(lengths.sum() * TOKENS_PER_BYTE / spec.seq_length))
 
@@ -82,14 +126,14 @@ class LooseJsonSamples:
         return self.samples
 
     def _sentences(self, document: int) -> list:
-        file_index, d = self.documents[document]
-        text, offsets = self.texts[file_index]
+        text, offsets = self.texts[self.file_of[document]]
+        d = self.index_in_file[document]
         return bytes(text[offsets[d]:offsets[d + 1]]).decode("utf-8").split("\n")
 
     def _draw_document(self, rng: random.Random, avoid=None) -> int:
         for _ in range(10):
             document = min(int(np.searchsorted(self.cumulative, rng.random(), side="right")),
-                           len(self.documents) - 1)
+                           len(self.file_of) - 1)
             if document != avoid:
                 break
         return document

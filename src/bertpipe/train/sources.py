@@ -6,8 +6,7 @@ import logging
 from bertpipe import BertpipeError
 from bertpipe.records import TFRecordSamples
 from bertpipe.settings import InstanceSpec
-from bertpipe.train.distributed import barrier, init
-from bertpipe.train.loose_json import LooseJsonSamples, build_lazy
+from bertpipe.train.loose_json import LooseJsonSamples
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +29,9 @@ def tfrecord_samples(train_data, valid_data, seq_length: int, max_predictions) -
 
 def loose_json_samples(files, tokenizer, spec: InstanceSpec, split: str, text_key: str, seed: int) -> tuple:
     """(train, valid or None) from loose-json files, their documents split by `split` as Megatron's --split."""
-    rank, _, _ = init()
-    if rank == 0:  # one process builds the lazy files, the others wait for them
-        for path in files:
-            build_lazy(path, text_key)
-    barrier()
-    train = LooseJsonSamples(files, tokenizer, spec, split, "train", text_key, seed, build=False)
+    train = LooseJsonSamples(files, tokenizer, spec, split, "train", text_key, seed)  # builds the lazy files once
     try:
-        valid = LooseJsonSamples(files, tokenizer, spec, split, "valid", text_key, seed, build=False)
+        valid = LooseJsonSamples(files, tokenizer, spec, split, "valid", text_key, seed)
     except BertpipeError as error:
         log.warning("%s: no validation", error)
         valid = None
