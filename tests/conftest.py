@@ -68,7 +68,8 @@ class DumpServer:
     sha1), a folder index, a count of the bytes sent per path, and faults to inject: drop the connection after N
     bytes, or answer a status code, once each; redirect a path; send a path slowly, as a slow link does."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, certificate=None):
+        """`certificate`: (cert file, key file) to serve https instead of http."""
         self.root = root
         self.sent = {}  # path -> bytes of body sent
         self.requests = []  # (path, Range header or None)
@@ -144,7 +145,15 @@ class DumpServer:
                 self.wfile.write(body)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        scheme = "http"
+        if certificate:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, certificate))
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self):

@@ -92,19 +92,8 @@ def extract_part(dump, out, processes: int) -> dict:
             last = result.stderr.strip().splitlines()[-1:] or ["(no message)"]
             raise BertpipeError(f"{dump}: WikiExtractor failed with exit code {result.returncode}: {last[0]}")
         raw.seek(0)
-        counts = dict.fromkeys(("articles", "surrogate_pairs_joined", "lone_surrogates_replaced", "records_skipped"), 0)
         with open(temp, "w", encoding="utf-8") as f:
-            for line_number, line in enumerate(raw, 1):
-                try:
-                    record = json.loads(line.decode("utf-8", "surrogatepass"))
-                    article = {key: repair_surrogates(str(record[key]), counts) for key in FIELDS}
-                    f.write(json.dumps(article, ensure_ascii=False) + "\n")
-                except (ValueError, KeyError, TypeError) as error:
-                    counts["records_skipped"] += 1
-                    log.warning("%s: skipped WikiExtractor's record %d (%s): %r", dump, line_number,
-                                _name_of(line), error)
-                    continue
-                counts["articles"] += 1
+            counts = write_articles(raw, f, dump)
         articles = counts["articles"]
         if articles == 0:
             raise BertpipeError(
@@ -113,6 +102,23 @@ def extract_part(dump, out, processes: int) -> dict:
             )
     log.info("%s: %d articles; %d surrogate pairs joined, %d lone surrogates replaced, %d records skipped", out,
              articles, counts["surrogate_pairs_joined"], counts["lone_surrogates_replaced"], counts["records_skipped"])
+    return counts
+
+
+def write_articles(records, out, dump) -> dict:
+    """WikiExtractor's JSON lines `records` (bytes) as articles with FIELDS to the text file `out`, surrogates
+    repaired; a record that does not parse is skipped, counted and named in the log. Returns the counts."""
+    counts = dict.fromkeys(("articles", "surrogate_pairs_joined", "lone_surrogates_replaced", "records_skipped"), 0)
+    for line_number, line in enumerate(records, 1):
+        try:
+            record = json.loads(line.decode("utf-8", "surrogatepass"))
+            article = {key: repair_surrogates(str(record[key]), counts) for key in FIELDS}
+        except (ValueError, KeyError, TypeError) as error:
+            counts["records_skipped"] += 1
+            log.warning("%s: skipped WikiExtractor's record %d (%s): %r", dump, line_number, _name_of(line), error)
+            continue
+        out.write(json.dumps(article, ensure_ascii=False) + "\n")
+        counts["articles"] += 1
     return counts
 
 

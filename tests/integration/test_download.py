@@ -232,6 +232,31 @@ def test_redirects_go_to_the_mirrors_host_only_unless_the_config_allows_others(t
     write_manifest(server.url, "enwiki", "20260101", out, DownloadSettings())
 
 
+@pytest.fixture
+def certificate(tmp_path):
+    """A self-signed certificate for 127.0.0.1, trusted by requests in this test: (cert file, key file)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days",
+                    "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_a_redirect_from_https_to_http_is_never_followed(tmp_path, mirror, certificate, monkeypatch):
+    """Not even where other hosts are allowed: the dump would come over a connection anyone on the way can change."""
+    plain, _ = mirror
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))
+    with DumpServer(plain.root, certificate) as secure:
+        out = tmp_path / "manifest.json"
+        write_manifest(secure.url, "enwiki", "20260101", out, DownloadSettings())  # https itself works
+        status = "/enwiki/20260101/dumpstatus.json"
+        secure.redirect[status] = f"{plain.url}{status}"
+        out.unlink()
+        with pytest.raises(BertpipeError, match="from https to http, which is never followed"):
+            write_manifest(secure.url, "enwiki", "20260101", out, DownloadSettings(redirects_to_other_hosts=True))
+        assert not out.exists() and not plain.requests, "nothing was asked of the http server"
+
+
 def test_a_part_name_that_is_not_a_plain_file_name_is_refused(tmp_path, mirror):
     server, _ = mirror
     status_file = server.root / "enwiki/20260101/dumpstatus.json"

@@ -1,6 +1,7 @@
 """The extract stage with the real WikiExtractor 3.1.0, on the bundled sample and on broken parts made from it."""
 
 import bz2
+import io
 import json
 
 import pytest
@@ -91,6 +92,22 @@ def test_surrogate_entities_are_repaired_counted_and_the_part_extracts_whole(tmp
     text = next(r["text"] for r in records if r["title"] == "Anarchism")
     assert text.startswith("Anarchism is a political philosophy")
     assert "A smile \U0001F600 and a lone \ufffd here." in text
+
+
+def test_a_record_that_does_not_parse_is_skipped_counted_and_named(caplog):
+    """WikiExtractor's output read line by line: a torn record, one without text and one that is not an object are
+    skipped and named (page id and title where they can be read); the articles around them are kept."""
+    from bertpipe.extract import write_articles
+
+    good = json.dumps({"id": "12", "url": "u", "title": "Anarchism", "text": "Anarchism is."}).encode()
+    records = [good + b"\n", b'{"id": "25", "url": "u", "title": "Autism", "text": "Autism is a\n',
+               json.dumps({"id": "39", "url": "u", "title": "Albedo"}).encode() + b"\n", b"[1, 2]\n", good + b"\n"]
+    out = io.StringIO()
+    counts = write_articles(records, out, "part.bz2")
+    assert counts["articles"] == 2 and counts["records_skipped"] == 3
+    assert [json.loads(line)["title"] for line in out.getvalue().splitlines()] == ["Anarchism", "Anarchism"]
+    assert "record 2 (page 25, 'Autism')" in caplog.text and "record 3 (page 39, 'Albedo')" in caplog.text
+    assert "record 4 (b'[1, 2]" in caplog.text
 
 
 def test_surrogates_left_by_any_path_are_joined_or_replaced():

@@ -139,3 +139,25 @@ def test_the_experiment_is_marked_as_model_training_and_a_kind_set_in_the_ui_is_
         client.create_experiment(name, tags=tags)
         stage_run(tracking.Target(uri=where.uri, folder=where.folder, experiment=name), "tokenizer", "tokenizer").end()
         assert client.get_experiment_by_name(name).tags.get("mlflow.experimentKind") == kind
+
+
+def test_a_version_that_a_retried_request_made_twice_is_kept_once_and_a_rerun_makes_none(store):
+    """MLflow retries a POST that timed out; when the first one had got through, the registry holds the same run's
+    model twice. Registering looks the versions of this run and source up: it keeps the first and deletes the
+    others, and registering again reuses it."""
+    from mlflow import MlflowClient
+
+    from bertpipe.register import _create_version
+
+    where = target(store)
+    run = stage_run(where, "register", "register")
+    client = MlflowClient(where.uri)
+    client.create_registered_model("bert")
+    source = f"{client.get_run(run.run_id).info.artifact_uri}/model"
+    twice = [client.create_model_version("bert", source, run_id=run.run_id).version for _ in range(2)]
+    other = client.create_model_version("bert", f"{source}-other", run_id=run.run_id).version  # not this source
+
+    assert _create_version(client, "bert", source, run.run_id, {"lineage.dump": "enwiki/latest"}) == twice[0]
+    assert sorted(v.version for v in client.search_model_versions("name='bert'")) == sorted([twice[0], other])
+    assert _create_version(client, "bert", source, run.run_id, {}) == twice[0]
+    assert len(client.search_model_versions("name='bert'")) == 2
