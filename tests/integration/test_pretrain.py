@@ -107,6 +107,20 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run_bitwise(tmp_path, re
             assert got[step][key] == expected[step][key], (step, key)
 
 
+def test_each_step_reports_real_tokens_per_second_mfu_data_wait_and_padding(records, uninterrupted):
+    folder, by_step = uninterrupted
+    from bertpipe.records import TFRecordSamples
+
+    train = TFRecordSamples([records[1]])
+    padding = 1 - float(train.read(range(len(train)))["input_mask"].float().mean())  # over the whole split
+    for step, metrics in by_step.items():
+        assert 0 < metrics["mfu"] < 1.5 and 0 <= metrics["data_wait_fraction"] < 1, (step, metrics)
+        # A step's 8 sequences: their padding is the split's, give or take the draw.
+        assert abs(metrics["padding_fraction"] - padding) < 0.25, (step, metrics["padding_fraction"], padding)
+        assert metrics["tokens_per_s"] == pytest.approx(
+            metrics["samples_per_second"] * 64 * (1 - metrics["padding_fraction"]), rel=1e-6)
+
+
 def test_a_truncated_newest_checkpoint_is_set_aside_and_the_one_before_resumed_bitwise(tmp_path, records,
                                                                                    uninterrupted):
     straight, expected = uninterrupted

@@ -49,7 +49,7 @@ def outputs(folder, pattern):
 
 STAGES = {"download", "extract", "corpus", "tokenizer", "tfrecords", "pretrain", "evaluate", "export", "register"}
 STEP_METRICS = {"loss", "mlm_loss", "nsp_loss", "lr", "loss_scale", "skipped", "grad_norm", "samples_per_second",
-                "tokens_per_second"}
+                "tokens_per_s", "mfu", "data_wait_fraction", "padding_fraction"}
 
 
 def check_mlflow_store(folder):

@@ -7,7 +7,7 @@ from bertpipe.train.metrics import ConsoleSink, JsonLinesSink
 
 def step(number):
     return {"step": number, "loss": 1.0, "mlm_loss": 0.5, "nsp_loss": 0.5, "lr": 1e-4, "loss_scale": 1.0,
-            "skipped": 0, "samples_per_second": 10.0}
+            "skipped": 0, "samples_per_second": 10.0, "mfu": 0.25, "data_wait_fraction": 0.01}
 
 
 def test_the_console_shows_every_interval_the_last_step_and_each_validation(capsys):

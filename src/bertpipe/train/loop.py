@@ -25,7 +25,8 @@ from bertpipe.train.data import RankBatches, global_batch_indices, rank_batch_st
 from bertpipe.train.distributed import StopRequest, all_sum, broadcast_object, gather_objects, init
 from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals, forward_sums
 from bertpipe.train.optim import adamw, learning_rate
-from bertpipe.train.precision import ConstantLossScaler, DynamicLossScaler, gradients_overflow
+from bertpipe.train.precision import COMPUTE_DTYPES, ConstantLossScaler, DynamicLossScaler, gradients_overflow
+from bertpipe.train.telemetry import StepTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Trainer:
         self.iteration = 0  # global batches consumed (the data position)
         self.optimizer_steps = 0  # steps taken: the LR schedule's clock, which skipped steps do not advance
         self.stop = StopRequest()
+        self.telemetry = StepTelemetry(model_config, COMPUTE_DTYPES[training.precision], self.device, self.world)
         self._resume_or_init()
 
     # -- state -------------------------------------------------------------------------------------------------
@@ -119,11 +121,14 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------------------------------
     def step(self, batches) -> dict:
         """One optimizer step (or a skipped one) on the next item of `batches`: this rank's micro-batches of global
-        batch `iteration`. Its time includes waiting for them, so samples/s shows a loader that starves the step."""
+        batch `iteration`. Its time includes waiting for them, so samples/s shows a loader that starves the step, and
+        data_wait_fraction says how much of it was waiting."""
         training, phase, model = self.training, self.phase, self.ddp or self.model
         started = time.perf_counter()
         micro_batches = next(batches)
+        waiting = time.perf_counter() - started
         predictions = all_sum(sum(float(b["masked_lm_weights"].sum()) for b in micro_batches), self.device)
+        real_tokens = all_sum(sum(float(b["input_mask"].sum()) for b in micro_batches), self.device)
         sequences = phase.batch_size * phase.gradient_accumulation_steps * self.world
         scale = self.scaler.scale if training.precision == "fp16" else 1.0
         mlm_sum = nsp_sum = 0.0
@@ -163,7 +168,8 @@ class Trainer:
         return {"step": self.iteration, "loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
                 "lr": lr, "loss_scale": scale, "skipped": self.scaler.skipped, "overflow": bool(overflow),
                 "grad_norm": grad_norm, "samples_per_second": sequences / seconds,
-                "tokens_per_second": sequences * micro_batches[0]["input_ids"].shape[1] / seconds}
+                **self.telemetry(sequences, micro_batches[0]["input_ids"].shape[1],
+                                 micro_batches[0]["masked_lm_positions"].shape[1], real_tokens, seconds, waiting)}
 
     # -- validation ----------------------------------------------------------------------------------------------
     def validate(self) -> dict:

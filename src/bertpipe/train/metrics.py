@@ -17,7 +17,8 @@ class ConsoleSink:
         elif metrics["step"] % self.interval == 0 or metrics["step"] == self.last_step:
             print(f"step {metrics['step']} loss {metrics['loss']:.6f} mlm {metrics['mlm_loss']:.6f} "
                   f"nsp {metrics['nsp_loss']:.6f} lr {metrics['lr']:.3e} scale {metrics['loss_scale']:g} "
-                  f"skipped {metrics['skipped']} {metrics['samples_per_second']:.1f} samples/s", flush=True)
+                  f"skipped {metrics['skipped']} {metrics['samples_per_second']:.1f} samples/s "
+                  f"mfu {metrics['mfu']:.1%} data wait {metrics['data_wait_fraction']:.1%}", flush=True)
 
     def close(self):
         pass

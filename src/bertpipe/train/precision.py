@@ -71,9 +71,11 @@ def gradients_overflow(parameters) -> bool:
     return not bool(torch.isfinite(torch.stack(norms)).all())
 
 
+COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # the matmuls' type
+
+
 def autocast(precision: str, device_type: str):
     """The forward's autocast context for 'fp32', 'fp16' or 'bf16'."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    return torch.autocast(device_type, dtype=dtype)
+    return torch.autocast(device_type, dtype=COMPUTE_DTYPES[precision])

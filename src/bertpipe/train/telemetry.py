@@ -1,0 +1,63 @@
+"""How well a training step uses the machine: model FLOP utilisation (MFU) against a peak measured on the device at
+start-up, and against the datasheet's where the device is known; the share of the step spent waiting for data; and
+how much of each batch is padding.
+
+Model FLOPs are model.flops_per_sequence's (the matmuls BERT needs, forward and backward), counted over the
+sequences as computed, padding included: `padding_fraction` says how much of that work is waste.
+"""
+
+import time
+
+import torch
+
+from bertpipe.model import BertConfig, flops_per_sequence
+
+# Dense fp16/bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s, by a word of torch's device name.
+DATASHEET_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+MATMUL_SIZE = {"cuda": 8192, "cpu": 1024}  # big enough to reach the device's rate, small enough to time in a second
+
+
+def measured_peak_flops(dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:
+    """FLOP/s of a square matmul of `dtype` on `device`: what this device reaches on the work a model is made of."""
+    size = MATMUL_SIZE.get(device.type, MATMUL_SIZE["cpu"])
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b  # the first call pays for kernel selection and allocation
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - started)
+
+
+def datasheet_peak_flops(device: torch.device):
+    """The datasheet's dense fp16/bf16 FLOP/s of a known GPU, or None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops * 1e12 for word, tflops in DATASHEET_TFLOPS.items() if word in name), None)
+
+
+class StepTelemetry:
+    """The utilisation figures of a step, from what the trainer measured of it."""
+
+    def __init__(self, model_config: BertConfig, dtype: torch.dtype, device: torch.device, world: int):
+        """Measures this rank's device's peak for `dtype` (about a second)."""
+        self.model_config, self.world = model_config, world
+        self.peak = measured_peak_flops(dtype, device)
+        self.datasheet_peak = datasheet_peak_flops(device)
+
+    def __call__(self, sequences: int, seq_length: int, predictions: int, real_tokens: float, seconds: float,
+                 waiting: float) -> dict:
+        """`sequences` of `seq_length` tokens with `predictions` slots made by all ranks in `seconds`, `real_tokens`
+        of them not padding; `waiting`: the seconds this rank waited for its batches."""
+        flops = flops_per_sequence(self.model_config, seq_length, predictions) * sequences
+        flops_per_device = flops / self.world / seconds
+        metrics = {"tokens_per_s": real_tokens / seconds, "padding_fraction": 1 - real_tokens / (sequences * seq_length),
+                   "data_wait_fraction": waiting / seconds, "mfu": flops_per_device / self.peak}
+        if self.datasheet_peak:
+            metrics["mfu_datasheet"] = flops_per_device / self.datasheet_peak
+        return metrics
