@@ -30,7 +30,8 @@ sys.path.insert(0, str(REPO / "src"))
 from bertpipe.settings import CorpusSettings, TokenizerSettings  # noqa: E402
 from bertpipe.model import BertConfig, BertForPreTraining, flops_per_sequence, pretraining_loss_sums  # noqa: E402
 from bertpipe.pretrained import huggingface_config  # noqa: E402
-from bertpipe.train.precision import autocast, gradients_overflow  # noqa: E402
+from bertpipe.train.precision import COMPUTE_DTYPES, autocast, gradients_overflow  # noqa: E402
+from bertpipe.train.telemetry import measured_peak_flops  # noqa: E402
 
 LOSS_SCALE = 2.0**16
 
@@ -96,21 +97,6 @@ def seconds_per_step(step, model, batch, precision, device, warmup, repeats):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
-
-
-def matmul_flops(dtype, device, size, repeats=10) -> float:
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    for _ in range(3):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * size**3 * repeats / (time.perf_counter() - started)
 
 
 def stream_rate(samples, batch_size, workers, seconds) -> float:
@@ -187,8 +173,7 @@ def main():
         warmup = 3 if args.gpu else 1
         ours_s = seconds_per_step(ours_step, ours, batch, precision, device, warmup, args.repeats)
         hf_s = seconds_per_step(hf_step, theirs, batch, precision, device, warmup, args.repeats)
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        matmul = matmul_flops(dtype, device, size=8192 if args.gpu else 2048)
+        matmul = measured_peak_flops(COMPUTE_DTYPES[precision], device, repeats=10, size=8192 if args.gpu else 2048)
         utilisation = f"{flops / ours_s / matmul:.0%} of matmul ({matmul / 1e12:.1f} T)"
         if args.gpu:
             peak = args.peak_tflops * 1e12

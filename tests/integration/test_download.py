@@ -72,6 +72,22 @@ def test_partial_file_from_a_killed_run_is_resumed(tmp_path, mirror):
     assert server.sent[f"/enwiki/20260101/{entry['file']}"] == entry["size"] - have
 
 
+def test_a_partial_file_longer_than_the_part_starts_again_at_once(tmp_path, mirror):
+    """Longer than the manifest's size (another file under the name, or bytes appended twice): no range request,
+    which the server would refuse (416) or answer with bytes past the part's end; the part is fetched whole."""
+    server, contents = mirror
+    manifest_path, manifest = manifest_for(tmp_path, server)
+    part, entry = sorted(manifest["parts"].items())[0]
+    out = tmp_path / "dl" / entry["file"]
+    out.with_name(out.name + ".part").write_bytes(contents[entry["file"]] + b"more bytes than the part has")
+
+    download_part(manifest_path, part, out, DownloadSettings(retries=0, timeout_seconds=10), server.url)
+
+    assert out.read_bytes() == contents[entry["file"]]
+    path = f"/enwiki/20260101/{entry['file']}"
+    assert [asked for asked in server.requests if asked[0] == path] == [(path, None)], "one request, from byte 0"
+
+
 def test_transient_server_error_is_retried(tmp_path, mirror):
     server, contents = mirror
     manifest_path, manifest = manifest_for(tmp_path, server)

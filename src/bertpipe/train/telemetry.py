@@ -17,9 +17,10 @@ DATASHEET_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
 MATMUL_SIZE = {"cuda": 8192, "cpu": 1024}  # big enough to reach the device's rate, small enough to time in a second
 
 
-def measured_peak_flops(dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:
-    """FLOP/s of a square matmul of `dtype` on `device`: what this device reaches on the work a model is made of."""
-    size = MATMUL_SIZE.get(device.type, MATMUL_SIZE["cpu"])
+def measured_peak_flops(dtype: torch.dtype, device: torch.device, repeats: int = 5, size: int = None) -> float:
+    """FLOP/s of a square matmul of `dtype` on `device` (of `size`, default MATMUL_SIZE's): what this device
+    reaches on the work a model is made of."""
+    size = size or MATMUL_SIZE.get(device.type, MATMUL_SIZE["cpu"])
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     a @ b  # the first call pays for kernel selection and allocation
