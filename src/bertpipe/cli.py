@@ -6,6 +6,7 @@ with the stage's flags as params and the content hashes of its inputs.
 """
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -182,7 +183,7 @@ def _pretrain(subparsers):
                    description=pretrain.__doc__)
     pretrain.add_arguments(stage)
     # Its input hashes are logged by pretrain.run, which computes them for its checkpoints anyway.
-    stage.set_defaults(run=pretrain.run, label="save", inputs=())
+    stage.set_defaults(run=pretrain.run, label="save", inputs=(), system_metrics=True)
 
 
 def _launch(subparsers):
@@ -224,7 +225,7 @@ def _evaluate(subparsers):
         metrics = evaluate(args.checkpoint, args.test_data, args.out, args.batch_size, args.precision)
         return Outcome(metrics=metrics, tags={"checkpoint": metrics["checkpoint"]}, artifacts=[(args.out, None)])
 
-    stage.set_defaults(run=run, label="out", inputs=("test_data",))
+    stage.set_defaults(run=run, label="out", inputs=("test_data",), system_metrics=True)
 
 
 def _export(subparsers):
@@ -334,9 +335,11 @@ def main(argv=None) -> int:
     try:
         if run.enabled:
             run.log_params({key: value for key, value in vars(args).items()
-                            if key not in ("run", "label", "inputs", *TRACKING_FLAGS) and not callable(value)})
+                            if key not in ("run", "label", "inputs", "system_metrics", *TRACKING_FLAGS)
+                            and not callable(value)})
             run.log_params(_input_hashes(args))
-        outcome = args.run(args, run) or Outcome()
+        with run.system_metrics() if getattr(args, "system_metrics", False) else contextlib.nullcontext():
+            outcome = args.run(args, run) or Outcome()
         run.log_metrics(outcome.metrics)
         run.set_tags(outcome.tags)
         for path, folder in outcome.artifacts:

@@ -221,6 +221,27 @@ class Run:
             f.write(json.dumps({"time": time.time(), "run": self.name, "run_id": self.run_id, **record},
                                default=str) + "\n")
 
+    @contextlib.contextmanager
+    def system_metrics(self):
+        """While the block runs: CPU, memory, disk and network use, and a GPU's utilisation and memory where there is
+        one, sampled by MLflow's own monitor into this run as `system/...` metrics (every 10 s, or
+        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL); nothing offline."""
+        monitor = None
+        if self.enabled and not self.offline:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                monitor = SystemMetricsMonitor(self.run_id, tracking_uri=self.uri)
+                monitor.start()
+            except Exception as error:  # noqa: BLE001: as _call, the work goes on without it
+                log.warning("system metrics of %s are not recorded: %s", self.name, redact(str(error)))
+                monitor = None
+        try:
+            yield
+        finally:
+            if monitor:
+                monitor.finish()
+
     # -- what stages log ---------------------------------------------------------------------------------------
     def log_params(self, params: dict):
         from_values = {_key(k): redact(str(v))[:PARAM_CHARS] for k, v in flatten(params).items() if v is not None}

@@ -161,3 +161,21 @@ def test_a_version_that_a_retried_request_made_twice_is_kept_once_and_a_rerun_ma
     assert sorted(v.version for v in client.search_model_versions("name='bert'")) == sorted([twice[0], other])
     assert _create_version(client, "bert", source, run.run_id, {}) == twice[0]
     assert len(client.search_model_versions("name='bert'")) == 2
+
+
+def test_system_metrics_are_sampled_into_the_run_while_the_stage_works(store, monkeypatch):
+    """MLflow's own monitor, as the pretrain and evaluate runs use it (its sampling interval shortened to 0.2 s)."""
+    import time
+
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    where = target(store)
+    run = stage_run(where, "pretrain", "pretrain")
+    with run.system_metrics():
+        busy_until = time.monotonic() + 1.5  # a stage at work for some samples' time
+        while time.monotonic() < busy_until:
+            sum(range(10000))
+    run.end()
+    metrics = MlflowClient(where.uri).get_run(run.run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_percentage"} <= set(metrics), metrics

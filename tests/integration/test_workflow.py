@@ -96,6 +96,7 @@ def check_mlflow_store(folder):
     assert len(json.loads((folder / "results/tfrecords/seq128/train/stats.json").read_text())["per_shard"]) == 3
     phase1 = next(r for r in by_stage["pretrain"] if r.info.run_name == "pretrain phase 1")
     assert STEP_METRICS | {"valid_perplexity", "valid_nsp_accuracy"} <= set(phase1.data.metrics)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(phase1.data.metrics)
     history = client.get_metric_history(phase1.info.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, 2401))
     assert [m.step for m in client.get_metric_history(phase1.info.run_id, "valid_perplexity")] == [800, 1600, 2400]
