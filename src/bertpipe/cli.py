@@ -306,15 +306,12 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _input_hashes(args) -> dict:
-    from bertpipe.hashing import content_hash
+def _inputs(args) -> dict:
+    """The stage's declared `inputs` that were given, for Run.log_inputs."""
+    from bertpipe.hashing import described_input
 
-    hashes = {}
-    for name in args.inputs:
-        value = getattr(args, name)
-        if value:
-            hashes[f"input_hash.{name}"] = content_hash(*(value if isinstance(value, list) else [value]))
-    return hashes
+    return {name: described_input(value if isinstance(value, list) else [value])
+            for name in args.inputs if (value := getattr(args, name))}
 
 
 TRACKING_FLAGS = ("log_file", "run_name", "tracking_uri", "tracking_dir", "experiment", "git_commit")
@@ -337,7 +334,7 @@ def main(argv=None) -> int:
             run.log_params({key: value for key, value in vars(args).items()
                             if key not in ("run", "label", "inputs", "system_metrics", *TRACKING_FLAGS)
                             and not callable(value)})
-            run.log_params(_input_hashes(args))
+            run.log_inputs(_inputs(args))
         with run.system_metrics() if getattr(args, "system_metrics", False) else contextlib.nullcontext():
             outcome = args.run(args, run) or Outcome()
         run.log_metrics(outcome.metrics)

@@ -24,6 +24,18 @@ def content_hash(*paths) -> str:
     return digest.hexdigest()
 
 
+def described_input(paths, digest: str = None) -> tuple:
+    """An input of a run as tracking.Run.log_inputs takes it: (paths, content hash, records, feature names); the
+    records and features of TFRecords (from their stats files), None for other files. `digest`: the content hash,
+    where the caller has it already."""
+    from bertpipe.records import FEATURES, dataset_rows
+
+    paths = [str(path) for path in paths]
+    tfrecords = all(path.endswith(".tfrecord") for path in paths)
+    return (paths, digest or content_hash(*paths), dataset_rows(paths) if tfrecords else None,
+            list(FEATURES) if tfrecords else None)
+
+
 def file_hash(path) -> str:
     """blake2b-128 of one file's bytes."""
     digest = hashlib.blake2b(digest_size=16)

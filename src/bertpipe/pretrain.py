@@ -93,7 +93,7 @@ def _samples(args, tokenizer, phase: PhaseSettings, seed: int) -> tuple:
 
 
 def run(args, tracking_run):
-    from bertpipe.hashing import content_hash
+    from bertpipe.hashing import content_hash, described_input
     from bertpipe.model import BertConfig
     from bertpipe.tokenizer import Tokenizer
     from bertpipe.tracking import MetricSink, Outcome
@@ -125,10 +125,10 @@ def run(args, tracking_run):
     inputs = {}
     if rank == 0:  # rank 0 checks checkpoints against them and saves them
         inputs = {"tokenizer": content_hash(args.tokenizer_path), "train_data": content_hash(*train_samples.files)}
-    if tracking_run.enabled:  # the hashes the checkpoints record, as the run's params
-        tracking_run.log_params({"input_hash.tokenizer_path": inputs["tokenizer"],
-                                 "input_hash.train_data": inputs["train_data"]} | (
-            {"input_hash.valid_data": content_hash(*valid_samples.files)} if args.valid_data else {}))
+    if tracking_run.enabled:  # the hashes the checkpoints record, as the run's inputs
+        tracking_run.log_inputs({"tokenizer_path": described_input([args.tokenizer_path], inputs["tokenizer"]),
+                                 "train_data": described_input(train_samples.files, inputs["train_data"])} | (
+            {"valid_data": described_input(valid_samples.files)} if args.valid_data else {}))
 
     sinks = [ConsoleSink(training.log_interval, phase.train_iters), MetricSink(tracking_run, training.log_interval)]
     if args.metrics:

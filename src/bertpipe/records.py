@@ -15,6 +15,7 @@ google-research/bert's; the writer (the tfrecords stage) takes them from here.
 import array
 import functools
 import glob
+import json
 import struct
 from pathlib import Path
 
@@ -114,6 +115,18 @@ def expand_files(patterns) -> list:
             raise BertpipeError(f"{pattern}: no TFRecord file there; check --train-data/--valid-data")
         files.extend(matched)
     return files
+
+
+def dataset_rows(files) -> int:
+    """The records in TFRecord `files`, from the stats the tfrecords stage wrote beside each (`<name>.stats.json`),
+    or None where one is missing (files made elsewhere)."""
+    rows = 0
+    for path in map(Path, files):
+        stats = path.with_name(path.name.removesuffix(".tfrecord") + ".stats.json")
+        if path.suffix != ".tfrecord" or not stats.is_file():
+            return None
+        rows += json.loads(stats.read_text())["instances"]
+    return rows
 
 
 def _open_index(path: str) -> np.ndarray:

@@ -257,6 +257,33 @@ class Run:
 
         self._call(send, {"op": "params", "params": from_values})
 
+    def log_inputs(self, inputs: dict):
+        """What the stage read, {name: (paths, content hash, records or None, feature names or None)}: each as a
+        param `input_hash.<name>` and as an MLflow dataset input (named by the paths' common folder, the content hash
+        as its digest, the records as its rows, tagged with `name` as its context), which MLflow's UI shows in the
+        runs' Dataset column and each run's inputs."""
+        self.log_params({f"input_hash.{name}": digest for name, (_, digest, _, _) in inputs.items()})
+        records = []
+        for name, (paths, digest, rows, features) in inputs.items():
+            where = os.path.commonpath([os.path.abspath(path) for path in paths])
+            records.append({"name": os.path.relpath(where), "digest": digest, "source": Path(where).as_uri(),
+                            "rows": rows, "features": features, "context": name})
+
+        def send():
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            self.client.log_inputs(self.run_id, datasets=[DatasetInput(
+                Dataset(name=record["name"], digest=record["digest"], source_type="local",
+                        source=json.dumps({"uri": record["source"]}),
+                        schema=json.dumps({"mlflow_colspec": [{"name": feature, "type": "long"}
+                                                              for feature in record["features"]]})
+                        if record["features"] else None,
+                        profile=json.dumps({"num_rows": record["rows"]}) if record["rows"] is not None else None),
+                tags=[InputTag("mlflow.data.context", record["context"])]) for record in records])
+
+        if records:
+            self._call(send, {"op": "inputs", "inputs": records})
+
     def log_metrics(self, metrics: dict, step: int = None):
         self.log_metric_history([(step, metrics)])
 

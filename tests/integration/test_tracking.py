@@ -179,3 +179,35 @@ def test_system_metrics_are_sampled_into_the_run_while_the_stage_works(store, mo
     run.end()
     metrics = MlflowClient(where.uri).get_run(run.run_id).data.metrics
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_percentage"} <= set(metrics), metrics
+
+
+def test_inputs_are_params_and_mlflow_datasets_with_digest_rows_and_context(store):
+    """A stage's inputs reach the Dataset column and the run's inputs: named by their folder, our content hash as the
+    digest, the TFRecords' record count (from their stats files) and feature names."""
+    from mlflow import MlflowClient
+
+    from bertpipe.hashing import described_input
+
+    folder = store / "results/tfrecords/seq128/train"
+    for part, instances in (("a", 3), ("b", 4)):
+        (folder / part).mkdir(parents=True)
+        (folder / part / "shard-0000.tfrecord").write_bytes(part.encode())
+        (folder / part / "shard-0000.stats.json").write_text(json.dumps({"instances": instances}))
+    (store / "tokenizer").mkdir()
+    (store / "tokenizer/spm.model").write_bytes(b"model")
+    files = sorted(str(path) for path in folder.glob("*/*.tfrecord"))
+    where = target(store)
+    run = stage_run(where, "pretrain phase 1", "pretrain")
+    run.log_inputs({"train_data": described_input(files), "tokenizer_path": described_input([store / "tokenizer"])})
+    run.end()
+
+    logged = MlflowClient(where.uri).get_run(run.run_id)
+    datasets = {d.tags[0].value: d.dataset for d in logged.inputs.dataset_inputs}
+    assert set(datasets) == {"train_data", "tokenizer_path"}
+    train = datasets["train_data"]
+    assert train.digest == content_hash(*files) == logged.data.params["input_hash.train_data"]
+    assert train.name.endswith("results/tfrecords/seq128/train") and json.loads(train.profile) == {"num_rows": 7}
+    assert "input_ids" in {column["name"] for column in json.loads(train.schema)["mlflow_colspec"]}
+    assert json.loads(train.source)["uri"] == folder.resolve().as_uri()
+    assert datasets["tokenizer_path"].digest == content_hash(store / "tokenizer") and not datasets[
+        "tokenizer_path"].profile

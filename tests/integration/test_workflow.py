@@ -102,6 +102,11 @@ def check_mlflow_store(folder):
     assert [m.step for m in client.get_metric_history(phase1.info.run_id, "valid_perplexity")] == [800, 1600, 2400]
     assert {"loss-curve.png", "metrics.jsonl"} <= {a.path for a in client.list_artifacts(phase1.info.run_id)}
     assert phase1.data.params["input_hash.train_data"] and phase1.data.tags["checkpoint"].endswith("step-00002400")
+    datasets = {d.tags[0].value: d.dataset for d in client.get_run(phase1.info.run_id).inputs.dataset_inputs}
+    assert {"train_data", "valid_data", "tokenizer_path"} <= set(datasets)  # the runs' Dataset column in the UI
+    assert datasets["train_data"].digest == phase1.data.params["input_hash.train_data"]
+    train_stats = json.loads((folder / "results/tfrecords/seq128/train/stats.json").read_text())
+    assert json.loads(datasets["train_data"].profile) == {"num_rows": train_stats["instances"]}
     assert {key: phase1.data.params[key] for key in ("precision", "batch_size", "eval_iters", "hidden_size")} == {
         "precision": "fp32", "batch_size": "8", "eval_iters": "32", "hidden_size": "128"}
     evaluation = by_stage["evaluate"][0].data.metrics
