@@ -229,17 +229,38 @@ def _evaluate(subparsers):
 
 
 def _export(subparsers):
-    stage = _stage(subparsers, "export", "a checkpoint as a HuggingFace transformers folder")
+    stage = _stage(subparsers, "export", "a checkpoint as a HuggingFace transformers folder, with its model card")
     stage.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a folder of checkpoints (newest)")
     stage.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder")
     stage.add_argument("--out", required=True, help="the transformers folder to write")
+    card = stage.add_argument_group("the model card's facts (the workflow gives them all; each is optional)")
+    settings.add_arguments(card, MlflowSettings, only=("registered_model",))
+    card.add_argument("--manifest", help="the download stage's manifest.json (the dump)")
+    card.add_argument("--corpus-stats", help="the corpus stage's stats.json (articles and splits)")
+    card.add_argument("--training-done", nargs="+", help="each phase's done.json, in order")
+    card.add_argument("--tfrecords-stats", nargs="+", help="each phase's train TFRecords stats.json, in order")
+    card.add_argument("--evaluation", help="the evaluate stage's metrics.json")
 
     def run(args, _):
-        from bertpipe.export import export
+        import json
 
-        summary = export(args.checkpoint, args.tokenizer, args.out)
+        from bertpipe.export import export
+        from bertpipe.hashing import content_hash
+
+        def read(path):
+            return json.loads(Path(path).read_text()) if path else None
+
+        phases = [read(path) for path in args.training_done or []]
+        facts = {"name": args.registered_model, "dump": read(args.manifest), "corpus": read(args.corpus_stats),
+                 "evaluation": read(args.evaluation), "phases": phases,
+                 "tfrecords": [read(path) for path in args.tfrecords_stats or []],
+                 "lineage": {"tokenizer content hash": content_hash(args.tokenizer),
+                             **({"code commit": args.git_commit} if args.git_commit else {}),
+                             **({"training runs (MLflow)": ", ".join(str(p["mlflow_run_id"]) for p in phases)}
+                                if phases else {})}}
+        summary = export(args.checkpoint, args.tokenizer, args.out, facts)
         return Outcome(metrics=summary, tags={"checkpoint": summary["checkpoint"]},
-                       artifacts=[(Path(args.out) / "config.json", None)])
+                       artifacts=[(Path(args.out) / "config.json", None), (Path(args.out) / "README.md", None)])
 
     stage.set_defaults(run=run, label="out", inputs=("tokenizer",))
 

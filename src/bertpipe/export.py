@@ -50,8 +50,92 @@ def fast_tokenizer(folder):
     return tokenizer, ours
 
 
-def export(checkpoint_dir, tokenizer_dir, out) -> dict:
-    """Write the HuggingFace folder `out`; returns what was exported (for the stage's stats)."""
+def model_card(summary: dict, model_config: dict, facts: dict) -> str:
+    """`README.md` of the exported folder in HuggingFace's model-card layout (a YAML metadata header, then the
+    sections): `facts` are what the pipeline knows of the model, each optional: "dump" (the manifest), "corpus"
+    (corpus stats), "phases" (each phase's done file), "tfrecords" (the phases' train TFRecord stats), "evaluation"
+    (evaluate's metrics), "lineage" (content hashes and commit), "name"."""
+    import yaml
+
+    dump, corpus, evaluation = facts.get("dump"), facts.get("corpus"), facts.get("evaluation")
+    name = facts.get("name") or "bertpipe-bert"
+    metadata = {"language": ["en"], "license": "cc-by-sa-4.0", "library_name": "transformers",
+                "pipeline_tag": "fill-mask", "tags": ["bert", "fill-mask", "bertpipe"], "datasets": ["wikipedia"]}
+    if evaluation:
+        metadata["model-index"] = [{"name": name, "results": [{
+            "task": {"type": "fill-mask", "name": "masked language modelling"},
+            "dataset": {"type": "wikipedia", "name": f"Wikipedia {dump['wiki']} {dump['date']}, test split" if dump
+                        else "Wikipedia, test split"},
+            "metrics": [{"type": "perplexity", "value": round(evaluation["test_perplexity"], 4)},
+                        {"type": "accuracy", "name": "masked-LM accuracy",
+                         "value": round(evaluation["test_mlm_accuracy"], 4)},
+                        {"type": "accuracy", "name": "next-sentence accuracy",
+                         "value": round(evaluation["test_nsp_accuracy"], 4)}]}]}]
+    unknown = "not recorded (exported outside the workflow)"
+    lines = ["---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "", f"# {name}", "",
+             f"BERT (masked-LM and next-sentence heads) pretrained from scratch on English Wikipedia by bertpipe, "
+             f"step {summary['step']} of `{summary['checkpoint']}`.", "", "## Data", ""]
+    if dump and corpus:
+        splits = corpus["splits"]
+        lines += [f"- Wikimedia dump `{dump['wiki']}` of {dump['date']}: {len(dump['parts'])} parts, "
+                  f"{corpus['documents_in']:,} articles ({corpus['documents_dropped']:,} dropped as too short).",
+                  "- Split " + ", ".join(f"{split} {splits[split]['documents']:,} articles "
+                                         f"({splits[split]['sentences']:,} sentences)" for split in splits)
+                  + f" by a hash of each article's id (weights {corpus['split']})."]
+    else:
+        lines.append(f"- Dump and corpus: {unknown}.")
+    for records in facts.get("tfrecords") or []:
+        spec = records["per_shard"][0]["spec"]  # the same in every shard of a length
+        lines.append(f"- Sequence length {spec['seq_length']}: {records['instances']:,} training instances, "
+                     f"{records['real_tokens']:,} tokens that are not padding ({spec['dupe_factor']} maskings of "
+                     "the text).")
+    lines += ["- Licence: Wikipedia's text is CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/); "
+              "this model is shared under the same licence.", "", "## Tokenizer", "",
+              f"{summary['tokenizer']}, {summary['vocab_size']:,} tokens, trained on the train split "
+              "(`tokenizer.json` here, a HuggingFace fast tokenizer).", "", "## Architecture", "",
+              "| setting | value |", "|---|---|"]
+    for key in ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size", "max_position_embeddings",
+                "vocab_size"):
+        lines.append(f"| {key} | {model_config[key]:,} |")
+    lines += [f"| parameters | {summary['parameters']:,} |", "", "## Training", ""]
+    phases = facts.get("phases") or []
+    if phases and all("phase" in done for done in phases):  # done files of older bertpipe versions lack it
+        lines += ["| phase | steps | global batch | sequence length | precision | hardware | wall time |",
+                  "|---|---|---|---|---|---|---|"]
+        for number, done in enumerate(phases, 1):
+            settings = done["phase"]
+            batch = settings["batch_size"] * settings["gradient_accumulation_steps"] * done["processes"]
+            lines.append(f"| {number} | {done['step']:,} | {batch:,} | {settings['seq_length']} | "
+                         f"{done['precision']} | {done['processes']} x {done['device']} | "
+                         f"{done['seconds'] / 3600:.2f} h |")
+    else:
+        lines.append(f"Phases: {unknown}.")
+    lines += ["", "## Evaluation", ""]
+    if evaluation:
+        lines += [f"On the {evaluation['test_sequences']:,} sequences of the test split: masked-LM perplexity "
+                  f"{evaluation['test_perplexity']:.3f}, masked-LM accuracy {evaluation['test_mlm_accuracy']:.3f}, "
+                  f"next-sentence accuracy {evaluation['test_nsp_accuracy']:.3f}."]
+    else:
+        lines.append(f"Test metrics: {unknown}.")
+    lineage = facts.get("lineage") or {}
+    lines += ["", "## Lineage", ""] + ([f"- {key}: `{value}`" for key, value in lineage.items()] or [f"- {unknown}"])
+    lines += ["", "## How to load", "", "```python",
+              "from transformers import AutoModelForPreTraining, AutoTokenizer, pipeline",
+              "", 'model = AutoModelForPreTraining.from_pretrained("path/to/this/folder")',
+              'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+              'fill = pipeline("fill-mask", model="path/to/this/folder")',
+              'fill("The capital of France is [MASK].")', "```", "", "## Limits", "",
+              "- Pretrained only: fine-tune it before using it for a task; its next-sentence head is BERT's "
+              "pretraining objective, not a classifier to trust.",
+              "- English Wikipedia only, as of the dump's date: its topics, its style and its biases, nothing later.",
+              "- A model trained on a small sample (the bundled demo) has learnt little beyond token frequencies: "
+              "look at the evaluation above before using it."]
+    return "\n".join(lines) + "\n"
+
+
+def export(checkpoint_dir, tokenizer_dir, out, facts: dict = None) -> dict:
+    """Write the HuggingFace folder `out`, with its model card from `facts` (model_card); returns what was
+    exported (for the stage's stats)."""
     import transformers
 
     model, source, state = load_model(checkpoint_dir)
@@ -67,5 +151,6 @@ def export(checkpoint_dir, tokenizer_dir, out) -> dict:
         hf_model.save_pretrained(temp, safe_serialization=True)
         hf_tokenizer.save_pretrained(temp)
         (temp / "bertpipe-export.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (temp / "README.md").write_text(model_card(summary, state["model_config"], facts or {}))
     log.info("%s: step %d of %s as a transformers folder", out, state["iteration"], source)
     return summary

@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import math
+import time
 
 from bertpipe import BertpipeError, settings
 from bertpipe.settings import STALE_POLICIES, InstanceSpec, ModelSettings, PhaseSettings, TrainingSettings
@@ -136,15 +137,16 @@ def run(args, tracking_run):
     checkpoints = CheckpointManager(args.save, args.load, args.init_from, training.save_interval, training.keep_last,
                                     args.stale_checkpoints)
     trainer = Trainer(model_config, training, phase, train_samples, valid_samples, checkpoints, sinks, inputs)
+    started = time.monotonic()
     finished = trainer.train() == "done"
     if trainer.rank != 0:
         return Outcome(stopped=not finished)
-    return _publish(args, trainer, tracking_run.run_id, finished)
+    return _publish(args, trainer, tracking_run.run_id, finished, time.monotonic() - started)
 
 
-def _publish(args, trainer, run_id, finished: bool):
-    """The phase's outputs: once training is complete the done file, then the loss curve (a plot must never hold
-    back a finished phase)."""
+def _publish(args, trainer, run_id, finished: bool, seconds: float):
+    """The phase's outputs: once training is complete the done file (what the phase was, for the model card), then
+    the loss curve (a plot must never hold back a finished phase)."""
     from bertpipe.tracking import Outcome
     from bertpipe.train import checkpoint
 
@@ -155,10 +157,14 @@ def _publish(args, trainer, run_id, finished: bool):
     outcome = Outcome(tags=tags, stopped=not finished)
     if finished and args.done:
         from bertpipe.atomic import atomic_file
+        from bertpipe.train.telemetry import device_name
 
+        done = {"step": trainer.iteration, "checkpoint": str(final) if final else None, "mlflow_run_id": run_id,
+                "phase": dataclasses.asdict(trainer.phase), "precision": trainer.training.precision,
+                "processes": trainer.world, "device": device_name(trainer.device),
+                "seconds": round(seconds, 1)}  # this run's: a phase resumed after a stop took longer in all
         with atomic_file(args.done) as temp:
-            temp.write_text(json.dumps({"step": trainer.iteration, "checkpoint": str(final) if final else None,
-                                        "mlflow_run_id": run_id}) + "\n")
+            temp.write_text(json.dumps(done) + "\n")
     if args.metrics and args.loss_curve:
         from bertpipe.plot import loss_curve
 

@@ -55,6 +55,44 @@ def test_folder_has_config_safetensors_and_tokenizer_files_and_no_pickle(exporte
     assert not list(folder.glob(".hf.tmp-*"))
 
 
+def card_metadata(card: str) -> dict:
+    import yaml
+
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_a_model_card_says_what_the_pipeline_recorded_in_huggingfaces_layout(exported):
+    from bertpipe.export import model_card
+
+    folder, _, config = exported
+    alone = (folder / "hf/README.md").read_text()  # exported by hand: no facts, and it says so
+    assert card_metadata(alone)["pipeline_tag"] == "fill-mask" and "not recorded" in alone
+    phase = {"seq_length": 128, "batch_size": 32, "gradient_accumulation_steps": 2, "train_iters": 900000}
+    facts = {"name": "wiki-bert", "dump": {"wiki": "enwiki", "date": "20261101", "parts": {"a": {}, "b": {}}},
+             "corpus": {"split": "1000,1,1", "documents_in": 6512345, "documents_dropped": 12,
+                        "splits": {name: {"documents": count, "sentences": 10 * count} for name, count in
+                                   (("train", 6500000), ("valid", 6000), ("test", 6333))}},
+             "phases": [{"step": 900000, "phase": phase, "precision": "fp16", "processes": 64,
+                         "device": "NVIDIA H200", "seconds": 7200.0, "mlflow_run_id": "abc"}],
+             "tfrecords": [{"instances": 123456789, "real_tokens": 9876543210,
+                            "per_shard": [{"spec": {"seq_length": 128, "dupe_factor": 5}}]}],
+             "evaluation": {"test_sequences": 4096, "test_perplexity": 3.25, "test_mlm_accuracy": 0.71,
+                            "test_nsp_accuracy": 0.97},
+             "lineage": {"tokenizer content hash": "0123abcd"}}
+    card = model_card({"step": 900000, "checkpoint": "ckpt/step-00900000", "tokenizer": "wordpiece",
+                       "vocab_size": 30522, "parameters": 336000000}, vars(config) | {"vocab_size": 30522}, facts)
+    metadata = card_metadata(card)
+    assert metadata["license"] == "cc-by-sa-4.0" and metadata["library_name"] == "transformers"
+    (result,) = metadata["model-index"][0]["results"]
+    assert {m["type"]: m["value"] for m in result["metrics"] if m["type"] == "perplexity"} == {"perplexity": 3.25}
+    assert "enwiki-20261101" not in card and "`enwiki` of 20261101: 2 parts, 6,512,345 articles" in card
+    assert "| 1 | 900,000 | 4,096 | 128 | fp16 | 64 x NVIDIA H200 | 2.00 h |" in card  # 32 x 2 x 64 sequences
+    assert "123,456,789 training instances" in card and "masked-LM perplexity 3.250" in card
+    assert "tokenizer content hash: `0123abcd`" in card and "# wiki-bert" in card and "CC BY-SA 4.0" in card
+    assert 'pipeline("fill-mask"' in card and "## Limits" in card
+
+
 def test_huggingface_model_gives_our_logits(exported, monkeypatch):
     import transformers
 

@@ -151,6 +151,12 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     for phase, steps in ((1, 2400), (2, 20)):
         done = json.loads((workflow_dir / f"results/pretrain/phase{phase}/done.json").read_text())
         assert done["step"] == steps and (workflow_dir / done["checkpoint"] / "state.pt").is_file()
+    # The exported folder's model card, from what the stages recorded.
+    card = (workflow_dir / "results/export/huggingface/README.md").read_text()
+    evaluation = json.loads((workflow_dir / "results/evaluate/metrics.json").read_text())
+    assert card.startswith("---\nlanguage:") and "pipeline_tag: fill-mask" in card and "cc-by-sa-4.0" in card
+    assert f"{SAMPLE_ARTICLES} articles" in card and f"masked-LM perplexity {evaluation['test_perplexity']:.3f}" in card
+    assert "| 1 | 2,400 | 8 | 128 | fp32 | 1 x " in card and "| 2 | 20 | 4 | 512 | fp32 | 1 x " in card
     phase2_log = (workflow_dir / "logs/pretrain/phase2.log").read_text()
     assert "initialised from the weights of results/pretrain/phase1/checkpoints/step-00002400" in phase2_log
     # The model learnt: its validation masked-LM loss is below the unigram entropy of the masked tokens (the loss of

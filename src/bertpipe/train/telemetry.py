@@ -34,6 +34,19 @@ def measured_peak_flops(dtype: torch.dtype, device: torch.device, repeats: int =
     return 2 * size**3 * repeats / (time.perf_counter() - started)
 
 
+def device_name(device: torch.device) -> str:
+    """What the device is, for a model card: the GPU's name, or the CPU's model."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        lines = open("/proc/cpuinfo").read().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or platform.machine() or "CPU"
+
+
 def datasheet_peak_flops(device: torch.device):
     """The datasheet's dense fp16/bf16 FLOP/s of a known GPU, or None."""
     if device.type != "cuda":
