@@ -173,7 +173,8 @@ def main():
         warmup = 3 if args.gpu else 1
         ours_s = seconds_per_step(ours_step, ours, batch, precision, device, warmup, args.repeats)
         hf_s = seconds_per_step(hf_step, theirs, batch, precision, device, warmup, args.repeats)
-        matmul = measured_peak_flops(COMPUTE_DTYPES[precision], device, repeats=10, size=8192 if args.gpu else 2048)
+        matmul = measured_peak_flops(COMPUTE_DTYPES[precision], device, seconds=1.0,
+                                     size=8192 if args.gpu else 2048)
         utilisation = f"{flops / ours_s / matmul:.0%} of matmul ({matmul / 1e12:.1f} T)"
         if args.gpu:
             peak = args.peak_tflops * 1e12

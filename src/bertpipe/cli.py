@@ -248,7 +248,13 @@ def _export(subparsers):
         from bertpipe.hashing import content_hash
 
         def read(path):
-            return json.loads(Path(path).read_text()) if path else None
+            if not path:
+                return None
+            try:
+                return json.loads(Path(path).read_text())
+            except (OSError, ValueError) as error:
+                raise BertpipeError(f"{path}: not a readable JSON file for the model card ({error}); run the stage "
+                                    "that writes it, or leave the flag out") from None
 
         phases = [read(path) for path in args.training_done or []]
         facts = {"name": args.registered_model, "dump": read(args.manifest), "corpus": read(args.corpus_stats),

@@ -146,3 +146,14 @@ def test_a_final_checkpoint_that_does_not_load_stops_export_and_evaluate_naming_
     status, _, err = bertpipe_in_process(capsys, stage, "--checkpoint", tmp_path / "checkpoints", *arguments)
     assert status == 1 and f"{damaged} does not load" in err and "Traceback" not in err
     assert not (tmp_path / "hf").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_a_missing_model_card_fact_is_named(exported, tmp_path, capsys):
+    from tests.conftest import bertpipe_in_process
+
+    folder, _, _ = exported
+    status, _, err = bertpipe_in_process(capsys, "export", "--checkpoint", folder / "checkpoints", "--tokenizer",
+                                         folder / "tokenizer", "--out", tmp_path / "hf", "--evaluation",
+                                         tmp_path / "absent.json")
+    assert status == 1 and "absent.json: not a readable JSON file for the model card" in err
+    assert not (tmp_path / "hf").exists()

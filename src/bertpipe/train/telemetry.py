@@ -17,21 +17,31 @@ DATASHEET_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
 MATMUL_SIZE = {"cuda": 8192, "cpu": 1024}  # big enough to reach the device's rate, small enough to time in a second
 
 
-def measured_peak_flops(dtype: torch.dtype, device: torch.device, repeats: int = 5, size: int = None) -> float:
-    """FLOP/s of a square matmul of `dtype` on `device` (of `size`, default MATMUL_SIZE's): what this device
-    reaches on the work a model is made of."""
-    size = size or MATMUL_SIZE.get(device.type, MATMUL_SIZE["cpu"])
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    a @ b  # the first call pays for kernel selection and allocation
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 2 * size**3 * repeats / (time.perf_counter() - started)
+def measured_peak_flops(dtype: torch.dtype, device: torch.device, seconds: float = 0.25, size: int = None) -> float:
+    """FLOP/s of square matmuls of `dtype` on `device`: what this device reaches on the work a model is made of.
+    The size doubles from 256 up to `size` (MATMUL_SIZE's by default) while one matmul takes under 50 ms, then
+    matmuls of that size run for about `seconds`: a second at most, also where a dtype has no fast kernel (float16
+    on most CPUs runs at a hundredth of float32)."""
+    largest = size or MATMUL_SIZE.get(device.type, MATMUL_SIZE["cpu"])
+
+    def timed(n: int, repeats: int = 1) -> float:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        a @ b  # the first call pays for kernel selection and allocation
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - started) / repeats
+
+    n = 256
+    while n < largest and timed(n) < 0.05:
+        n *= 2
+    repeats = max(2, int(seconds / max(timed(n), 1e-6)))
+    return 2 * n**3 / timed(n, repeats)
 
 
 def device_name(device: torch.device) -> str:
