@@ -31,13 +31,18 @@ def init(timeout_minutes: float = None) -> tuple:
     return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank) if cuda else torch.device("cpu")
 
 
-def all_sum(value: float, device) -> float:
-    """The sum of `value` over all ranks (itself when not distributed)."""
+def all_sums(values: list, device) -> list:
+    """The sums of `values` over all ranks (themselves when not distributed), in one all-reduce."""
     if not dist.is_initialized():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
-    return tensor.item()
+    return tensor.tolist()
+
+
+def all_sum(value: float, device) -> float:
+    """The sum of `value` over all ranks."""
+    return all_sums([value], device)[0]
 
 
 def gather_objects(value) -> list:

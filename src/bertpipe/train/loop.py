@@ -22,7 +22,7 @@ from bertpipe.model import BertConfig, BertForPreTraining
 from bertpipe.settings import PhaseSettings, TrainingSettings
 from bertpipe.train.checkpoint import CheckpointManager, load
 from bertpipe.train.data import RankBatches, global_batch_indices, rank_batch_stream
-from bertpipe.train.distributed import StopRequest, all_sum, broadcast_object, gather_objects, init
+from bertpipe.train.distributed import StopRequest, all_sums, broadcast_object, gather_objects, init
 from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals, forward_sums
 from bertpipe.train.optim import adamw, learning_rate
 from bertpipe.train.precision import COMPUTE_DTYPES, ConstantLossScaler, DynamicLossScaler, gradients_overflow
@@ -127,8 +127,8 @@ class Trainer:
         started = time.perf_counter()
         micro_batches = next(batches)
         waiting = time.perf_counter() - started
-        predictions = all_sum(sum(float(b["masked_lm_weights"].sum()) for b in micro_batches), self.device)
-        real_tokens = all_sum(sum(float(b["input_mask"].sum()) for b in micro_batches), self.device)
+        predictions, real_tokens = all_sums([sum(float(b["masked_lm_weights"].sum()) for b in micro_batches),
+                                             sum(float(b["input_mask"].sum()) for b in micro_batches)], self.device)
         sequences = phase.batch_size * phase.gradient_accumulation_steps * self.world
         scale = self.scaler.scale if training.precision == "fp16" else 1.0
         mlm_sum = nsp_sum = 0.0
@@ -163,8 +163,8 @@ class Trainer:
             self.scaler.update(overflow)
         self.iteration += 1
         seconds = time.perf_counter() - started
-        mlm_loss = all_sum(mlm_sum, self.device) / predictions
-        nsp_loss = all_sum(nsp_sum, self.device) / sequences
+        mlm_total, nsp_total = all_sums([mlm_sum, nsp_sum], self.device)
+        mlm_loss, nsp_loss = mlm_total / predictions, nsp_total / sequences
         return {"step": self.iteration, "loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
                 "lr": lr, "loss_scale": scale, "skipped": self.scaler.skipped, "overflow": bool(overflow),
                 "grad_norm": grad_norm, "samples_per_second": sequences / seconds,
@@ -185,7 +185,7 @@ class Trainer:
         self.model.eval()
         totals = evaluation_totals(self.model, batches(), self.device, self.training.precision)
         self.model.train()
-        totals = {key: all_sum(value, self.device) for key, value in totals.items()}
+        totals = dict(zip(totals, all_sums(list(totals.values()), self.device)))
         return {"step": self.iteration, **evaluation_metrics(totals, "valid_")}
 
     # -- the loop ------------------------------------------------------------------------------------------------
