@@ -90,6 +90,15 @@ def pretrain_data(split, suffix="tfrecord"):
     return lambda wildcards: tfrecord_files(pretrain_phase(wildcards)["seq_length"], split, suffix)
 
 
+# Training is the longest job, so the jobs on its way run first (Snakemake starts the ready job of highest priority):
+# phase 1 starts as soon as its own TFRecords are made, while the other lengths' and the test split's are made.
+FIRST_SEQ_LENGTH = PRETRAIN["phases"][0]["seq_length"]
+
+
+def training_priority(wildcards):
+    return int(int(wildcards.seq) == FIRST_SEQ_LENGTH and wildcards.split != "test")
+
+
 # The final model: the last phase's checkpoints, evaluated on that phase's sequence length.
 LAST_PHASE = len(PRETRAIN["phases"])
 LAST_PHASE_DIR = f"{RESULTS}/pretrain/phase{LAST_PHASE}"

@@ -45,6 +45,7 @@ rule pretrain:
         ),
     # The node's CPUs for this job (Snakemake sets OMP_NUM_THREADS to them; launch shares them among the processes).
     threads: config["slurm"]["pretrain"]["cpus_per_node"]
+    priority: 2  # before any other ready job: it is the longest (common.smk, training_priority)
     resources:
         **slurm_pretrain_job(),
     conda:

@@ -16,6 +16,7 @@ rule tfrecords:
             InstanceSpec, {**config["tfrecords"], **PHASE_OF_LENGTH[int(wildcards.seq)]}
         ),
         seed=settings_flags(TFRecordsSettings, config["tfrecords"], only=("seed",)),
+    priority: training_priority
     resources:
         **slurm_job("tfrecords"),
     conda:
@@ -33,10 +34,12 @@ rule tfrecords_stats:
     input:
         lambda wildcards: tfrecord_files(wildcards.seq, wildcards.split, "stats.json"),
     output:
-        report(
-            f"{RESULTS}/tfrecords/seq{{seq}}/{{split}}/stats.json",
+        stats=f"{RESULTS}/tfrecords/seq{{seq}}/{{split}}/stats.json",
+        page=report(
+            f"{RESULTS}/tfrecords/seq{{seq}}/{{split}}/stats.html",
             caption="../report/tfrecords_stats.rst",
             category="TFRecords",
+            subcategory="seq {seq}",
         ),
     conda:
         "../../envs/tfrecords.yaml"
@@ -44,4 +47,4 @@ rule tfrecords_stats:
         f"{LOGS}/tfrecords/seq{{seq}}/{{split}}/stats.log",
     shell:
         "bertpipe --log-file {log:q} --run-name 'tfrecords seq{wildcards.seq} {wildcards.split}'"
-        " tfrecords summarize {input:q} --out {output:q} 2> {log:q}"
+        " tfrecords summarize {input:q} --out {output.stats:q} --page {output.page:q} 2> {log:q}"
