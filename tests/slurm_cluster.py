@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.debian import apt_install
+
 # The plugin's job step drops SLURM_* variables (SLURM_CONF included) before it calls srun, so the configuration must
 # be where every Slurm command looks by default.
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
@@ -19,18 +21,8 @@ START_DEADLINE = 60  # seconds for the nodes to come up idle
 
 
 def install_slurm() -> None:
-    """Installs Debian's Slurm and munge when slurmctld is missing (CI starts from a bare Debian 12, as root)."""
-    if shutil.which("slurmctld") and shutil.which("slurmd") and shutil.which("munged"):
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise RuntimeError("the Slurm tests need Debian's slurmctld, slurmd, slurm-client and munge: install them "
-                           f"(apt-get install {' '.join(PACKAGES)}) or run the tests as root on Debian")
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]):
-        result = subprocess.run(command, capture_output=True, text=True, env=environment)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+    """Debian's Slurm and munge, when slurmctld is missing."""
+    apt_install(PACKAGES, ("slurmctld", "slurmd", "munged"), "the Slurm tests")
 
 
 def slurm_conf(folder: Path, spool: Path, nodes: list, cpus: int, memory_mb: int) -> str:

@@ -104,12 +104,14 @@ def _corpus(subparsers):
     summarize = _stage(steps, "summarize", "add up the parts' stats")
     summarize.add_argument("parts", nargs="+", help="the parts' corpus folders")
     settings.add_arguments(summarize, CorpusSettings, only=("split",))
-    summarize.add_argument("--out", required=True)
+    summarize.add_argument("--out", required=True, help="the stats (JSON)")
+    summarize.add_argument("--page", required=True, help="the stats as tables (HTML), for the report")
 
     def run_summarize(args, _):
         from bertpipe.corpus import summarize as summarize_parts
 
-        return Outcome(metrics=summarize_parts(args.parts, args.out, args.split), artifacts=[(args.out, None)])
+        return Outcome(metrics=summarize_parts(args.parts, args.out, args.page, args.split),
+                       artifacts=[(args.out, None), (args.page, None)])
 
     summarize.set_defaults(run=run_summarize, label="out", inputs=("parts",))
 
@@ -166,12 +168,14 @@ def _tfrecords(subparsers):
 
     summarize = _stage(steps, "summarize", "add up the shards' stats")
     summarize.add_argument("stats", nargs="+")
-    summarize.add_argument("--out", required=True)
+    summarize.add_argument("--out", required=True, help="the totals and every shard's stats (JSON)")
+    summarize.add_argument("--page", required=True, help="the totals as a table (HTML), for the report")
 
     def run_summarize(args, _):
         from bertpipe.tfrecords import summarize as summarize_shards
 
-        return Outcome(metrics=summarize_shards(args.stats, args.out), artifacts=[(args.out, None)])
+        return Outcome(metrics=summarize_shards(args.stats, args.out, args.page),
+                       artifacts=[(args.out, None), (args.page, None)])
 
     summarize.set_defaults(run=run_summarize, label="out", inputs=("stats",))
 
@@ -215,15 +219,19 @@ def _evaluate(subparsers):
     stage = _stage(subparsers, "evaluate", "perplexity, masked-LM and next-sentence accuracy on the test split")
     stage.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a folder of checkpoints (newest)")
     stage.add_argument("--test-data", nargs="+", required=True, help="TFRecord files or globs of the test split")
+    stage.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder (to show the fill-mask table)")
     settings.add_arguments(stage, EvaluateSettings)
     settings.add_arguments(stage, TrainingSettings, only=("precision",))
     stage.add_argument("--out", required=True, help="metrics (JSON)")
+    stage.add_argument("--fill-mask", required=True, help="the fill-mask table (HTML) to write")
 
     def run(args, _):
         from bertpipe.evaluate import evaluate
 
-        metrics = evaluate(args.checkpoint, args.test_data, args.out, args.batch_size, args.precision)
-        return Outcome(metrics=metrics, tags={"checkpoint": metrics["checkpoint"]}, artifacts=[(args.out, None)])
+        metrics = evaluate(args.checkpoint, args.test_data, args.tokenizer, args.out, args.fill_mask,
+                           args.batch_size, args.precision)
+        return Outcome(metrics=metrics, tags={"checkpoint": metrics["checkpoint"]},
+                       artifacts=[(args.out, None), (args.fill_mask, None)])
 
     stage.set_defaults(run=run, label="out", inputs=("test_data",), system_metrics=True)
 
@@ -296,6 +304,30 @@ def _register(subparsers):
     stage.set_defaults(run=run, label="registered_model", inputs=("model",))
 
 
+def _tracking(subparsers):
+    stage = _stage(subparsers, "tracking", "what tracking could not send when it was written")
+    steps = stage.add_subparsers(dest="step", required=True)
+    replay = _stage(steps, "replay", "send the offline records of --tracking-dir to --tracking-uri, each once",
+                    description="When MLflow cannot be reached, jobs keep what they would have logged in "
+                                "<tracking-dir>/offline/. Once it is back, this sends it there, to the runs it "
+                                "belongs to, and remembers what it sent: run it again and nothing is sent twice. "
+                                "(The workflow runs it at the start of each pipeline run.) E.g. bertpipe "
+                                "--tracking-uri http://127.0.0.1:5000 --tracking-dir results/mlflow tracking replay")
+
+    def run(args, _):
+        from bertpipe import tracking
+
+        if not args.tracking_uri:
+            raise BertpipeError("no MLflow tracking URI: give `bertpipe --tracking-uri URI --tracking-dir "
+                                "results/mlflow tracking replay` (for the SQLite default, sqlite:///<absolute path "
+                                "of results>/mlflow/mlflow.db)")
+        counts = tracking.replay(tracking.target_of(args))
+        print(f"replayed {counts['records']} records of {counts['files']} files ({counts['runs_created']} runs "
+              f"created, {counts['skipped']} records not for replay) to {redact(args.tracking_uri)}")
+
+    replay.set_defaults(run=run, label=None, inputs=(), tracked=False)
+
+
 def _settings(subparsers):
     stage = _stage(subparsers, "settings", "the config's schema, its documentation, or a config's faults",
                    description="Every setting is defined once, in src/bertpipe/settings.py; this writes what is "
@@ -328,7 +360,7 @@ def parser() -> argparse.ArgumentParser:
     tracking.add_arguments(top)
     subparsers = top.add_subparsers(dest="stage", required=True)
     for add in (_download, _extract, _corpus, _tokenizer, _tfrecords, _pretrain, _launch, _evaluate, _export,
-                _register, _settings):
+                _register, _tracking, _settings):
         add(subparsers)
     return top
 

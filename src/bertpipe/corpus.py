@@ -18,6 +18,7 @@ import blingfire
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_dir, atomic_file
+from bertpipe.pages import stats_page
 from bertpipe.splits import SPLITS, parse_split, split_of
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,9 @@ def build_part(articles, outdir, settings) -> dict:
     return stats
 
 
-def summarize(part_dirs, out, split: str) -> dict:
-    """Add up the parts' stats into `out`; fail if a split with a positive weight got no document."""
+def summarize(part_dirs, out, page, split: str) -> dict:
+    """Add up the parts' stats into `out` (JSON) and `page` (HTML tables, for the report); fail if a split with a
+    positive weight got no document."""
     fractions = parse_split(split)
     total = {
         "split": split,
@@ -145,6 +147,9 @@ def summarize(part_dirs, out, split: str) -> dict:
                 f"split {split!r}: '{name}' got no document of {documents} (expected about {fraction * documents:.1f}); "
                 "give it a larger weight in corpus.split or use more data"
             )
+    with atomic_file(page) as temp:
+        temp.write_text(stats_page("The corpus", f"Documents read and dropped over {len(part_dirs)} dump parts, "
+                                                 f"and each split's size (corpus.split {split}).", total))
     with atomic_file(out) as temp:
         temp.write_text(json.dumps(total, indent=2) + "\n")
     return total

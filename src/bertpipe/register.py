@@ -1,5 +1,10 @@
-"""Stage `register`: the exported transformers folder logged to MLflow and registered as a new version of a named
-model in the Model Registry, tagged with its lineage and its evaluation metrics.
+"""Stage `register`: the exported transformers folder logged to MLflow as a servable model and registered as a new
+version of a named model in the Model Registry, tagged with its lineage and its evaluation metrics.
+
+The logged model is an MLflow pyfunc model whose code is `fill_mask_model.py` and whose artifact is the exported
+folder, so `mlflow.pyfunc.load_model("models:/<name>/<version>").predict(["... [MASK] ..."])` and `mlflow models
+serve` answer with the top tokens and their probabilities, and `transformers` can still load the folder itself
+(`artifacts/huggingface` in the model).
 
 The version's source is the folder as logged under this stage's run (`runs:/...` resolved to the artifact URI), so
 the registry points at an immutable copy, not at a results folder that a rerun may replace. Without a reachable
@@ -10,6 +15,8 @@ version twice, so the versions of this run and source are looked up, and only th
 
 import json
 import logging
+import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 from bertpipe import BertpipeError
@@ -19,6 +26,10 @@ from bertpipe.redaction import redact
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
+MODEL_CODE = Path(__file__).with_name("fill_mask_model.py")
+# What loading or serving the model needs, pinned to what made it (a local build tag such as +cpu dropped: pip finds
+# the same version for the machine that serves).
+SERVING_REQUIREMENTS = ("mlflow", "transformers", "tokenizers", "safetensors", "torch")
 
 
 def lineage(manifest, tokenizer_dir, train_data, training_done, commit: str = None) -> dict:
@@ -45,7 +56,10 @@ def register(run, model_dir, name: str, lineage: dict, evaluation_file, out, upl
             **{f"evaluation.{key}": f"{value:.6g}" for key, value in metrics.items()}}
     run.log_metrics(metrics)
     run.set_tags(tags)
-    run.log_artifact(model_dir, MODEL_ARTIFACT, timeout_seconds=upload_timeout_seconds)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".mlflow-model-") as temp:
+        run.log_artifact(servable_model(model_dir, Path(temp) / MODEL_ARTIFACT), MODEL_ARTIFACT,
+                         timeout_seconds=upload_timeout_seconds)
     source = run.artifact_uri(MODEL_ARTIFACT)
     version = None
     if source is not None:
@@ -60,6 +74,16 @@ def register(run, model_dir, name: str, lineage: dict, evaluation_file, out, upl
     with atomic_file(out) as temp:
         temp.write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def servable_model(model_dir, path) -> Path:
+    """The exported folder `model_dir` as an MLflow pyfunc fill-mask model in folder `path` (made here)."""
+    import mlflow.pyfunc
+
+    mlflow.pyfunc.save_model(
+        path, python_model=str(MODEL_CODE), artifacts={"huggingface": str(model_dir)},
+        pip_requirements=[f"{name}=={version(name).split('+')[0]}" for name in SERVING_REQUIREMENTS])
+    return Path(path)
 
 
 def _create_version(client, name, source, run_id, tags):

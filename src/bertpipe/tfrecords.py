@@ -18,6 +18,7 @@ import numpy as np
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_file
+from bertpipe.pages import stats_page
 from bertpipe.instances import InstanceSpec, TokenizedShard, materialize, pair_spans
 from bertpipe.tokenizer import Tokenizer
 from bertpipe.hashing import file_hash
@@ -175,9 +176,10 @@ def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: 
     return stats
 
 
-def summarize(stats_files, out) -> dict:
+def summarize(stats_files, out, page) -> dict:
     """Add up the per-shard stats of one sequence length and split; `out` holds the totals and, under "per_shard",
-    every shard's stats (the shards' jobs are not runs of their own: this is their record). Returns the totals."""
+    every shard's stats (the shards' jobs are not runs of their own: this is their record); `page`, the totals as a
+    table (HTML, for the report). Returns the totals."""
     keys = ("documents", "sentences", "instances", "tokens", "real_tokens", "masked", "mask", "kept", "random",
             "random_next", "random_next_forced", "padding")
     total = dict.fromkeys(keys, 0) | {"shards": len(stats_files)}
@@ -189,6 +191,10 @@ def summarize(stats_files, out) -> dict:
             total[key] += stats[key]
     total["masked_fraction"] = total["masked"] / max(total["real_tokens"], 1)
     total["random_next_share"] = total["random_next"] / max(total["instances"], 1)
+    with atomic_file(page) as temp:
+        temp.write_text(stats_page(f"TFRecords of {Path(out).parent.relative_to(Path(out).parents[2])}",
+                                   f"The instances of {len(stats_files)} shards, added up (every shard's in "
+                                   f"{Path(out).name}).", total))
     with atomic_file(out) as temp:
         temp.write_text(json.dumps({**total, "per_shard": per_shard}, indent=2) + "\n")
     return total

@@ -197,7 +197,7 @@ class Tokenizer:
             self.is_word_start = np.array([p.startswith("\u2581") for p in pieces])
         else:
             from tokenizers import Tokenizer as HFTokenizer
-            from tokenizers import models, normalizers, pre_tokenizers
+            from tokenizers import decoders, models, normalizers, pre_tokenizers
 
             vocab = read_vocab(self.folder / "vocab.txt")
             # tokenizer.json's pipeline without its added special tokens: as with Google's BERT tokenizer, the text
@@ -206,6 +206,7 @@ class Tokenizer:
             self._hf = HFTokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
             self._hf.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
             self._hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            self._hf.decoder = decoders.WordPiece()
             starts = np.ones(self.vocab_size, dtype=bool)
             for token, index in vocab.items():
                 starts[index] = not token.startswith("##")
@@ -220,3 +221,15 @@ class Tokenizer:
         if self.kind == "sentencepiece":
             return self._spm.encode(sentences, out_type=int)
         return [e.ids for e in self._hf.encode_batch(sentences)]
+
+    def decode(self, ids: list) -> str:
+        """The text of ordinary token ids."""
+        if self.kind == "sentencepiece":
+            return self._spm.decode([int(i) for i in ids])
+        return self._hf.decode([int(i) for i in ids])
+
+    def token(self, token_id: int) -> str:
+        """A token as the vocabulary spells it ("\u2581" starts a SentencePiece word, "##" goes on a WordPiece one)."""
+        if self.kind == "sentencepiece":
+            return self._spm.id_to_piece(int(token_id))
+        return self._hf.id_to_token(int(token_id))

@@ -220,6 +220,8 @@ class Run:
         with open(self.offline_file, "a") as f:
             f.write(json.dumps({"time": time.time(), "run": self.name, "run_id": self.run_id, **record},
                                default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # a record is complete or absent, never half there for the replay
 
     @contextlib.contextmanager
     def system_metrics(self):
@@ -269,39 +271,20 @@ class Run:
             records.append({"name": os.path.relpath(where), "digest": digest, "source": Path(where).as_uri(),
                             "rows": rows, "features": features, "context": name})
 
-        def send():
-            from mlflow.entities import Dataset, DatasetInput, InputTag
-
-            self.client.log_inputs(self.run_id, datasets=[DatasetInput(
-                Dataset(name=record["name"], digest=record["digest"], source_type="local",
-                        source=json.dumps({"uri": record["source"]}),
-                        schema=json.dumps({"mlflow_colspec": [{"name": feature, "type": "long"}
-                                                              for feature in record["features"]]})
-                        if record["features"] else None,
-                        profile=json.dumps({"num_rows": record["rows"]}) if record["rows"] is not None else None),
-                tags=[InputTag("mlflow.data.context", record["context"])]) for record in records])
-
         if records:
-            self._call(send, {"op": "inputs", "inputs": records})
+            self._call(lambda: self.client.log_inputs(self.run_id, datasets=_dataset_inputs(records)),
+                       {"op": "inputs", "inputs": records})
 
     def log_metrics(self, metrics: dict, step: int = None):
         self.log_metric_history([(step, metrics)])
 
     def log_metric_history(self, steps: list):
         """[(step or None, {name: value}), ...] in one or a few requests."""
-        stamp = int(time.time() * 1000)
+        stamp = time.time()
         rows = [(_key(key), value, step or 0) for step, metrics in steps for key, value in numeric(metrics).items()]
-        if not rows:
-            return
-
-        def send():
-            from mlflow.entities import Metric
-
-            items = [Metric(key, value, stamp, step) for key, value, step in rows]
-            for start in range(0, len(items), METRICS_PER_REQUEST):
-                self.client.log_batch(self.run_id, metrics=items[start:start + METRICS_PER_REQUEST])
-
-        self._call(send, {"op": "metrics", "metrics": rows})
+        if rows:
+            self._call(lambda: _log_metrics(self.client, self.run_id, rows, stamp),
+                       {"op": "metrics", "metrics": rows, "time": stamp})
 
     def set_tags(self, tags: dict):
         tags = {_key(k): redact(str(v)) for k, v in tags.items()}
@@ -342,6 +325,30 @@ class Run:
 
     def end(self, status: str = "FINISHED"):
         self._call(lambda: self.client.set_terminated(self.run_id, status), {"op": "end", "status": status})
+
+
+def _dataset_inputs(records: list) -> list:
+    """MLflow DatasetInputs of log_inputs's records."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    return [DatasetInput(
+        Dataset(name=record["name"], digest=record["digest"], source_type="local",
+                source=json.dumps({"uri": record["source"]}),
+                schema=json.dumps({"mlflow_colspec": [{"name": feature, "type": "long"}
+                                                      for feature in record["features"]]})
+                if record["features"] else None,
+                profile=json.dumps({"num_rows": record["rows"]}) if record["rows"] is not None else None),
+        tags=[InputTag("mlflow.data.context", record["context"])]) for record in records]
+
+
+def _log_metrics(client, run_id: str, rows: list, stamp: float):
+    """rows [(key, value, step)], all stamped `stamp` (seconds): a row sent twice is the same metric, which the store
+    keeps once."""
+    from mlflow.entities import Metric
+
+    items = [Metric(key, value, int(stamp * 1000), step) for key, value, step in rows]
+    for start in range(0, len(items), METRICS_PER_REQUEST):
+        client.log_batch(run_id, metrics=items[start:start + METRICS_PER_REQUEST])
 
 
 @contextlib.contextmanager
@@ -421,3 +428,108 @@ def end_pipeline(target: Target, status: str, log_files=()) -> None:
     for log_file in log_files:
         run.log_artifact(log_file, "snakemake")
     run.end(status)
+
+
+REPLAYED = "replayed.json"  # in offline/: how many records of each file were sent, and the runs they made
+OFFLINE_ID_TAG = "bertpipe.offline_run_id"
+
+
+def replay(target: Target) -> dict:
+    """Send the offline records of `target`'s tracking folder (offline/*.jsonl) to its tracking URI, each once.
+
+    Records are sent in the order they were written, file by file (oldest first), to the runs they belong to: a run
+    that was made offline is created then, with its first record's time and its parent (itself maybe made offline),
+    and tagged with its offline id; a run that went offline part way gets the rest of its records. What was sent is
+    kept in `offline/replayed.json`, so a second replay sends nothing new; and every call is one that MLflow takes
+    twice to the same effect (a run is looked up by its offline id before it is made; a metric is resent with its
+    first timestamp), so a replay cut off mid-file repeats nothing either. Queries (an artifact's URI) and model
+    registrations are not replayed: rerun the register stage. Returns counts of what was done."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    folder = Path(target.folder) / "offline"
+    state_file = folder / REPLAYED
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {"files": {}, "runs": {}}
+    counts = {"files": 0, "records": 0, "runs_created": 0, "skipped": 0}
+    files = []
+    for path in folder.glob("*.jsonl"):
+        lines = path.read_text().split("\n")[:-1]  # a line without its newline is still being written
+        if lines:
+            files.append((json.loads(lines[0])["time"], path, lines))
+    if not any(len(lines) > state["files"].get(path.name, 0) for _, path, lines in files):
+        return counts
+    client = MlflowClient(target.uri)
+    with _first_use_lock(target.uri):
+        experiment_id = experiment(client, target.experiment, Path(target.folder))
+    runs = state["runs"]  # offline id -> run id
+    for _, path, lines in sorted(files):
+        done = state["files"].get(path.name, 0)
+        if done >= len(lines):
+            continue
+        counts["files"] += 1
+        created = None  # the create_run record of a run made offline: its id comes in the next record
+        for line in lines[done:]:
+            record = json.loads(line)
+            op, run_id = record["op"], runs.get(record["run_id"], record["run_id"])
+            stamp = int(record["time"] * 1000)
+            if op == "create_run":
+                created = record
+            elif op == "offline_run_id" and created:
+                tags = {**created["tags"], OFFLINE_ID_TAG: record["run_id"]}
+                parent = runs.get(tags.get("mlflow.parentRunId"), tags.get("mlflow.parentRunId"))
+                tags.pop("mlflow.parentRunId")
+                if parent and not parent.startswith("offline-"):
+                    tags["mlflow.parentRunId"] = parent
+                found = client.search_runs([experiment_id], f"tags.`{OFFLINE_ID_TAG}` = '{record['run_id']}'")
+                if found:
+                    runs[record["run_id"]] = found[0].info.run_id
+                else:
+                    runs[record["run_id"]] = client.create_run(experiment_id, start_time=stamp, tags=tags,
+                                                               run_name=created["name"]).info.run_id
+                    counts["runs_created"] += 1
+            elif not run_id or run_id.startswith("offline-"):
+                counts["skipped"] += 1  # its run was never made: its create_run record is missing
+                continue
+            elif op == "params":
+                items = [Param(key, value) for key, value in record["params"].items()]
+                for start in range(0, len(items), 100):
+                    client.log_batch(run_id, params=items[start:start + 100])
+            elif op == "inputs":
+                client.log_inputs(run_id, datasets=_dataset_inputs(record["inputs"]))
+            elif op == "metrics":
+                _log_metrics(client, run_id, record["metrics"], record["time"])
+            elif op == "tags":
+                for key, value in record["tags"].items():
+                    client.set_tag(run_id, key, value)
+            elif op == "artifact" and Path(record["path"]).exists():
+                if Path(record["path"]).is_dir():
+                    client.log_artifacts(run_id, record["path"], record["artifact_path"])
+                else:
+                    client.log_artifact(run_id, record["path"], record["artifact_path"])
+            elif op == "end":
+                client.set_terminated(run_id, record["status"], end_time=stamp)
+            else:
+                counts["skipped"] += 1  # attach, artifact_uri, register_model, or an artifact since deleted
+                continue
+            counts["records"] += 1
+        state["files"][path.name] = len(lines)
+        with atomic_file(state_file) as temp:
+            temp.write_text(json.dumps(state, indent=1) + "\n")
+    return counts
+
+
+def replay_before_start(target: Target) -> None:
+    """At a pipeline run's start, what earlier runs kept offline, sent as `replay` does; never stops the run (the
+    records stay for the next replay)."""
+    if not target.uri or not any((Path(target.folder) / "offline").glob("*.jsonl")):
+        return
+    try:
+        counts = replay(target)
+    except Exception as error:  # noqa: BLE001: as every tracking call, the work goes on without it
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        log.warning("the offline records in %s/offline were not replayed (%s: %s); they are kept for the next run "
+                    "or `bertpipe tracking replay`", target.folder, type(error).__name__, redact(first_line))
+        return
+    if counts["records"]:
+        log.warning("replayed %d offline tracking records of %d files to %s", counts["records"], counts["files"],
+                    redact(target.uri))

@@ -142,10 +142,11 @@ def test_a_final_checkpoint_that_does_not_load_stops_export_and_evaluate_naming_
     data = (folder / "checkpoints/step-00000007/state.pt").read_bytes()
     (damaged / "state.pt").write_bytes(data[:len(data) // 3])
     arguments = {"export": ["--tokenizer", folder / "tokenizer", "--out", tmp_path / "hf"],
-                 "evaluate": ["--test-data", tmp_path / "none.tfrecord", "--out", tmp_path / "metrics.json"]}[stage]
+                 "evaluate": ["--test-data", tmp_path / "none.tfrecord", "--tokenizer", folder / "tokenizer", "--out",
+                              tmp_path / "metrics.json", "--fill-mask", tmp_path / "fill-mask.html"]}[stage]
     status, _, err = bertpipe_in_process(capsys, stage, "--checkpoint", tmp_path / "checkpoints", *arguments)
     assert status == 1 and f"{damaged} does not load" in err and "Traceback" not in err
-    assert not (tmp_path / "hf").exists() and not (tmp_path / "metrics.json").exists()
+    assert not {"hf", "metrics.json", "fill-mask.html"} & {path.name for path in tmp_path.iterdir()}
 
 
 def test_a_missing_model_card_fact_is_named(exported, tmp_path, capsys):

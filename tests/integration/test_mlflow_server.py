@@ -17,41 +17,51 @@ from tests.integration.test_tracking import free_port
 
 pytestmark = pytest.mark.slow
 
-class MlflowServer:
-    """`mlflow server` in its own process group; ready once it says it is listening (read from its log, no polling)."""
+class ListeningProcess:
+    """A server command in its own process group; ready once it says it is listening (read from its log, no
+    polling)."""
+
+    def __init__(self, command, env=None):
+        self.lines, self.ready, self.ended = [], threading.Event(), False
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})})
+        threading.Thread(target=self._drain, daemon=True).start()
+        if not self.ready.wait(timeout=120) or self.ended:
+            self.stop()
+            raise RuntimeError(f"{' '.join(command[:3])} did not start:\n" + "".join(self.lines))
+
+    def _drain(self):
+        for line in self.process.stdout:
+            self.lines.append(line)
+            # Listening: uvicorn's line comes after "Application startup complete", once the socket is bound.
+            if re.search(r"Uvicorn running on|Listening at", line):
+                self.ready.set()
+        self.ended = True
+        self.ready.set()  # the process ended: let the waiter look
+
+    def stop(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the whole group: gunicorn/uvicorn workers too
+        self.process.wait(timeout=60)
+
+
+class MlflowServer(ListeningProcess):
+    """`mlflow server` on 127.0.0.1."""
 
     def __init__(self, folder, port=None):
         """A server on `port` (default: a free one) over the store in `folder` (kept across a restart)."""
         self.folder = folder
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.lines, self.ready = [], threading.Event()
-        self.process = subprocess.Popen(
+        super().__init__(
             [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "store")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-            env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"})
-        threading.Thread(target=self._drain, daemon=True).start()
-        if not self.ready.wait(timeout=120) or self.process.poll() is not None:
-            self.stop()
-            raise RuntimeError("mlflow server did not start:\n" + "".join(self.lines))
-
-    def _drain(self):
-        for line in self.process.stdout:
-            self.lines.append(line)
-            if re.search(r"Uvicorn running on|Listening at|Application startup complete", line):
-                self.ready.set()
-        self.ready.set()  # the process ended: let the waiter look
+             "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "store")])
 
     def api(self, method, path, **kwargs):
         response = requests.request(method, f"{self.url}/api/2.0/mlflow/{path}", timeout=30, **kwargs)
         response.raise_for_status()
         return response.json()
-
-    def stop(self):
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)  # the whole group: gunicorn/uvicorn workers too
-        self.process.wait(timeout=60)
 
 
 def snakemake_process(workflow_dir, *args):
@@ -107,9 +117,51 @@ def test_demo_against_a_tracking_server_is_found_through_its_rest_api(served):
     register = next(run for run, tag in children if tag["bertpipe.stage"] == "register")
     assert version["run_id"] == register["info"]["run_id"]
     assert version["source"] == f"{register['info']['artifact_uri']}/model"
-    files = requests.get(f"{mlflow_server.url}/api/2.0/mlflow/artifacts/list", timeout=30,
-                         params={"run_id": version["run_id"], "path": "model"}).json()["files"]
-    assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json"} <= {f["path"] for f in files}
+    def listed(path):
+        return {f["path"] for f in requests.get(f"{mlflow_server.url}/api/2.0/mlflow/artifacts/list", timeout=30,
+                                                params={"run_id": version["run_id"], "path": path}).json()["files"]}
+
+    assert "model/MLmodel" in listed("model")
+    assert {f"model/artifacts/huggingface/{name}" for name in ("config.json", "model.safetensors", "tokenizer.json")
+            } <= listed("model/artifacts/huggingface")
+
+
+SENTENCES = ["The capital of France is [MASK].", "He was born in [MASK] and studied at the university."]
+
+
+def test_the_registered_version_fills_masks_through_pyfunc_and_served_over_http(served, monkeypatch):
+    import mlflow.pyfunc
+
+    _, mlflow_server = served
+    offline = {"MLFLOW_TRACKING_URI": mlflow_server.url, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for key, value in offline.items():
+        monkeypatch.setenv(key, value)
+    model = mlflow.pyfunc.load_model("models:/bertpipe-bert/1")
+    predicted = model.predict(SENTENCES)
+    assert [(row["sentence"], row["rank"]) for row in predicted] == [(s, r) for s in SENTENCES for r in range(1, 6)]
+    for sentence in SENTENCES:
+        scores = [row["score"] for row in predicted if row["sentence"] == sentence]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
+    assert all(row["token"].strip() and "[MASK]" not in row["token"] for row in predicted)
+    with pytest.raises(Exception, match="has 0 \\[MASK\\] tokens"):
+        model.predict(["no mask here"])
+
+    # `mlflow models serve` of the same version on 127.0.0.1, with no network: the same answer over HTTP.
+    port = free_port()
+    served_model = ListeningProcess(
+        [str(VENV_BIN / "mlflow"), "models", "serve", "-m", "models:/bertpipe-bert/1", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)], env=offline)
+    try:
+        response = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": SENTENCES}, timeout=60)
+        assert response.status_code == 200, response.text
+        answered = response.json()["predictions"]
+        assert [(row["sentence"], row["rank"], row["token"]) for row in answered] == [
+            (row["sentence"], row["rank"], row["token"]) for row in predicted]
+        assert [row["score"] for row in answered] == pytest.approx([row["score"] for row in predicted], rel=1e-5)
+        refused = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": ["no mask"]}, timeout=60)
+        assert refused.status_code == 400 and "exactly one" in refused.text
+    finally:
+        served_model.stop()
 
 
 def test_new_training_data_retrain_afresh_the_server_stops_and_register_fails_until_it_is_back(served):
@@ -153,9 +205,23 @@ def test_new_training_data_retrain_afresh_the_server_stops_and_register_fails_un
                       for m in r["metrics"] if m[0] == "loss"]
     assert sorted(step for _, _, step in pretrain_steps) == list(range(1, 41)), "every step"
 
-    # The server back (its store kept): a plain rerun runs register alone, which adds exactly one version.
+    # The server back (its store kept): what the jobs kept offline is replayed to it, under the runs it belongs to.
     restarted = MlflowServer(mlflow_server.folder, port=mlflow_server.port)
     try:
+        replay = [str(VENV_BIN / "bertpipe"), "--tracking-uri", restarted.url, "--tracking-dir",
+                  str(workflow_dir / "results/mlflow"), "tracking", "replay"]
+        replayed = subprocess.run(replay, capture_output=True, text=True)
+        assert replayed.returncode == 0 and re.search(r"replayed [1-9]\d* records", replayed.stdout), replayed
+        after_replay = runs_on(restarted)
+        second = after_replay[parent]
+        assert second["status"] == "FAILED", "the pipeline run that failed at register is closed as it ended"
+        children = {run["name"]: run for run in after_replay.values() if run["parent"] == parent}
+        assert {"pretrain phase 1", "evaluate", "export", "register"} <= set(children)
+        offline_phase1 = children["pretrain phase 1"]
+        assert offline_phase1["status"] == "FINISHED" and offline_phase1["offline_id"].startswith("offline-")
+        assert offline_phase1["loss_steps"] == list(range(1, 41)), "every step, once"
+        assert offline_phase1["params"]["input_hash.train_data"], "its params and inputs too"
+        # A plain rerun replays nothing again, and runs register alone, which adds exactly one version.
         process = snakemake_process(workflow_dir, *PIPELINE, "seed.yaml")
         output = process.stdout.read()
         assert process.wait() == 0, output
@@ -163,5 +229,29 @@ def test_new_training_data_retrain_afresh_the_server_stops_and_register_fails_un
         registered = json.loads((workflow_dir / "results/register/model-version.json").read_text())
         versions = restarted.api("GET", "model-versions/search", params={"filter": "name='bertpipe-bert'"})
         assert sorted(v["version"] for v in versions["model_versions"]) == ["1", "2"] == ["1", registered["version"]]
+        after_rerun = runs_on(restarted)
+        assert {run_id: after_rerun[run_id] for run_id in after_replay} == after_replay
+        assert len(after_rerun) == len(after_replay) + 2, "the rerun's pipeline run and its register run"
+        again = subprocess.run(replay, capture_output=True, text=True)
+        assert again.returncode == 0 and "replayed 0 records of 0 files" in again.stdout, again
+        assert runs_on(restarted) == after_rerun
     finally:
         restarted.stop()
+
+
+def runs_on(server) -> dict:
+    """Every run of the experiment on `server`: {run id: name, status, parent, offline id, params, loss steps}."""
+    experiment = server.api("GET", "experiments/get-by-name", params={"experiment_name": "bertpipe"})
+    runs = server.api("POST", "runs/search", json={"experiment_ids": [experiment["experiment"]["experiment_id"]],
+                                                   "max_results": 1000})["runs"]
+    found = {}
+    for run in runs:
+        tags = {tag["key"]: tag["value"] for tag in run["data"].get("tags", [])}
+        history = server.api("GET", "metrics/get-history", params={"run_id": run["info"]["run_id"],
+                                                                   "metric_key": "loss"}).get("metrics", [])
+        found[run["info"]["run_id"]] = {
+            "name": run["info"]["run_name"], "status": run["info"]["status"], "parent": tags.get("mlflow.parentRunId"),
+            "offline_id": tags.get("bertpipe.offline_run_id"),
+            "params": {param["key"]: param["value"] for param in run["data"].get("params", [])},
+            "loss_steps": sorted(int(metric["step"]) for metric in history)}
+    return found

@@ -1,8 +1,10 @@
 """Pretraining for real on TFRecords from the bundled sample: exact resume after SIGKILL, a checkpoint on SIGTERM,
 torchrun with two gloo processes against one, fp16 loss scaling on the CPU, and the Megatron flags' errors."""
 
+import html
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,7 +13,7 @@ import pytest
 
 from bertpipe.instances import InstanceSpec
 from bertpipe.tfrecords import build_shard
-from bertpipe.tokenizer import train
+from bertpipe.tokenizer import Tokenizer, train
 from bertpipe.train import checkpoint
 from bertpipe.settings import TokenizerSettings
 from tests.conftest import NO_TENSORFLOW, VENV_BIN, bertpipe_in_process
@@ -146,9 +148,23 @@ def test_evaluate_reads_the_test_records_without_tensorflow(tmp_path, records, c
                               capture_output=True, text=True)
     assert "TensorFlow is made unimportable" in shadowed.stderr
     run([str(VENV_BIN / "bertpipe"), "evaluate", "--checkpoint", tmp_path / "ckpt", "--test-data", records[2],
-         "--batch-size", "16", "--out", tmp_path / "metrics.json"])
+         "--tokenizer", records[0], "--batch-size", "16", "--out", tmp_path / "metrics.json",
+         "--fill-mask", tmp_path / "fill-mask.html"])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["checkpoint_step"] == 2 and metrics["test_sequences"] > 100 and metrics["test_perplexity"] > 1
+    # What the model fills in, for a person: masked sentences, the true token, the top 5 with probabilities.
+    page = (tmp_path / "fill-mask.html").read_text()
+    rows = re.findall(r"<tr><td>(.*?) <mark>\[MASK\]</mark> (.*?)</td><td><b>(.*?)</b></td><td>(.*?)</td></tr>", page)
+    assert len(rows) == 12 and len({left + right for left, right, _, _ in rows}) >= 10, page
+    tokenizer = Tokenizer(records[0])
+    vocabulary = {tokenizer.token(i) for i in range(tokenizer.vocab_size)}
+    for left, right, true, predictions in (map(html.unescape, row) for row in rows):
+        assert len(f"{left} {right}".split()) >= 6 and true in vocabulary and "[SEP]" not in left + right
+        top = [re.fullmatch(r"(?:<b>)?(\S+) (\d\.\d{3})(?:</b>)?", cell).groups()
+               for cell in predictions.split(" \u00b7 ")]
+        probabilities = [float(p) for _, p in top]
+        assert len(top) == 5 and {token for token, _ in top} <= vocabulary
+        assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.03
 
 
 def test_sigterm_leaves_a_complete_checkpoint_and_a_clean_exit(tmp_path, records):

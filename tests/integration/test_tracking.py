@@ -77,6 +77,41 @@ def test_unreachable_server_warns_once_and_keeps_everything_in_a_local_file(stor
     assert run.run_id.startswith("offline-") and all(r["run_id"] == run.run_id for r in records[1:])
 
 
+def test_replay_sends_the_offline_records_to_their_runs_once(store):
+    from mlflow import MlflowClient
+
+    where = target(store)
+    parent = tracking.start_pipeline(where, {"tokenizer": {"vocab_size": 8000}}, ["snakemake"])
+    down = target(store, f"http://127.0.0.1:{free_port()}")  # the same tracking folder, MLflow unreachable
+    run = stage_run(down, "pretrain phase 1", "pretrain")
+    run.log_params({"lr": 0.001})
+    run.log_metric_history([(step, {"loss": 1.0 / step}) for step in range(1, 4)])
+    (store / "stats.json").write_text("{}")
+    run.log_artifact(store / "stats.json")
+    run.end("FINISHED")
+    tracking.end_pipeline(down, "FAILED")  # the pipeline run, made online, closed offline
+
+    assert tracking.replay(where) == {"files": 2, "records": 7, "runs_created": 1, "skipped": 0}
+    client = MlflowClient(where.uri)
+
+    def state():
+        runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+        return {r.info.run_id: (r.info.run_name, r.info.status, r.data.tags.get("mlflow.parentRunId"), r.data.params,
+                                [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "loss")],
+                                [a.path for a in client.list_artifacts(r.info.run_id)]) for r in runs}
+
+    replayed = state()
+    (child,) = [value for run_id, value in replayed.items() if run_id != parent.run_id]
+    assert child == ("pretrain phase 1", "FINISHED", parent.run_id, {"lr": "0.001"},
+                     [(1, 1.0), (2, 0.5), (3, 1 / 3)], ["stats.json"])
+    assert replayed[parent.run_id][1] == "FAILED"
+    assert tracking.replay(where) == {"files": 0, "records": 0, "runs_created": 0, "skipped": 0}
+    # A replay cut off before it noted what it sent sends it again to the same effect: one run, each metric once.
+    (store / "mlflow/offline" / tracking.REPLAYED).unlink()
+    assert tracking.replay(where)["runs_created"] == 0
+    assert state() == replayed
+
+
 @pytest.mark.parametrize("rank, uri", [("1", "sqlite"), ("0", None)], ids=["rank-1", "no-uri"])
 def test_nothing_is_tracked_off_rank_zero_or_without_a_tracking_uri(store, monkeypatch, rank, uri):
     monkeypatch.setenv("RANK", rank)
@@ -114,7 +149,8 @@ def test_jobs_that_start_together_on_a_new_sqlite_store_lose_no_run(store):
     uri = f"sqlite:///{store}/mlflow/mlflow.db"
     jobs = [subprocess.Popen([str(VENV_BIN / "bertpipe"), "--tracking-uri", uri, "--tracking-dir", store / "mlflow",
                               "--experiment", "tests", "tfrecords", "summarize", stats, "--out",
-                              store / f"summary-{job}.json"], stderr=subprocess.PIPE, text=True)
+                              store / f"summary-{job}.json", "--page", store / f"summary-{job}.html"],
+                             stderr=subprocess.PIPE, text=True)
             for job in range(8)]
     errors = [job.communicate()[1] for job in jobs]
     assert [job.returncode for job in jobs] == [0] * 8, errors

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.browser import install_chromium, shown_results
 from tests.conftest import SAMPLE, SAMPLE_ARTICLES, snakemake
 
 pytestmark = pytest.mark.slow
@@ -93,6 +94,9 @@ def check_mlflow_store(folder):
     assert {a.path for a in client.list_artifacts(tokenizer.info.run_id, "tokenizer")} >= {"tokenizer/spm.model"}
     summaries = by_stage["tfrecords"]  # a shard's job is not a run: its figures are in its summary's
     assert len(summaries) == 6 and all(0.14 < r.data.metrics["masked_fraction"] < 0.16 for r in summaries)
+    for summary in summaries:  # what a summary read (the shards' stats) is its dataset input, digest its hash
+        (read,) = client.get_run(summary.info.run_id).inputs.dataset_inputs
+        assert read.dataset.digest == summary.data.params["input_hash.stats"]
     assert len(json.loads((folder / "results/tfrecords/seq128/train/stats.json").read_text())["per_shard"]) == 3
     phase1 = next(r for r in by_stage["pretrain"] if r.info.run_name == "pretrain phase 1")
     assert STEP_METRICS | {"valid_perplexity", "valid_nsp_accuracy"} <= set(phase1.data.metrics)
@@ -109,7 +113,9 @@ def check_mlflow_store(folder):
     assert json.loads(datasets["train_data"].profile) == {"num_rows": train_stats["instances"]}
     assert {key: phase1.data.params[key] for key in ("precision", "batch_size", "eval_iters", "hidden_size")} == {
         "precision": "fp32", "batch_size": "8", "eval_iters": "32", "hidden_size": "128"}
-    evaluation = by_stage["evaluate"][0].data.metrics
+    evaluate = by_stage["evaluate"][0]
+    evaluation = evaluate.data.metrics
+    assert {"metrics.json", "fill-mask.html"} <= {a.path for a in client.list_artifacts(evaluate.info.run_id)}
     assert evaluation["test_perplexity"] > 1 and 0 <= evaluation["test_mlm_accuracy"] <= 1
 
     register = by_stage["register"][0]
@@ -117,8 +123,9 @@ def check_mlflow_store(folder):
     assert len(versions) == 1 and versions[0].run_id == register.info.run_id
     version = versions[0]
     assert version.source == f"{register.info.artifact_uri}/model"
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
-        p.name for p in Path(urlparse(version.source).path).iterdir()}
+    logged = Path(urlparse(version.source).path)  # an MLflow model (MLmodel) holding the transformers folder
+    assert (logged / "MLmodel").is_file() and {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in (logged / "artifacts/huggingface").iterdir()}
     training_runs = {r.info.run_id for r in by_stage["pretrain"]}
     assert set(version.tags["lineage.training_run_ids"].split(",")) == training_runs
     assert version.tags["lineage.dump"] == "enwiki/latest" and "evaluation.test_perplexity" in version.tags
@@ -127,14 +134,37 @@ def check_mlflow_store(folder):
 
 
 def check_report(folder):
-    """`snakemake --report` makes one page with the loss curves and the stages' stats."""
+    """`snakemake --report` makes one page with the loss curves, the stages' stats and the fill-mask table, which a
+    browser shows."""
     snakemake(folder, "--report", "report.html", "--configfile", "config.demo.yaml")
     page = (folder / "report.html").read_text()
-    for name in ("loss-curve.png", "metrics.json", "model-version.json", "stats.json"):
+    for name in ("loss-curve.png", "metrics.json", "fill-mask.html", "model-version.json", "stats.html"):
         assert name in page, name
+    shown = shown_results(folder / "report.html")  # in headless Chromium, as a person sees it
+    for phase in (1, 2):
+        curve = shown[f"results/pretrain/phase{phase}/loss-curve.png"]
+        assert curve and curve["width"] >= 400 and curve["height"] >= 200, curve
+    corpus = json.loads((folder / "results/corpus/stats.json").read_text())
+    assert f"documents_in\t{corpus['documents_in']:,}" in shown["results/corpus/stats.html"]["text"]
+    assert f"train\t{corpus['splits']['train']['documents']:,}\t" in shown["results/corpus/stats.html"]["text"]
+    for seq in (128, 512):
+        for split in ("train", "valid", "test"):
+            records = json.loads((folder / f"results/tfrecords/seq{seq}/{split}/stats.json").read_text())
+            text = shown[f"results/tfrecords/seq{seq}/{split}/stats.html"]["text"]
+            assert f"instances\t{records['instances']:,}" in text and "masked_fraction\t0.15" in text, text
+    fill_mask = shown["results/evaluate/fill-mask.html"]["text"]
+    assert fill_mask.count("[MASK]") == 12 and "top 5 predictions" in fill_mask, fill_mask
 
 
-def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(workflow_dir):
+@pytest.fixture(scope="module")
+def chromium():
+    install_chromium()
+
+
+# Longer than the suite's 900 s per test: the demo's whole pipeline and reruns take 9 to 11 minutes here, and on a
+# bare CI machine this test's setup also installs Chromium.
+@pytest.mark.timeout(1500)
+def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(workflow_dir, chromium):
     # Training on one thread: the suite's other worker has the second core (`make demo` trains on both).
     first = snakemake(workflow_dir, *DEMO, "--set-threads", "pretrain=1")
     assert rules_run(first.stderr) == {"download_manifest": 1, "download": 1, "extract": 1, "corpus": 1,

@@ -79,9 +79,14 @@ def test_split_is_stable_across_input_order_and_parts(tmp_path):
     build_part(tmp_path / "b.jsonl", tmp_path / "b", CorpusSettings(split="8,1,1"))
     parts = {**read_split_of_ids(tmp_path / "a"), **read_split_of_ids(tmp_path / "b")}
     assert read_split_of_ids(tmp_path / "whole") == parts
-    total = summarize([tmp_path / "a", tmp_path / "b"], tmp_path / "stats.json", "8,1,1")
+    total = summarize([tmp_path / "a", tmp_path / "b"], tmp_path / "stats.json", tmp_path / "stats.html", "8,1,1")
     assert total["splits"] == whole["splits"] | {n: {**whole["splits"][n], "shards": total["splits"][n]["shards"]}
                                                  for n in SPLITS}
+    page = (tmp_path / "stats.html").read_text()  # the same figures as tables, for the report
+    assert f"<tr><td>documents_in</td><td>{total['documents_in']:,}</td></tr>" in page
+    train = total["splits"]["train"]
+    assert (f"<tr><td>train</td><td>{train['documents']:,}</td><td>{train['sentences']:,}</td>"
+            f"<td>{train['characters']:,}</td><td>{train['shards']}</td></tr>") in page
 
 
 def test_sentences_drop_headings_and_normalise_whitespace():
@@ -131,5 +136,5 @@ def test_summarize_refuses_an_empty_split(tmp_path):
     build_part(write_articles(tmp_path / "in.jsonl", [article(1), article(2)]), tmp_path / "out",
                CorpusSettings(split="1000,1,1"))
     with pytest.raises(BertpipeError, match="got no document"):
-        summarize([tmp_path / "out"], tmp_path / "stats.json", "1000,1,1")
+        summarize([tmp_path / "out"], tmp_path / "stats.json", tmp_path / "stats.html", "1000,1,1")
     assert not (tmp_path / "stats.json").exists()

@@ -24,7 +24,8 @@ rule corpus_stats:
     input:
         lambda wildcards: corpus_parts(),
     output:
-        report(f"{RESULTS}/corpus/stats.json", caption="../report/corpus_stats.rst", category="Corpus"),
+        stats=f"{RESULTS}/corpus/stats.json",
+        page=report(f"{RESULTS}/corpus/stats.html", caption="../report/corpus_stats.rst", category="Corpus"),
     params:
         split=settings_flags(CorpusSettings, config["corpus"], only=("split",)),
     conda:
@@ -33,4 +34,4 @@ rule corpus_stats:
         f"{LOGS}/corpus/stats.log",
     shell:
         "bertpipe --log-file {log:q} --run-name 'corpus stats'"
-        " corpus summarize {input:q} {params.split} --out {output:q} 2> {log:q}"
+        " corpus summarize {input:q} {params.split} --out {output.stats:q} --page {output.page:q} 2> {log:q}"

@@ -6,8 +6,11 @@ rule evaluate:
         done=f"{LAST_PHASE_DIR}/done.json",
         test=lambda wildcards: tfrecord_files(LAST_SEQ_LENGTH, "test", "tfrecord"),
         indexes=lambda wildcards: tfrecord_files(LAST_SEQ_LENGTH, "test", INDEX),
+        tokenizer=f"{RESULTS}/tokenizer",
     output:
-        report(f"{RESULTS}/evaluate/metrics.json", caption="../report/evaluate.rst", category="Evaluation"),
+        metrics=report(f"{RESULTS}/evaluate/metrics.json", caption="../report/evaluate.rst", category="Evaluation"),
+        fill_mask=report(f"{RESULTS}/evaluate/fill-mask.html", caption="../report/fill_mask.rst",
+                         category="Evaluation"),
     params:
         checkpoints=f"{LAST_PHASE_DIR}/checkpoints",
         evaluate=settings_flags(EvaluateSettings, config["evaluate"]),
@@ -20,5 +23,5 @@ rule evaluate:
         f"{LOGS}/evaluate.log",
     shell:
         "bertpipe --log-file {log:q} --run-name evaluate"
-        " evaluate --checkpoint {params.checkpoints:q} --test-data {input.test:q}"
-        " {params.evaluate} {params.precision} --out {output:q} 2> {log:q}"
+        " evaluate --checkpoint {params.checkpoints:q} --test-data {input.test:q} --tokenizer {input.tokenizer:q}"
+        " {params.evaluate} {params.precision} --out {output.metrics:q} --fill-mask {output.fill_mask:q} 2> {log:q}"
