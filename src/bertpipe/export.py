@@ -133,6 +133,18 @@ def model_card(summary: dict, model_config: dict, facts: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# What loading the folder needs, pinned to what wrote it (the registered model's requirements.txt, register.py).
+SERVING_PACKAGES = ("transformers", "tokenizers", "safetensors", "torch")
+
+
+def serving_requirements() -> list:
+    """Pins of SERVING_PACKAGES as installed here, a local build tag such as +cpu dropped (pip then finds the same
+    version for the machine that serves)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in SERVING_PACKAGES]
+
+
 def export(checkpoint_dir, tokenizer_dir, out, facts: dict = None) -> dict:
     """Write the HuggingFace folder `out`, with its model card from `facts` (model_card); returns what was
     exported (for the stage's stats)."""
@@ -146,7 +158,8 @@ def export(checkpoint_dir, tokenizer_dir, out, facts: dict = None) -> dict:
         mask_token="[MASK]", model_input_names=["input_ids", "token_type_ids", "attention_mask"],
         model_max_length=state["model_config"]["max_position_embeddings"])
     summary = {"checkpoint": str(source), "step": state["iteration"], "tokenizer": ours.kind,
-               "vocab_size": ours.vocab_size, "parameters": sum(p.numel() for p in model.parameters())}
+               "vocab_size": ours.vocab_size, "parameters": sum(p.numel() for p in model.parameters()),
+               "requirements": serving_requirements()}
     with atomic_dir(out) as temp:
         hf_model.save_pretrained(temp, safe_serialization=True)
         hf_tokenizer.save_pretrained(temp)

@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 MODEL_CODE = Path(__file__).with_name("fill_mask_model.py")
-# What loading or serving the model needs, pinned to what made it (a local build tag such as +cpu dropped: pip finds
-# the same version for the machine that serves).
-SERVING_REQUIREMENTS = ("mlflow", "transformers", "tokenizers", "safetensors", "torch")
 
 
 def lineage(manifest, tokenizer_dir, train_data, training_done, commit: str = None) -> dict:
@@ -48,8 +45,9 @@ def lineage(manifest, tokenizer_dir, train_data, training_done, commit: str = No
 def register(run, model_dir, name: str, lineage: dict, evaluation_file, out, upload_timeout_seconds: int) -> dict:
     """Log `model_dir` under `run` and register it as a version of `name`; write what was registered to `out`."""
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise BertpipeError(f"{model_dir}: not an exported model folder (no config.json); run the export stage")
+    for name in ("config.json", "bertpipe-export.json"):
+        if not (model_dir / name).is_file():
+            raise BertpipeError(f"{model_dir}: not an exported model folder (no {name}); run the export stage")
     evaluation = json.loads(Path(evaluation_file).read_text())
     metrics = {key: value for key, value in evaluation.items() if key.startswith("test_")}
     tags = {**{f"lineage.{key}": str(value) for key, value in lineage.items()},
@@ -77,12 +75,13 @@ def register(run, model_dir, name: str, lineage: dict, evaluation_file, out, upl
 
 
 def servable_model(model_dir, path) -> Path:
-    """The exported folder `model_dir` as an MLflow pyfunc fill-mask model in folder `path` (made here)."""
+    """The exported folder `model_dir` as an MLflow pyfunc fill-mask model in folder `path` (made here), which
+    requires this MLflow and the versions the export stage ran with (bertpipe-export.json)."""
     import mlflow.pyfunc
 
-    mlflow.pyfunc.save_model(
-        path, python_model=str(MODEL_CODE), artifacts={"huggingface": str(model_dir)},
-        pip_requirements=[f"{name}=={version(name).split('+')[0]}" for name in SERVING_REQUIREMENTS])
+    exported = json.loads((Path(model_dir) / "bertpipe-export.json").read_text())
+    mlflow.pyfunc.save_model(path, python_model=str(MODEL_CODE), artifacts={"huggingface": str(model_dir)},
+                             pip_requirements=[f"mlflow=={version('mlflow')}", *exported["requirements"]])
     return Path(path)
 
 

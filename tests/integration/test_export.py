@@ -53,6 +53,12 @@ def test_folder_has_config_safetensors_and_tokenizer_files_and_no_pickle(exporte
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in names)
     assert not list(folder.glob(".hf.tmp-*"))
+    # What serving it needs, pinned to what wrote it (the registered model's requirements): no local build tag.
+    import transformers
+
+    requirements = json.loads((folder / "hf/bertpipe-export.json").read_text())["requirements"]
+    assert f"transformers=={transformers.__version__}" in requirements and not any("+" in r for r in requirements)
+    assert {r.split("==")[0] for r in requirements} == {"transformers", "tokenizers", "safetensors", "torch"}
 
 
 def card_metadata(card: str) -> dict:
