@@ -455,7 +455,7 @@ def replay(target: Target) -> dict:
     for path in folder.glob("*.jsonl"):
         lines = path.read_text().split("\n")[:-1]  # a line without its newline is still being written
         if lines:
-            files.append((json.loads(lines[0])["time"], path, lines))
+            files.append((_first_time(lines, path), path, lines))
     if not any(len(lines) > state["files"].get(path.name, 0) for _, path, lines in files):
         return counts
     client = MlflowClient(target.uri)
@@ -468,8 +468,13 @@ def replay(target: Target) -> dict:
             continue
         counts["files"] += 1
         created = None  # the create_run record of a run made offline: its id comes in the next record
-        for line in lines[done:]:
-            record = json.loads(line)
+        for number, line in enumerate(lines[done:], done + 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                log.warning("%s: line %d is not a whole record (cut off as it was written); skipped", path, number)
+                counts["skipped"] += 1
+                continue
             op, run_id = record["op"], runs.get(record["run_id"], record["run_id"])
             stamp = int(record["time"] * 1000)
             if op == "create_run":
@@ -516,6 +521,16 @@ def replay(target: Target) -> dict:
         with atomic_file(state_file) as temp:
             temp.write_text(json.dumps(state, indent=1) + "\n")
     return counts
+
+
+def _first_time(lines: list, path: Path) -> float:
+    """When a file's first whole record was written (its modification time if none is whole)."""
+    for line in lines:
+        try:
+            return json.loads(line)["time"]
+        except (ValueError, KeyError):
+            continue
+    return path.stat().st_mtime
 
 
 def replay_before_start(target: Target) -> None:

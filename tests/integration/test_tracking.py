@@ -90,8 +90,10 @@ def test_replay_sends_the_offline_records_to_their_runs_once(store):
     run.log_artifact(store / "stats.json")
     run.end("FINISHED")
     tracking.end_pipeline(down, "FAILED")  # the pipeline run, made online, closed offline
+    with open(run.offline_file, "a") as torn:  # a record cut off as it was written: skipped, the rest sent
+        torn.write('{"op": "metr\n')
 
-    assert tracking.replay(where) == {"files": 2, "records": 7, "runs_created": 1, "skipped": 0}
+    assert tracking.replay(where) == {"files": 2, "records": 7, "runs_created": 1, "skipped": 1}
     client = MlflowClient(where.uri)
 
     def state():
