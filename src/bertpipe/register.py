@@ -45,9 +45,9 @@ def lineage(manifest, tokenizer_dir, train_data, training_done, commit: str = No
 def register(run, model_dir, name: str, lineage: dict, evaluation_file, out, upload_timeout_seconds: int) -> dict:
     """Log `model_dir` under `run` and register it as a version of `name`; write what was registered to `out`."""
     model_dir = Path(model_dir)
-    for name in ("config.json", "bertpipe-export.json"):
-        if not (model_dir / name).is_file():
-            raise BertpipeError(f"{model_dir}: not an exported model folder (no {name}); run the export stage")
+    for needed in ("config.json", "bertpipe-export.json"):
+        if not (model_dir / needed).is_file():
+            raise BertpipeError(f"{model_dir}: not an exported model folder (no {needed}); run the export stage")
     evaluation = json.loads(Path(evaluation_file).read_text())
     metrics = {key: value for key, value in evaluation.items() if key.startswith("test_")}
     tags = {**{f"lineage.{key}": str(value) for key, value in lineage.items()},
