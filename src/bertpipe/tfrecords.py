@@ -192,7 +192,7 @@ def summarize(stats_files, out, page) -> dict:
     total["masked_fraction"] = total["masked"] / max(total["real_tokens"], 1)
     total["random_next_share"] = total["random_next"] / max(total["instances"], 1)
     with atomic_file(page) as temp:
-        temp.write_text(stats_page(f"TFRecords of {Path(out).parent.relative_to(Path(out).parents[2])}",
+        temp.write_text(stats_page(f"TFRecords of {Path(out).parent.parent.name}/{Path(out).parent.name}",
                                    f"The instances of {len(stats_files)} shards, added up (every shard's in "
                                    f"{Path(out).name}).", total))
     with atomic_file(out) as temp:

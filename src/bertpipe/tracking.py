@@ -444,9 +444,6 @@ def replay(target: Target) -> dict:
     twice to the same effect (a run is looked up by its offline id before it is made; a metric is resent with its
     first timestamp), so a replay cut off mid-file repeats nothing either. Queries (an artifact's URI) and model
     registrations are not replayed: rerun the register stage. Returns counts of what was done."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Param
-
     folder = Path(target.folder) / "offline"
     state_file = folder / REPLAYED
     state = json.loads(state_file.read_text()) if state_file.is_file() else {"files": {}, "runs": {}}
@@ -457,7 +454,10 @@ def replay(target: Target) -> dict:
         if lines:
             files.append((_first_time(lines, path), path, lines))
     if not any(len(lines) > state["files"].get(path.name, 0) for _, path, lines in files):
-        return counts
+        return counts  # nothing new: MLflow is not even imported
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
     client = MlflowClient(target.uri)
     with _first_use_lock(target.uri):
         experiment_id = experiment(client, target.experiment, Path(target.folder))
