@@ -40,8 +40,10 @@ def command(records, out, *extra, launcher=(str(VENV_BIN / "bertpipe"),)):
     extra = [str(word) for word in extra]
     # fp32 (the config's default is fp16) unless the test says otherwise
     precision = [] if {"--precision", "--fp16", "--bf16"} & set(extra) else ["--precision", "fp32"]
+    # eager (the config's default compiles): a compile takes longer than these runs of a few steps
+    compiled = [] if {"--compile", "--no-compile"} & set(extra) else ["--no-compile"]
     return [*launcher, "pretrain", "--use-tfrecords", "--train-data", train_data, "--valid-data", valid_data,
-            "--tokenizer-path", str(tokenizer), "--seq-length", "64", *precision, "--num-layers", "2",
+            "--tokenizer-path", str(tokenizer), "--seq-length", "64", *precision, *compiled, "--num-layers", "2",
             "--hidden-size", "64", "--intermediate-size", "128", "--num-attention-heads", "2",
             "--max-position-embeddings", "64", "--lr", "1e-3", "--warmup", "0.1", "--log-interval", "1",
             "--eval-interval", "1000", "--eval-iters", "1", "--save", str(out / "ckpt"),
@@ -141,6 +143,30 @@ def test_a_truncated_newest_checkpoint_is_set_aside_and_the_one_before_resumed_b
             assert got[step][key] == expected[step][key], (step, key)
 
 
+def test_compiled_training_resumes_bitwise_with_the_loss_scaler_and_its_checkpoints_load_eager(tmp_path, records):
+    # fp16: the loss scaler works outside the compiled model, so its schedule is the eager run's (see the fp16 test).
+    compiled = ("--compile", "--fp16", "--train-iters", 6, "--save-interval", 3, "--keep-last", 4, "--batch-size", 4,
+                "--num-workers", 0, "--deterministic")
+    straight = run(command(records, tmp_path / "straight", *compiled))
+    assert "under torch.compile" in straight.stdout
+    expected = losses(tmp_path / "straight/metrics.jsonl")
+    assert expected[1]["loss_scale"] == 2.0**32 and expected[1]["overflow"], "2^32 overflows at once, as eager"
+    assert [expected[step]["loss_scale"] for step in (1, 2, 3)] == [2.0**32, 2.0**32, 2.0**31], straight.stdout
+    shutil.copytree(tmp_path / "straight/ckpt/step-00000003", tmp_path / "resumed/ckpt/step-00000003")
+    resumed = run(command(records, tmp_path / "resumed", *compiled))
+    assert "resumed from" in resumed.stdout and "at step 3" in resumed.stdout
+    got = losses(tmp_path / "resumed/metrics.jsonl")
+    assert sorted(got) == [4, 5, 6]
+    for step in got:
+        for key in ("loss", "mlm_loss", "nsp_loss", "lr", "grad_norm", "loss_scale"):
+            assert got[step][key] == expected[step][key], (step, key)
+    # The checkpoint holds the plain model's weights: evaluate and export load them into an eager model as they are.
+    from bertpipe.pretrained import load_model
+
+    _, _, state = load_model(tmp_path / "resumed/ckpt")
+    assert state["iteration"] == 6 and not any(name.startswith("_orig_mod") for name in state["model"])
+
+
 def test_evaluate_reads_the_test_records_without_tensorflow(tmp_path, records, capsys):
     assert in_process(command(records, tmp_path, "--train-iters", 2, "--save-interval", 2, "--batch-size", 4,
                               "--num-workers", 0), capsys)[0] == 0
@@ -191,9 +217,11 @@ def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path, r
     assert in_process(command(records, tmp_path / "one", *no_dropout, "--batch-size", 8), capsys)[0] == 0
     torchrun = (str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "bertpipe")
     two = run(command(records, tmp_path / "two", *no_dropout, "--batch-size", 4, launcher=torchrun))
-    # and with gradient accumulation: 2 processes x 2 micro-batches x 2 sequences
-    run(command(records, tmp_path / "accumulated", *no_dropout, "--batch-size", 2, "--gradient-accumulation-steps",
-                2, launcher=torchrun))
+    # and with gradient accumulation, compiled (as config.yaml trains: DDP under torch.compile, its gradient sync
+    # skipped on all but the last micro-batch): 2 processes x 2 micro-batches x 2 sequences
+    accumulated = run(command(records, tmp_path / "accumulated", *no_dropout, "--batch-size", 2,
+                              "--gradient-accumulation-steps", 2, "--compile", launcher=torchrun))
+    assert "under torch.compile" in accumulated.stdout
     one = losses(tmp_path / "one/metrics.jsonl")
     for other in ("two", "accumulated"):
         both = losses(tmp_path / other / "metrics.jsonl")

@@ -63,6 +63,11 @@ class Trainer:
         self.model = BertForPreTraining(model_config).to(self.device)
         torch.manual_seed(training.seed + self.rank)  # each rank its own dropout masks
         self.ddp = DistributedDataParallel(self.model) if self.world > 1 else None
+        # What the training step calls: compiled, it shares the parameters of self.model, whose state dict (no
+        # `_orig_mod.` prefix) the checkpoints hold; validation calls self.model, so eval mode compiles nothing.
+        self.train_model = torch.compile(self.ddp or self.model) if training.compile else self.ddp or self.model
+        if training.compile:
+            self._log("training the model under torch.compile: the first step compiles it")
         self.optimizer = adamw(self.model, phase.lr, training.weight_decay)
         scaler_kind = ConstantLossScaler if training.loss_scale else DynamicLossScaler
         self.scaler = scaler_kind(**({"initial_scale": training.loss_scale} if training.loss_scale else {}),
@@ -123,7 +128,7 @@ class Trainer:
         """One optimizer step (or a skipped one) on the next item of `batches`: this rank's micro-batches of global
         batch `iteration`. Its time includes waiting for them, so samples/s shows a loader that starves the step, and
         data_wait_fraction says how much of it was waiting."""
-        training, phase, model = self.training, self.phase, self.ddp or self.model
+        training, phase, model = self.training, self.phase, self.train_model
         started = time.perf_counter()
         micro_batches = next(batches)
         waiting = time.perf_counter() - started
@@ -134,7 +139,7 @@ class Trainer:
         mlm_sum = nsp_sum = 0.0
         for index, batch in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
-            with model.no_sync() if self.ddp and not last else contextlib.nullcontext():
+            with self.ddp.no_sync() if self.ddp and not last else contextlib.nullcontext():
                 _, _, _, (mlm, nsp) = forward_sums(model, batch, self.device, training.precision)
                 # DDP averages gradients over ranks; the world factor turns that into the sum the global mean needs.
                 loss = (mlm / predictions + nsp / sequences) * self.world
