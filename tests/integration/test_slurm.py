@@ -150,9 +150,12 @@ def test_time_limit_leaves_a_checkpoint_that_the_next_run_resumes_from(start_clu
     one_node_run, _, _ = slurm_run
     cluster = start_cluster(1)
     folder = copy_upstream(one_node_run, tmp_path / "wf")
-    # A 2-minute limit, the warning 45 s before it (Slurm sends it up to 30 s earlier still); more steps than fit.
+    # A 2-minute limit, the warning 55 s before it; more steps than fit. slurmctld looks at time limits every 30 s
+    # and sends a warning that falls due before its next look at once, so the trainer gets it 35 to 65 s after the
+    # job starts: after its start-up (about 15 s here), and early enough that the job ends before the executor's
+    # status poll at 80 s (its polls back off: 5, 20, 45, 80, 125 s after submission).
     long_phase = {**SMALL_PIPELINE["pretrain"]["phases"][0], "train_iters": 100000}
-    write_yaml(folder / "limit.yaml", {"slurm": {"pretrain": {"runtime": 2, "warning_seconds": 45}},
+    write_yaml(folder / "limit.yaml", {"slurm": {"pretrain": {"runtime": 2, "warning_seconds": 55}},
                                        "pretrain": {"phases": [long_phase]}})
     arguments = (*SLURM, PHASE1, *CONFIGS, "limit.yaml")
     log = folder / "logs/pretrain/phase1.log"
