@@ -3,9 +3,15 @@ token types, a pooler, the next-sentence head and the masked-LM head tied to the
 
 Module and parameter names are those of HuggingFace's `BertForPreTraining`, so its state dict is ours, one to one
 (`bert.encoder.layer.3.attention.self.query.weight`, `cls.predictions.transform.dense.bias`, ...).
-Attention goes through `scaled_dot_product_attention` with the padding mask. The masked-LM head runs only at the
-masked positions (as NVIDIA's BERT does): the vocabulary projection, the largest matmul of the model, shrinks from
-every token to the ~15% that are predicted, with the same loss.
+The encoder computes on real tokens only (unpadded, as MosaicBERT and NVIDIA's BERT do): after the embeddings the
+batch's real tokens are packed into one (tokens, width) matrix, the dense layers and LayerNorms run on it, and each
+token attends to its own sequence's real tokens through `scaled_dot_product_attention`: on a CPU one call per
+sequence at its real length; on a GPU one call for the batch with the padding masked (a kernel launch per sequence
+would cost more than the padding saves). Padding costs nothing in the dense layers, which hold most of the FLOPs.
+Under `torch.compile` the encoder runs padded instead, with the padding masked: the number of real tokens changes
+every batch, and the compiled model would be compiled again for each new one.
+The masked-LM head runs only at the masked positions (as NVIDIA's BERT does): the vocabulary projection, the
+largest matmul of the model, shrinks from every token to the ~15% that are predicted, with the same loss.
 """
 
 import dataclasses
@@ -49,6 +55,47 @@ class Embeddings(nn.Module):
         return self.dropout(self.LayerNorm(embedded))
 
 
+class Tokens:
+    """Where a padded batch's real tokens are (`attention_mask` 1), and attention among them. `packed` is
+    (real tokens, ...) in the batch's order; `padded` is (batch, length, ...) with zeros at padding. Under
+    torch.compile, or where nothing is padding, `packed` is the batch flattened: every token counts."""
+
+    def __init__(self, attention_mask, unpad: bool = True):
+        mask = attention_mask.bool()
+        self.shape = mask.shape
+        self.attend = mask[:, None, None, :]  # where a query may attend to a key: (batch, 1, 1, length)
+        self.unpadded = unpad and not torch.compiler.is_compiling() and not bool(mask.all())
+        if self.unpadded:
+            self.index = mask.flatten().nonzero().squeeze(1)
+            self.lengths = mask.sum(1).tolist()
+            self.per_sequence = attention_mask.device.type == "cpu"
+
+    def pack(self, padded):
+        flat = padded.flatten(0, 1)
+        return flat.index_select(0, self.index) if self.unpadded else flat
+
+    def unpack(self, packed):
+        batch, length = self.shape
+        if self.unpadded:
+            packed = packed.new_zeros(batch * length, *packed.shape[1:]).index_copy(0, self.index, packed)
+        return packed.view(batch, length, *packed.shape[1:])
+
+    def attention(self, query, key, value, heads: int, dropout: float):
+        """Each token's attention over the real tokens of its sequence: (tokens, width) -> (tokens, width)."""
+        width = query.shape[-1]
+
+        def heads_first(x):  # (batch, length, width) -> (batch, heads, length, width / heads)
+            return x.view(x.shape[0], x.shape[1], heads, width // heads).transpose(1, 2)
+
+        if self.unpadded and self.per_sequence:
+            contexts = [F.scaled_dot_product_attention(*(heads_first(x[None]) for x in qkv), dropout_p=dropout)
+                        for qkv in zip(*(x.split(self.lengths) for x in (query, key, value)))]
+            return torch.cat([c[0].transpose(0, 1).reshape(-1, width) for c in contexts])
+        context = F.scaled_dot_product_attention(*(heads_first(self.unpack(x)) for x in (query, key, value)),
+                                                 attn_mask=self.attend, dropout_p=dropout)
+        return self.pack(context.transpose(1, 2).reshape(*self.shape, width))
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -58,16 +105,9 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = config.attention_dropout
 
-    def forward(self, hidden, attend):
-        batch, length, width = hidden.shape
-
-        def split_heads(x):
-            return x.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
-
-        context = F.scaled_dot_product_attention(
-            split_heads(self.query(hidden)), split_heads(self.key(hidden)), split_heads(self.value(hidden)),
-            attn_mask=attend, dropout_p=self.dropout if self.training else 0.0)
-        return context.transpose(1, 2).reshape(batch, length, width)
+    def forward(self, hidden, tokens: Tokens):
+        return tokens.attention(self.query(hidden), self.key(hidden), self.value(hidden), self.heads,
+                                self.dropout if self.training else 0.0)
 
 
 class Attention(nn.Module):
@@ -76,8 +116,8 @@ class Attention(nn.Module):
         self.self = SelfAttention(config)
         self.output = Output(config, config.hidden_size)
 
-    def forward(self, hidden, attend):
-        return self.output(self.self(hidden, attend), hidden)
+    def forward(self, hidden, tokens: Tokens):
+        return self.output(self.self(hidden, tokens), hidden)
 
 
 class Intermediate(nn.Module):
@@ -109,8 +149,8 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = Output(config, config.intermediate_size)
 
-    def forward(self, hidden, attend):
-        attended = self.attention(hidden, attend)
+    def forward(self, hidden, tokens: Tokens):
+        attended = self.attention(hidden, tokens)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -118,11 +158,16 @@ class Encoder(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
+        self.unpad = True  # False: padding computed like real tokens, as under torch.compile (bench/unpad_bench.py)
 
-    def forward(self, hidden, attend):
+    def forward(self, hidden, attention_mask):
+        """(batch, length, width) embeddings -> (batch, length, width), computed on the real tokens only (zeros at
+        padding where the batch is unpadded)."""
+        tokens = Tokens(attention_mask, self.unpad)
+        packed = tokens.pack(hidden)
         for layer in self.layer:
-            hidden = layer(hidden, attend)
-        return hidden
+            packed = layer(packed, tokens)
+        return tokens.unpack(packed)
 
 
 class Pooler(nn.Module):
@@ -142,9 +187,7 @@ class BertModel(nn.Module):
         self.pooler = Pooler(config)
 
     def forward(self, input_ids, token_type_ids, attention_mask):
-        # True where a query may attend to a key: every real token, no padding. Shape (batch, 1, 1, length).
-        attend = attention_mask.bool()[:, None, None, :]
-        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), attend)
+        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)
         return hidden, self.pooler(hidden)
 
 

@@ -90,3 +90,42 @@ def test_initialisation_is_berts():
     assert query.weight.std().item() == pytest.approx(0.02, rel=0.1) and (query.bias == 0).all()
     norm = model.bert.encoder.layer[1].output.LayerNorm
     assert (norm.weight == 1).all() and (norm.bias == 0).all()
+
+
+def test_unpadded_encoder_gives_the_padded_models_losses_and_gradients():
+    """Our encoder computes on the real tokens alone; HuggingFace's computes every position, padding included.
+    Same losses, and the same gradient for every parameter, on a batch that is a third padding."""
+    torch.manual_seed(2)
+    ours, theirs = BertForPreTraining(CONFIG).eval(), huggingface_twin(CONFIG).eval()  # eval: no dropout draws
+    theirs.load_state_dict(ours.state_dict(), strict=False)
+    ids, segments, mask, positions, labels, weights, nsp = batch(CONFIG, seed=5)
+    assert 0.2 < 1 - mask.float().mean() < 0.5
+    mlm_logits, nsp_logits = ours(ids, segments, mask, positions)
+    our_mlm, our_nsp = pretraining_loss_sums(mlm_logits, nsp_logits, labels, weights, nsp)
+    (our_mlm / weights.sum() + our_nsp / len(ids)).backward()
+    out = theirs(input_ids=ids, token_type_ids=segments, attention_mask=mask)
+    hf_logits = torch.gather(out.prediction_logits, 1, positions[:, :, None].expand(-1, -1, CONFIG.vocab_size))
+    hf_mlm, hf_nsp = pretraining_loss_sums(hf_logits, out.seq_relationship_logits, labels, weights, nsp)
+    (hf_mlm / weights.sum() + hf_nsp / len(ids)).backward()
+    assert our_mlm.item() == pytest.approx(hf_mlm.item(), rel=1e-5) and our_nsp.item() == pytest.approx(hf_nsp.item(),
+                                                                                                      rel=1e-5)
+    their_parameters = dict(theirs.named_parameters())
+    for name, parameter in ours.named_parameters():
+        torch.testing.assert_close(parameter.grad, their_parameters[name].grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_attention_per_sequence_equals_the_batch_with_padding_masked():
+    """The CPU's attention (a call per sequence at its real length) against the GPU's and torch.compile's (one call
+    for the padded batch, padding masked), on packed real tokens."""
+    from bertpipe.model import Tokens
+
+    generator = torch.Generator().manual_seed(4)
+    mask = (torch.arange(16) < torch.tensor([16, 9, 3, 12])[:, None]).long()
+    tokens = Tokens(mask)
+    assert tokens.unpadded and tokens.per_sequence and tokens.lengths == [16, 9, 3, 12]
+    query, key, value = (torch.randn(int(mask.sum()), 32, generator=generator) for _ in range(3))
+    per_sequence = tokens.attention(query, key, value, heads=4, dropout=0.0)
+    tokens.per_sequence = False
+    masked = tokens.attention(query, key, value, heads=4, dropout=0.0)
+    assert per_sequence.shape == (40, 32)
+    torch.testing.assert_close(per_sequence, masked, atol=1e-6, rtol=1e-5)
