@@ -34,6 +34,7 @@ from bertpipe.train.precision import COMPUTE_DTYPES, autocast, gradients_overflo
 from bertpipe.train.telemetry import measured_peak_flops  # noqa: E402
 
 LOSS_SCALE = 2.0**16
+SAMPLE = REPO / "data/mirror/enwiki/latest/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
 
 def huggingface_model(config: BertConfig):
@@ -112,27 +113,38 @@ def stream_rate(samples, batch_size, workers, seconds) -> float:
     return read / (time.perf_counter() - started)
 
 
+def sample_records(folder: Path, vocab_size: int, spec, shard_max_mb: float = 64) -> list:
+    """The bundled sample made into TFRecords under `folder` as the workflow makes them (extract, one split, corpus
+    shards of `shard_max_mb`, a `vocab_size` WordPiece tokenizer in `folder/tokenizer`, instances of `spec`): the
+    TFRecord files, one per corpus shard."""
+    from bertpipe.corpus import build_part
+    from bertpipe.extract import extract_part
+    from bertpipe.tfrecords import build_shard
+    from bertpipe.tokenizer import train
+
+    extract_part(SAMPLE, folder / "articles.jsonl", processes=2)
+    build_part(folder / "articles.jsonl", folder / "corpus", CorpusSettings(split="1", shard_max_mb=shard_max_mb))
+    train([folder / "corpus"], folder / "tokenizer", TokenizerSettings(vocab_size=vocab_size))
+    records = []
+    for shard in sorted((folder / "corpus/train").glob("shard-*.jsonl")):
+        records.append(folder / f"{shard.stem}.tfrecord")
+        build_shard(shard, folder / "tokenizer", records[-1], folder / f"{shard.stem}.stats.json", spec, 1)
+    return records
+
+
 def loader_rates(batch_size, workers=2, seconds=5.0) -> dict:
     """Samples/s of both loaders on the bundled sample at seq 128, in the trainer's process and with `workers`
     reader processes: TFRecords (built here) and loose json (Megatron's path: pairs and masks made per sample)."""
-    from bertpipe.corpus import build_part
-    from bertpipe.extract import extract_part
     from bertpipe.instances import InstanceSpec
-    from bertpipe.tfrecords import build_shard
-    from bertpipe.tokenizer import Tokenizer, train
+    from bertpipe.tokenizer import Tokenizer
     from bertpipe.records import TFRecordSamples
     from bertpipe.train.loose_json import LooseJsonSamples
 
-    sample = REPO / "data/mirror/enwiki/latest/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
-        extract_part(sample, temp / "a.jsonl", processes=2)
-        build_part(temp / "a.jsonl", temp / "c", CorpusSettings(split="1", shard_max_mb=64))
-        train([temp / "c"], temp / "tok", TokenizerSettings(vocab_size=8000))
-        build_shard(temp / "c/train/shard-0000.jsonl", temp / "tok", temp / "r.tfrecord", temp / "r.json",
-                    InstanceSpec(dupe_factor=2), 1)
-        loaders = {"TFRecords": TFRecordSamples([temp / "r.tfrecord"]),
-                   "loose json": LooseJsonSamples([temp / "c/train/shard-0000.jsonl"], Tokenizer(temp / "tok"),
+        records = sample_records(temp, 8000, InstanceSpec(dupe_factor=2))
+        loaders = {"TFRecords": TFRecordSamples(records),
+                   "loose json": LooseJsonSamples([temp / "corpus/train/shard-0000.jsonl"], Tokenizer(temp / "tokenizer"),
                                                   InstanceSpec(), "1", "train", "text", seed=0)}
         return {f"{name}, {count} reader processes": stream_rate(samples, batch_size, count, seconds)
                 for name, samples in loaders.items() for count in (0, workers)}

@@ -20,32 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bertpipe.corpus import build_part  # noqa: E402
-from bertpipe.extract import extract_part  # noqa: E402
 from bertpipe.instances import InstanceSpec  # noqa: E402
 from bertpipe.model import BertConfig, BertForPreTraining  # noqa: E402
 from bertpipe.records import TFRecordSamples  # noqa: E402
-from bertpipe.settings import CorpusSettings, TokenizerSettings  # noqa: E402
-from bertpipe.tfrecords import build_shard  # noqa: E402
-from bertpipe.tokenizer import train  # noqa: E402
 from bertpipe.train.optim import adamw  # noqa: E402
-from train_bench import ours_step  # noqa: E402
+from train_bench import ours_step, sample_records  # noqa: E402
 
-SAMPLE = REPO / "data/mirror/enwiki/latest/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 VOCAB = 4000  # the demo's
 
 
 def seq512_batches(folder: Path, batch_size: int, count: int) -> list:
     """`count` batches of the sample's seq-512 TFRecords as the demo makes them (4k vocab, 80 predictions,
-    dupe_factor 5, 1 MB corpus shards: the pairs of a shard's few documents are short more often than a 64 MB
-    shard's, 29% padding against 13%)."""
-    extract_part(SAMPLE, folder / "a.jsonl", processes=2)
-    build_part(folder / "a.jsonl", folder / "c", CorpusSettings(split="1", shard_max_mb=1))
-    train([folder / "c"], folder / "tok", TokenizerSettings(vocab_size=VOCAB))
-    for shard in sorted((folder / "c/train").glob("shard-*.jsonl")):
-        build_shard(shard, folder / "tok", folder / f"{shard.stem}.tfrecord", folder / f"{shard.stem}.json",
-                    InstanceSpec(seq_length=512, max_predictions=80, dupe_factor=5), 1)
-    samples = TFRecordSamples(sorted(folder.glob("shard-*.tfrecord")))
+    dupe_factor 5, 1 MB corpus shards)."""
+    samples = TFRecordSamples(sample_records(folder, VOCAB, InstanceSpec(seq_length=512, max_predictions=80,
+                                                                         dupe_factor=5), shard_max_mb=1))
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))
     return [samples.read(order[i * batch_size:(i + 1) * batch_size].tolist()) for i in range(count)]
 

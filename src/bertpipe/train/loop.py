@@ -16,6 +16,7 @@ import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 
 from bertpipe import BertpipeError
 from bertpipe.model import BertConfig, BertForPreTraining
@@ -127,10 +128,12 @@ class Trainer:
     def step(self, batches) -> dict:
         """One optimizer step (or a skipped one) on the next item of `batches`: this rank's micro-batches of global
         batch `iteration`. Its time includes waiting for them, so samples/s shows a loader that starves the step, and
-        data_wait_fraction says how much of it was waiting."""
+        data_wait_fraction says how much of it was waiting. Its parts are named for torch.profiler
+        (bertpipe.data, bertpipe.forward_backward, bertpipe.optimizer; bench/trainer_bench.py times them)."""
         training, phase, model = self.training, self.phase, self.train_model
         started = time.perf_counter()
-        micro_batches = next(batches)
+        with record_function("bertpipe.data"):
+            micro_batches = next(batches)
         waiting = time.perf_counter() - started
         predictions, real_tokens = all_sums([sum(float(b["masked_lm_weights"].sum()) for b in micro_batches),
                                              sum(float(b["input_mask"].sum()) for b in micro_batches)], self.device)
@@ -139,14 +142,30 @@ class Trainer:
         mlm_sum = nsp_sum = 0.0
         for index, batch in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
-            with self.ddp.no_sync() if self.ddp and not last else contextlib.nullcontext():
+            with (self.ddp.no_sync() if self.ddp and not last else contextlib.nullcontext(),
+                  record_function("bertpipe.forward_backward")):
                 _, _, _, (mlm, nsp) = forward_sums(model, batch, self.device, training.precision)
                 # DDP averages gradients over ranks; the world factor turns that into the sum the global mean needs.
                 loss = (mlm / predictions + nsp / sequences) * self.world
                 (loss * scale).backward()
-            mlm_sum += mlm.item()
-            nsp_sum += nsp.item()
+                mlm_sum += mlm.item()
+                nsp_sum += nsp.item()
 
+        with record_function("bertpipe.optimizer"):
+            lr, overflow, grad_norm = self._optimizer_step(scale)
+        self.iteration += 1
+        seconds = time.perf_counter() - started
+        mlm_total, nsp_total = all_sums([mlm_sum, nsp_sum], self.device)
+        mlm_loss, nsp_loss = mlm_total / predictions, nsp_total / sequences
+        return {"step": self.iteration, "loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
+                "lr": lr, "loss_scale": scale, "skipped": self.scaler.skipped, "overflow": bool(overflow),
+                "grad_norm": grad_norm, "samples_per_second": sequences / seconds,
+                **self.telemetry(sequences, micro_batches[0]["input_ids"].shape[1],
+                                 micro_batches[0]["masked_lm_positions"].shape[1], real_tokens, seconds, waiting)}
+
+    def _optimizer_step(self, scale: float) -> tuple:
+        """Unscale, check for overflow, clip and step (or skip): (lr, overflow, gradient norm or None)."""
+        training, phase = self.training, self.phase
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         if scale != 1.0:
             torch._foreach_div_([p.grad for p in parameters], scale)
@@ -166,15 +185,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if training.precision == "fp16":
             self.scaler.update(overflow)
-        self.iteration += 1
-        seconds = time.perf_counter() - started
-        mlm_total, nsp_total = all_sums([mlm_sum, nsp_sum], self.device)
-        mlm_loss, nsp_loss = mlm_total / predictions, nsp_total / sequences
-        return {"step": self.iteration, "loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
-                "lr": lr, "loss_scale": scale, "skipped": self.scaler.skipped, "overflow": bool(overflow),
-                "grad_norm": grad_norm, "samples_per_second": sequences / seconds,
-                **self.telemetry(sequences, micro_batches[0]["input_ids"].shape[1],
-                                 micro_batches[0]["masked_lm_positions"].shape[1], real_tokens, seconds, waiting)}
+        return lr, overflow, grad_norm
 
     # -- validation ----------------------------------------------------------------------------------------------
     def validate(self) -> dict:
