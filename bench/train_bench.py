@@ -187,7 +187,7 @@ def main():
             started = time.perf_counter()
         ours_s = seconds_per_step(ours_step, ours, batch, precision, device, warmup, args.repeats)
         if args.compile:
-            compiling = time.perf_counter() - started - ours_s * args.repeats
+            compiling = time.perf_counter() - started - ours_s * (warmup + args.repeats)
             print(f"{precision}: ours compiled {batch_size / ours_s:.1f} samples/s against eager "
                   f"{batch_size / eager_s:.1f}: {eager_s / ours_s:.2f}x, after {compiling:.0f} s of compiling")
         hf_s = seconds_per_step(hf_step, theirs, batch, precision, device, warmup, args.repeats)

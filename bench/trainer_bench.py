@@ -29,6 +29,7 @@ from bertpipe.instances import InstanceSpec  # noqa: E402
 from bertpipe.model import BertConfig, BertForPreTraining  # noqa: E402
 from bertpipe.records import TFRecordSamples  # noqa: E402
 from bertpipe.settings import PhaseSettings, TrainingSettings  # noqa: E402
+from bertpipe.train.data import RankBatches  # noqa: E402
 from bertpipe.train.loop import Trainer  # noqa: E402
 from bertpipe.train.metrics import ConsoleSink, JsonLinesSink  # noqa: E402
 from bertpipe.train.optim import adamw  # noqa: E402
@@ -64,8 +65,9 @@ def trainer_run(config, samples, batch, steps, workers, folder, profiled=False):
         trainer.train()
         return batch * steps / (clock.times[-1] - clock.times[WARMUP - 1]), None
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        started = time.perf_counter()
         trainer.train()
-    seconds = (clock.times[-1] - clock.times[0]) / (len(clock.times) - 1)
+    seconds = (clock.times[-1] - started) / phase.train_iters  # the parts' average is over every step too
     events = {e.key: e.cpu_time_total / 1e6 / phase.train_iters for e in profiler.key_averages() if e.key in PARTS}
     return batch / seconds, {"step": seconds, **events}
 
@@ -95,9 +97,10 @@ def main():
                             intermediate_size=1024, hidden_dropout=0.0, attention_dropout=0.0)
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, layers {config.num_layers}, hidden "
               f"{config.hidden_size}, batch {args.batch}, seq 128, fp32, {len(samples)} records")
-        # The bare step on batches of the same records (their padding varies as the trainer's do).
-        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0)).tolist()
-        batches = [samples.read(order[i * args.batch:(i + 1) * args.batch]) for i in range(WARMUP + args.steps)]
+        # The bare step on the trainer's own batches (seed 0), step by step: the unpadded step's time follows the
+        # real tokens of each batch.
+        steps = RankBatches(samples, args.batch, 1, 0, 1, seed=0)
+        batches = [steps[step][0] for step in range(WARMUP + args.steps)]
         rounds = {"bare": [], 0: [], 2: []}
         for _ in range(args.rounds):
             rounds["bare"].append(bare_rate(config, batches))

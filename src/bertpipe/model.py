@@ -6,8 +6,9 @@ Module and parameter names are those of HuggingFace's `BertForPreTraining`, so i
 The encoder computes on real tokens only (unpadded, as MosaicBERT and NVIDIA's BERT do): after the embeddings the
 batch's real tokens are packed into one (tokens, width) matrix, the dense layers and LayerNorms run on it, and each
 token attends to its own sequence's real tokens through `scaled_dot_product_attention`: on a CPU one call per
-sequence at its real length; on a GPU one call for the batch with the padding masked (a kernel launch per sequence
-would cost more than the padding saves). Padding costs nothing in the dense layers, which hold most of the FLOPs.
+sequence at its real length (attention then costs the sum of the squared real lengths, not batch x length^2); on a
+GPU one call for the batch with the padding masked (a kernel launch per sequence is expected to cost more than the
+padding saves there; not measured yet). Padding costs nothing in the dense layers, which hold most of the FLOPs.
 Under `torch.compile` the encoder runs padded instead, with the padding masked: the number of real tokens changes
 every batch, and the compiled model would be compiled again for each new one.
 The masked-LM head runs only at the masked positions (as NVIDIA's BERT does): the vocabulary projection, the
@@ -64,11 +65,14 @@ class Tokens:
         mask = attention_mask.bool()
         self.shape = mask.shape
         self.attend = mask[:, None, None, :]  # where a query may attend to a key: (batch, 1, 1, length)
-        self.unpadded = unpad and not torch.compiler.is_compiling() and not bool(mask.all())
-        if self.unpadded:
+        self.unpadded = unpad and not torch.compiler.is_compiling()
+        if self.unpadded:  # one host synchronisation (nonzero), two on a CPU (the lengths)
             self.index = mask.flatten().nonzero().squeeze(1)
-            self.lengths = mask.sum(1).tolist()
-            self.per_sequence = attention_mask.device.type == "cpu"
+            if len(self.index) == mask.numel():  # nothing is padding: no packing, and no mask (the flash kernel)
+                self.unpadded, self.attend = False, None
+            else:
+                self.per_sequence = attention_mask.device.type == "cpu"
+                self.lengths = mask.sum(1).tolist() if self.per_sequence else None
 
     def pack(self, padded):
         flat = padded.flatten(0, 1)

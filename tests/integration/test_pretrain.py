@@ -41,9 +41,9 @@ def command(records, out, *extra, launcher=(str(VENV_BIN / "bertpipe"),)):
     # fp32 (the config's default is fp16) unless the test says otherwise
     precision = [] if {"--precision", "--fp16", "--bf16"} & set(extra) else ["--precision", "fp32"]
     # eager (the config's default compiles): a compile takes longer than these runs of a few steps
-    compiled = [] if {"--compile", "--no-compile"} & set(extra) else ["--no-compile"]
+    compile_flag = [] if {"--compile", "--no-compile"} & set(extra) else ["--no-compile"]
     return [*launcher, "pretrain", "--use-tfrecords", "--train-data", train_data, "--valid-data", valid_data,
-            "--tokenizer-path", str(tokenizer), "--seq-length", "64", *precision, *compiled, "--num-layers", "2",
+            "--tokenizer-path", str(tokenizer), "--seq-length", "64", *precision, *compile_flag, "--num-layers", "2",
             "--hidden-size", "64", "--intermediate-size", "128", "--num-attention-heads", "2",
             "--max-position-embeddings", "64", "--lr", "1e-3", "--warmup", "0.1", "--log-interval", "1",
             "--eval-interval", "1000", "--eval-iters", "1", "--save", str(out / "ckpt"),

@@ -115,8 +115,8 @@ def test_unpadded_encoder_gives_the_padded_models_losses_and_gradients():
 
 
 def test_attention_per_sequence_equals_the_batch_with_padding_masked():
-    """The CPU's attention (a call per sequence at its real length) against the GPU's and torch.compile's (one call
-    for the padded batch, padding masked), on packed real tokens."""
+    """The CPU's attention (a call per sequence at its real length) against the GPU's (one call for the batch, its
+    packed tokens put back in place and the padding masked, as the padded model computes it), on packed tokens."""
     from bertpipe.model import Tokens
 
     generator = torch.Generator().manual_seed(4)

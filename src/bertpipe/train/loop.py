@@ -164,7 +164,8 @@ class Trainer:
                                  micro_batches[0]["masked_lm_positions"].shape[1], real_tokens, seconds, waiting)}
 
     def _optimizer_step(self, scale: float) -> tuple:
-        """Unscale, check for overflow, clip and step (or skip): (lr, overflow, gradient norm or None)."""
+        """Unscale the gradients, check them for inf and nan (raising where no fp16 scaler can skip the step), clip,
+        step or skip, zero the gradients and update the loss scale: (lr, overflow, gradient norm or None)."""
         training, phase = self.training, self.phase
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         if scale != 1.0:

@@ -2,8 +2,10 @@
 start-up, and against the datasheet's where the device is known; the share of the step spent waiting for data; and
 how much of each batch is padding.
 
-Model FLOPs are model.flops_per_sequence's (the matmuls BERT needs, forward and backward), counted over the
-sequences as computed, padding included: `padding_fraction` says how much of that work is waste.
+Model FLOPs are model.flops_per_sequence's (the matmuls BERT needs, forward and backward) over whole sequences,
+padding included, as NVIDIA's and Megatron's counts are: comparable between runs and with published figures. The
+eager model does not compute the padding (model.py), so there MFU over-counts by about `padding_fraction`; under
+torch.compile the padding is computed, and `padding_fraction` says how much of that work is waste.
 """
 
 import time
