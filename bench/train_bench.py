@@ -4,6 +4,7 @@ processes (`--num-workers`).
 
     .venv/bin/python bench/train_bench.py                 # CPU: a small BERT, float32 and bf16 autocast
     python bench/train_bench.py --gpu [--compile]         # CUDA: BERT-Large, seq 128, fp16 and bf16
+    .venv/bin/python bench/train_bench.py --profile       # and each step's operators by self time
 
 Prints samples/s of each model, our rate over HuggingFace's, and achieved model FLOP/s as a fraction of a plain
 matmul's FLOP/s measured in the same run and, on a GPU, of its datasheet peak (`--peak-tflops`, default the
@@ -100,6 +101,23 @@ def seconds_per_step(step, model, batch, precision, device, warmup, repeats):
     return statistics.median(times)
 
 
+def print_operator_times(model, batch, precision, device, steps=3, top=8):
+    """The operators that take most of our step's time (self time, averaged over `steps`), and the matmuls' share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            ours_step(model, optimizer, batch, precision, device)
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    matmuls = sum(e.self_cpu_time_total for e in events if e.key in ("aten::addmm", "aten::mm", "aten::bmm"))
+    print(f"{precision}: {total / steps / 1e3:.0f} ms a step under the profiler, matmuls (addmm, mm, bmm) "
+          f"{matmuls / total:.0%}; the most self time: " + ", ".join(
+              f"{e.key} {e.self_cpu_time_total / total:.0%}" for e in events[:top]))
+
+
 def stream_rate(samples, batch_size, workers, seconds) -> float:
     """Samples/s that `rank_batch_stream` delivers to a trainer that takes no time, after its first batch (the
     reader processes' start)."""
@@ -158,6 +176,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense fp16/bf16 peak")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models before timing")
+    parser.add_argument("--profile", action="store_true",
+                        help="and where our step's time goes: its operators by self time, under torch.profiler")
     args = parser.parse_args()
 
     if args.gpu:
@@ -201,6 +221,8 @@ def main():
             utilisation += f" (HF {flops / hf_s / matmul:.0%})"
         print(f"{precision}: ours {batch_size / ours_s:8.1f} samples/s, HF {batch_size / hf_s:8.1f} samples/s, "
               f"ours/HF {hf_s / ours_s:.2f}x; model FLOP/s ours {flops / ours_s / 1e12:.2f} T = {utilisation}")
+        if args.profile:
+            print_operator_times(ours, batch, precision, device)
         del ours, theirs
     if not args.gpu:
         for name, rate in loader_rates(batch_size).items():
