@@ -231,7 +231,9 @@ class TrainingSettings:
     loss_scale_window: int = setting(1000, "fp16: steps without overflow before the scale doubles", minimum=1)
     min_scale: float = setting(1.0, "fp16: the dynamic scale's floor", exclusiveMinimum=0)
     hysteresis: int = setting(2, "fp16: overflows tolerated before the scale halves", minimum=1)
-    weight_decay: float = setting(0.01, "AdamW's, not on biases and LayerNorm", minimum=0)
+    optimizer: str = setting("adam", "adam: AdamW (Megatron's); lamb: NVIDIA's LAMB (apex FusedLAMB's semantics), "
+                                     "for global batches of 32K to 64K with lr 4e-3 to 6e-3", enum=["adam", "lamb"])
+    weight_decay: float = setting(0.01, "decoupled, not on biases and LayerNorm", minimum=0)
     clip_grad: float = setting(1.0, "gradient norm clipping; 0: none", minimum=0)
     lr_decay_style: str = setting("linear", "the LR schedule after warmup",
                                   enum=["linear", "cosine", "exponential", "constant"])

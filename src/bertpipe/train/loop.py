@@ -1,4 +1,4 @@
-"""The pretraining loop: one step (micro-batches, mixed precision, loss scaling, clipping, AdamW), validation,
+"""The pretraining loop: one step (micro-batches, mixed precision, loss scaling, clipping, AdamW or LAMB), validation,
 and the loop that runs steps, reports metrics to its sinks, checkpoints when the checkpoint manager says so, and
 stops on a preemption signal.
 
@@ -25,7 +25,7 @@ from bertpipe.train.checkpoint import CheckpointManager, load
 from bertpipe.train.data import RankBatches, global_batch_indices, rank_batch_stream
 from bertpipe.train.distributed import StopRequest, all_sums, broadcast_object, gather_objects, init
 from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals, forward_sums
-from bertpipe.train.optim import adamw, learning_rate
+from bertpipe.train.optim import OPTIMIZERS, learning_rate
 from bertpipe.train.precision import COMPUTE_DTYPES, ConstantLossScaler, DynamicLossScaler, gradients_overflow
 from bertpipe.train.telemetry import StepTelemetry
 
@@ -69,7 +69,7 @@ class Trainer:
         self.train_model = torch.compile(self.ddp or self.model) if training.compile else self.ddp or self.model
         if training.compile:
             self._log("training the model under torch.compile: the first step compiles it")
-        self.optimizer = adamw(self.model, phase.lr, training.weight_decay)
+        self.optimizer = OPTIMIZERS[training.optimizer](self.model, phase.lr, training.weight_decay)
         scaler_kind = ConstantLossScaler if training.loss_scale else DynamicLossScaler
         self.scaler = scaler_kind(**({"initial_scale": training.loss_scale} if training.loss_scale else {}),
                                   window=training.loss_scale_window, min_scale=training.min_scale,
