@@ -71,8 +71,8 @@ def losses(metrics_file) -> dict:
     return by_step
 
 
-def run(args):
-    result = subprocess.run(args, capture_output=True, text=True, env=environment())
+def run(args, **env):
+    result = subprocess.run(args, capture_output=True, text=True, env={**environment(), **env})
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -147,13 +147,16 @@ def test_compiled_training_resumes_bitwise_with_the_loss_scaler_and_its_checkpoi
     # fp16: the loss scaler works outside the compiled model, so its schedule is the eager run's (see the fp16 test).
     compiled = ("--compile", "--fp16", "--train-iters", 6, "--save-interval", 3, "--keep-last", 4, "--batch-size", 4,
                 "--num-workers", 0, "--deterministic")
-    straight = run(command(records, tmp_path / "straight", *compiled))
+    # Inductor writes the code it generates here: none would mean the step ran eager after all.
+    inductor = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    straight = run(command(records, tmp_path / "straight", *compiled), **inductor)
     assert "under torch.compile" in straight.stdout
+    assert list((tmp_path / "inductor").rglob("*.py")), "torch.compile generated no code"
     expected = losses(tmp_path / "straight/metrics.jsonl")
     assert expected[1]["loss_scale"] == 2.0**32 and expected[1]["overflow"], "2^32 overflows at once, as eager"
     assert [expected[step]["loss_scale"] for step in (1, 2, 3)] == [2.0**32, 2.0**32, 2.0**31], straight.stdout
     shutil.copytree(tmp_path / "straight/ckpt/step-00000003", tmp_path / "resumed/ckpt/step-00000003")
-    resumed = run(command(records, tmp_path / "resumed", *compiled))
+    resumed = run(command(records, tmp_path / "resumed", *compiled), **inductor)
     assert "resumed from" in resumed.stdout and "at step 3" in resumed.stdout
     got = losses(tmp_path / "resumed/metrics.jsonl")
     assert sorted(got) == [4, 5, 6]
