@@ -8,6 +8,8 @@ with the stage's flags as params and the content hashes of its inputs.
 import argparse
 import contextlib
 import logging
+import re
+import resource
 import sys
 import time
 from pathlib import Path
@@ -376,7 +378,16 @@ def _inputs(args) -> dict:
 TRACKING_FLAGS = ("log_file", "run_name", "tracking_uri", "tracking_dir", "experiment", "git_commit")
 
 
+def job_usage() -> dict:
+    """This process's CPU seconds with those of its children that ended (WikiExtractor's, torchrun's), and the peak
+    RSS of the largest of them (getrusage: exact, where sampling misses short peaks and processes that end early)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"job_cpu_seconds": own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
+            "job_peak_rss_mb": max(own.ru_maxrss, children.ru_maxrss) / 1024}
+
+
 def main(argv=None) -> int:
+    started = time.perf_counter()
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     redact_log_records()
@@ -387,16 +398,18 @@ def main(argv=None) -> int:
     target = tracking.target_of(args)
     run = tracking.Run(target, args.run_name or (f"{stage} {label}" if label else stage), args.stage,
                        parent_id=target.pipeline_parent(), enabled=getattr(args, "tracked", True))
-    status = "FAILED"
+    status, stage_seconds = "FAILED", 0.0
     try:
         if run.enabled:
             run.log_params({key: value for key, value in vars(args).items()
                             if key not in ("run", "label", "inputs", "system_metrics", *TRACKING_FLAGS)
                             and not callable(value)})
             run.log_inputs(_inputs(args))
+        stage_started = time.perf_counter()
         with run.system_metrics() if getattr(args, "system_metrics", False) else contextlib.nullcontext():
             outcome = args.run(args, run) or Outcome()
-        run.log_metrics(outcome.metrics)
+        stage_seconds = time.perf_counter() - stage_started
+        run.log_metrics({**outcome.metrics, **job_usage()})
         run.set_tags(outcome.tags)
         for path, folder in outcome.artifacts:
             run.log_artifact(path, folder)
@@ -408,7 +421,24 @@ def main(argv=None) -> int:
         if args.log_file:
             run.log_artifact(args.log_file, "logs")
         run.end(status)
+        if args.log_file:  # a workflow job: its cost, last in its log
+            _print_job_usage(stage, time.perf_counter() - started, stage_seconds)
     return 0
+
+
+# The last line of a workflow job's log (bench/scale_rehearsal.py reads it).
+JOB_USAGE_LINE = re.compile(r"bertpipe (?P<stage>[a-z_]+(?: [a-z_]+)?): job usage: (?P<cpu>[\d.]+) CPU s, largest "
+                            r"process (?P<rss>[\d.]+) MB peak RSS, (?P<seconds>[\d.]+) s, of which "
+                            r"(?P<outside>[\d.]+) s outside the stage \(tracking\)")
+
+
+def _print_job_usage(stage: str, seconds: float, stage_seconds: float) -> None:
+    """The time outside the stage is tracking's share: MLflow's import, params, inputs, metrics, artifacts, the
+    run's end."""
+    usage = job_usage()
+    print(f"bertpipe {stage}: job usage: {usage['job_cpu_seconds']:.1f} CPU s, largest process "
+          f"{usage['job_peak_rss_mb']:.0f} MB peak RSS, {seconds:.1f} s, of which {seconds - stage_seconds:.1f} s "
+          "outside the stage (tracking)", file=sys.stderr)
 
 
 if __name__ == "__main__":
