@@ -3,7 +3,7 @@ generated multi-part dump of real text served over HTTP on 127.0.0.1, at several
 prints wall time, CPU seconds per input MB, peak RSS per job, output MB per input MB, jobs, and tracking's runs and
 seconds per job.
 
-    .venv/bin/python bench/scale_rehearsal.py [--sizes-mb 12 120 1200] [--part-mb 60] [--out DIR] [--json FILE]
+    .venv/bin/python bench/scale_rehearsal.py [--sizes-mb 15 150 1500] [--part-mb 150] [--out DIR] [--json FILE]
 
 Needs root and Debian's Slurm (installed when missing), as the Slurm tests: the cluster is tests/slurm_cluster.py's,
 two nodes of 2 CPUs each on this machine, the HTTP mirror tests/conftest.py's DumpServer.
@@ -15,8 +15,8 @@ same; still, the text is the sample's 106 articles again and again (generated in
 
 The settings are config.yaml's (full scale: SentencePiece 30522 with 10M sentences, dupe_factor 10, seq 128 and 512,
 64 MB shards, ...) but for the model and the step counts (2 layers of 128, a few steps, fp32 on the CPU), what two
-2-CPU nodes hold (threads, memory, no GPU), and the split: 90,5,5 instead of 1000,1,1, whose valid and test splits
-would be empty at the smaller sizes. Tracking is the SQLite default (the run warns that a server is the store on a
+2-CPU nodes hold (threads, memory, no GPU), and the split: 98,1,1 instead of 1000,1,1, whose valid and test splits
+would be empty at the smallest size. Tracking is the SQLite default (the run warns that a server is the store on a
 cluster).
 
 Where the figures come from: each job's last log line (`bertpipe <stage>: job usage: ...`, cli.py: getrusage of the
@@ -70,7 +70,7 @@ def overlay(mirror_url: str) -> dict:
     return {
         "dump": {"mirror": mirror_url, "wiki": WIKI, "date": DATE},
         "extract": {"threads": 2},
-        "corpus": {"split": "90,5,5"},
+        "corpus": {"split": "98,1,1"},
         "tokenizer": {"threads": 2},
         "model": {"num_layers": 2, "hidden_size": 128, "intermediate_size": 512, "num_attention_heads": 2},
         "pretrain": {"precision": "fp32", "compile": False, "nproc_per_node": 1, "nodes": 2, "num_workers": 1,
@@ -243,8 +243,10 @@ def rehearse(size_mb: float, part_mb: float, out: Path, cluster: SlurmCluster) -
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes-mb", type=float, nargs="+", default=[12, 120, 1200], help="MB of XML")
-    parser.add_argument("--part-mb", type=float, default=60, help="MB of XML per dump part")
+    parser.add_argument("--sizes-mb", type=float, nargs="+", default=[15, 150, 1500], help="MB of XML")
+    # 150 MB of XML make about 67 MB of text: from this size on, a part fills a 64 MB corpus shard (the default
+    # corpus.shard_max_mb), as English Wikipedia's parts of about 4 GB of XML do.
+    parser.add_argument("--part-mb", type=float, default=150, help="MB of XML per dump part")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bertpipe-rehearsal"))
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()

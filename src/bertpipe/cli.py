@@ -398,17 +398,16 @@ def main(argv=None) -> int:
     target = tracking.target_of(args)
     run = tracking.Run(target, args.run_name or (f"{stage} {label}" if label else stage), args.stage,
                        parent_id=target.pipeline_parent(), enabled=getattr(args, "tracked", True))
-    status, stage_seconds = "FAILED", 0.0
+    status, times = "FAILED", {"stage": 0.0}
     try:
         if run.enabled:
             run.log_params({key: value for key, value in vars(args).items()
                             if key not in ("run", "label", "inputs", "system_metrics", *TRACKING_FLAGS)
                             and not callable(value)})
             run.log_inputs(_inputs(args))
-        stage_started = time.perf_counter()
-        with run.system_metrics() if getattr(args, "system_metrics", False) else contextlib.nullcontext():
+        with (run.system_metrics() if getattr(args, "system_metrics", False) else contextlib.nullcontext(),
+              _timed(times)):
             outcome = args.run(args, run) or Outcome()
-        stage_seconds = time.perf_counter() - stage_started
         run.log_metrics({**outcome.metrics, **job_usage()})
         run.set_tags(outcome.tags)
         for path, folder in outcome.artifacts:
@@ -422,8 +421,18 @@ def main(argv=None) -> int:
             run.log_artifact(args.log_file, "logs")
         run.end(status)
         if args.log_file:  # a workflow job: its cost, last in its log
-            _print_job_usage(stage, time.perf_counter() - started, stage_seconds)
+            _print_job_usage(stage, time.perf_counter() - started, times["stage"])
     return 0
+
+
+@contextlib.contextmanager
+def _timed(times: dict):
+    """times["stage"]: the seconds of the block, however it ends (launch ends with its command's exit status)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        times["stage"] = time.perf_counter() - started
 
 
 # The last line of a workflow job's log (bench/scale_rehearsal.py reads it).
