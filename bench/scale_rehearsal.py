@@ -44,9 +44,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
 
 from bertpipe.cli import JOB_USAGE_LINE  # noqa: E402
 from tests.conftest import SAMPLE, DumpServer, copy_workflow, snakemake, split_pages  # noqa: E402
+from loose_json_bench import index  # noqa: E402
 from tests.slurm_cluster import SlurmCluster, install_slurm  # noqa: E402
 
 WIKI, DATE = "enwiki", "20260101"
@@ -223,6 +225,21 @@ def print_table(size: dict, rows: list, runs: int, wall: float) -> None:
               f"{row['slurm_s_per_job']:.1f} |")
 
 
+def loose_json_index(folder: Path) -> dict:
+    """Megatron's loose-json index (train/loose_json.build_lazy) of the run's extracted parts, which are loose json,
+    each built in a fresh process: {mb, seconds, mb_per_s, peak_rss_mb} (RSS: the largest process)."""
+    context = multiprocessing.get_context("spawn")
+    mb = seconds = peak = 0.0
+    for path in sorted((folder / "results/extract").glob("*.jsonl")):
+        results = context.Queue()
+        worker = context.Process(target=index, args=(str(path), results))
+        worker.start()
+        part_seconds, part_peak = results.get()
+        worker.join()
+        mb, seconds, peak = mb + path.stat().st_size / 2**20, seconds + part_seconds, max(peak, part_peak)
+    return {"mb": mb, "seconds": seconds, "mb_per_s": mb / seconds, "peak_rss_mb": peak}
+
+
 def rehearse(size_mb: float, part_mb: float, out: Path, cluster: SlurmCluster) -> dict:
     folder = out / f"{size_mb:g}MB"
     shutil.rmtree(folder, ignore_errors=True)
@@ -237,8 +254,65 @@ def rehearse(size_mb: float, part_mb: float, out: Path, cluster: SlurmCluster) -
     rows = stage_rows(workflow, result.stderr, cluster.job_records()[records_before:], size["xml_mb"])
     runs = tracking_runs(workflow)
     print_table(size, rows, runs, wall)
+    loose_json = loose_json_index(workflow)
+    print(f"loose-json index of the extracted parts: {loose_json['mb']:.0f} MB in {loose_json['seconds']:.1f} s, "
+          f"{loose_json['mb_per_s']:.0f} MB/s, peak RSS {loose_json['peak_rss_mb']:.0f} MB")
     (folder / "snakemake.log").write_text(result.stderr)
-    return {"size": size, "wall_s": wall, "tracking_runs": runs, "stages": rows}
+    return {"size": size, "wall_s": wall, "tracking_runs": runs, "stages": rows, "loose_json_index": loose_json}
+
+
+# English Wikipedia, for the projection: the sizes issue 13 of this project gives (over 20 GB of bz2, about 100 GB of
+# XML), not measured here; a real dump's dumpstatus.json lists its parts' sizes.
+WIKIPEDIA_XML_MB, WIKIPEDIA_BZ2_MB, WIKIPEDIA_PARTS = 100 * 1024, 22 * 1024, 60
+NODE_CORES = 64  # config.yaml's slurm.pretrain.cpus_per_node, a typical node
+# The training step of BERT-Large on one H200 (README, bench/train_bench.py --gpu --batch 256 --compile,
+# 2026-11-28): sequences/s at seq 128, bf16; the trainer made 97% of its bench step on a CPU (trainer_bench.py).
+H200_SEQ128_PER_S, TRAINER_SHARE = 1719, 0.97
+
+
+def project(result: dict) -> None:
+    """English Wikipedia from the rates of one rehearsal size: CPU hours per stage, hours on 1, 4 and 16 nodes, and
+    disk; then pretraining's GPU hours at the training bench's rate."""
+    from bertpipe.model import BertConfig, flops_per_sequence
+    from bertpipe.settings import Config
+
+    config = Config()
+    xml_mb = result["size"]["xml_mb"]
+    shards = WIKIPEDIA_XML_MB * 0.45 / config.corpus.shard_max_mb  # text is about 45% of the XML (the sample's)
+    parallel_jobs = {"download": WIKIPEDIA_PARTS, "extract": WIKIPEDIA_PARTS * config.extract.threads,
+                     "corpus": WIKIPEDIA_PARTS, "tokenizer": config.tokenizer.threads,
+                     "tfrecords": shards * len(config.tfrecords.phases)}
+    print(f"\nEnglish Wikipedia ({WIKIPEDIA_XML_MB / 1024:.0f} GB of XML, {WIKIPEDIA_BZ2_MB / 1024:.0f} GB bz2, "
+          f"{WIKIPEDIA_PARTS} parts, about {shards:.0f} train shards) at the rates of {xml_mb:.0f} MB:")
+    print(f"| stage | CPU hours | hours on 1 / 4 / 16 nodes of {NODE_CORES} cores | disk GB |")
+    print("|---|---|---|---|")
+    for row in result["stages"]:
+        stage = row["stage"]
+        if stage not in parallel_jobs:
+            continue
+        # The tokenizer trains on a sample of input_sentence_size sentences, not on the corpus; a download goes at
+        # the network's pace, not the CPU's.
+        cpu_hours = None if stage == "tokenizer" else row["cpu_s_per_mb"] * WIKIPEDIA_XML_MB / 3600
+        hours = "-"
+        if cpu_hours is not None and stage != "download":
+            hours = " / ".join(f"{cpu_hours / min(nodes * NODE_CORES, parallel_jobs[stage]):.2f}"
+                               for nodes in (1, 4, 16))
+        disk = WIKIPEDIA_BZ2_MB / 1024 if stage == "download" else row["out_mb_per_mb"] * WIKIPEDIA_XML_MB / 1024
+        if stage == "tokenizer":  # its model, the same size at any input
+            disk = row["out_mb_per_mb"] * xml_mb / 1024
+        print(f"| {stage} | {'bounded' if cpu_hours is None else f'{cpu_hours:.1f}'} | {hours} | {disk:.3g} |")
+    model = BertConfig(vocab_size=config.tokenizer.vocab_size, hidden_size=config.model.hidden_size,
+                       num_layers=config.model.num_layers, num_attention_heads=config.model.num_attention_heads,
+                       intermediate_size=config.model.intermediate_size)
+    phase_flops = {}
+    for phase, spec in zip(config.pretrain.phases, config.tfrecords.phases):
+        sequences = (phase.train_iters * phase.batch_size * phase.gradient_accumulation_steps
+                     * config.pretrain.nproc_per_node * config.pretrain.nodes)
+        phase_flops[phase.seq_length] = sequences * flops_per_sequence(model, phase.seq_length, spec.max_predictions)
+    rate = H200_SEQ128_PER_S * TRAINER_SHARE * flops_per_sequence(model, 128, 20)  # model FLOP/s of one GPU
+    for seq, flops in phase_flops.items():
+        print(f"pretrain seq {seq}: {flops / rate / 3600:.0f} H200 hours at the seq-128 bench's model FLOP/s "
+              f"({flops / rate / 3600 / 8:.1f} h on 8, {flops / rate / 3600 / 64:.2f} h on 64)")
 
 
 def main():
@@ -267,6 +341,7 @@ def main():
             print(f"  {stage}: {peaks[largest] / peaks[smallest]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    project(results[-1])
 
 
 if __name__ == "__main__":

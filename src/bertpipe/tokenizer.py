@@ -220,7 +220,7 @@ class Tokenizer:
         """Token ids of each sentence, without special tokens."""
         if self.kind == "sentencepiece":
             return self._spm.encode(sentences, out_type=int)
-        return [e.ids for e in self._hf.encode_batch(sentences)]
+        return [e.ids for e in self._hf.encode_batch_fast(sentences)]  # the same ids, without the offsets
 
     def decode(self, ids: list) -> str:
         """The text of ordinary token ids."""
