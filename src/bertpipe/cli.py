@@ -229,7 +229,9 @@ def _evaluate(subparsers):
 
     def run(args, _):
         from bertpipe.evaluate import evaluate
+        from bertpipe.memory import fix_mmap_threshold
 
+        fix_mmap_threshold()
         metrics = evaluate(args.checkpoint, args.test_data, args.tokenizer, args.out, args.fill_mask,
                            args.batch_size, args.precision)
         return Outcome(metrics=metrics, tags={"checkpoint": metrics["checkpoint"]},

@@ -95,6 +95,7 @@ def _samples(args, tokenizer, phase: PhaseSettings, seed: int) -> tuple:
 
 def run(args, tracking_run):
     from bertpipe.hashing import content_hash, described_input
+    from bertpipe.memory import fix_mmap_threshold
     from bertpipe.model import BertConfig
     from bertpipe.tokenizer import Tokenizer
     from bertpipe.tracking import MetricSink, Outcome
@@ -103,6 +104,7 @@ def run(args, tracking_run):
     from bertpipe.train.loop import Trainer
     from bertpipe.train.metrics import ConsoleSink, JsonLinesSink
 
+    fix_mmap_threshold()  # the unpadded encoder's varying tensor sizes would fragment the heap (memory.py)
     if not args.tokenizer_path:
         hint = f" (a hub id such as {args.tokenizer_model_type} cannot be fetched here)" if args.tokenizer_model_type else ""
         raise BertpipeError(f"--tokenizer-path is required: the tokenizer stage's folder{hint}; its files must be local")
