@@ -7,10 +7,11 @@ CORES ?= 2
 
 .PHONY: demo test test-fast settings lint report mlflow-ui clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements-no-deps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==25.3
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps -r requirements-no-deps.txt
 	touch $@
 
 demo: $(VENV)/.installed

@@ -11,10 +11,13 @@ Different from Google's, on purpose:
 - Memory is bounded by the shard, not the corpus: a shard's tokens are one flat array, an instance is five numbers
   (A and B as spans of it, the label) until it is written, and masking is done a batch at a time, vectorised.
 - The random token of the 10% is drawn from the ordinary vocabulary, never a special token.
+- Truncation cuts all pairs at once (truncate_pairs): the same lengths as Google's token-by-token loop, and the same
+  fair coin for each cut's end, drawn as one binomial per segment.
 - A shard of a single document cannot give a random next segment: it yields only true-continuation pairs (chunks of
   one sentence are skipped), and its stats show the share of random next segments it got.
 """
 
+import array
 import dataclasses
 import random
 
@@ -37,91 +40,102 @@ class TokenizedShard:
 
     @classmethod
     def from_documents(cls, documents) -> "TokenizedShard":
-        """From an iterable of documents, each a list of sentences, each a list of token ids; empty ones dropped."""
-        pieces, sentence_lengths, document_starts = [], [], [0]
-        for document in documents:
-            sentences = [s for s in document if len(s)]
-            if sentences:
-                # One int32 array per document: a Python int costs 28 bytes, an int32 four.
-                pieces.append(np.fromiter((t for s in sentences for t in s), dtype=np.int32))
-                sentence_lengths.extend(len(s) for s in sentences)
-                document_starts.append(document_starts[-1] + len(sentences))
-        tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
-        sentence_starts = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)])
-        return cls(tokens, sentence_starts, np.asarray(document_starts, dtype=np.int64))
+        """From documents, each a list of sentences, each a list of token ids; empty ones dropped."""
+        documents = list(documents)
+        sentences = [s for document in documents for s in document]
+        tokens = np.fromiter((t for s in sentences for t in s), dtype=np.int32)
+        return cls.from_arrays(tokens, np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences)),
+                               np.fromiter(map(len, documents), dtype=np.int64, count=len(documents)))
+
+    @classmethod
+    def from_arrays(cls, tokens: np.ndarray, sentence_lengths: np.ndarray, document_sentences: np.ndarray):
+        """From all the token ids in order, each sentence's number of them and each document's number of sentences;
+        empty sentences, and documents left without any, dropped."""
+        kept = sentence_lengths > 0
+        document_of = np.repeat(np.arange(len(document_sentences)), document_sentences)
+        per_document = np.bincount(document_of[kept], minlength=len(document_sentences))
+        per_document = per_document[per_document > 0]
+        return cls(np.asarray(tokens, dtype=np.int32),
+                   np.concatenate([[0], np.cumsum(sentence_lengths[kept], dtype=np.int64)]),
+                   np.concatenate([[0], np.cumsum(per_document, dtype=np.int64)]))
 
     @property
     def documents(self) -> int:
         return len(self.document_starts) - 1
 
 
-def _truncate(a0, a1, b0, b1, max_tokens, rng):
-    """Google's truncate_seq_pair on spans: drop a token from the longer segment, front or back at random."""
-    while (a1 - a0) + (b1 - b0) > max_tokens:
-        if a1 - a0 > b1 - b0:
-            if rng.random() < 0.5:
-                a0 += 1
-            else:
-                a1 -= 1
-        elif rng.random() < 0.5:
-            b0 += 1
-        else:
-            b1 -= 1
-    return a0, a1, b0, b1
+def truncate_pairs(spans: np.ndarray, max_tokens: int, gen: np.random.Generator) -> np.ndarray:
+    """Google's truncate_seq_pair on every pair at once: while a pair is longer than `max_tokens`, its longer segment
+    (B on a tie) loses one token, from its front or its back by a fair coin. Which segment loses how many follows from
+    the lengths alone (the loop evens them out, then alternates), and the coins of a segment's cuts, from one
+    binomial draw: the same distribution as Google's token-by-token loop, without a Python step per token."""
+    spans = spans.copy()
+    a_len, b_len = spans[:, 1] - spans[:, 0], spans[:, 3] - spans[:, 2]
+    a_kept = np.minimum(a_len, np.maximum(max_tokens - b_len, (max_tokens + 1) // 2))
+    b_kept = np.minimum(b_len, max_tokens - a_kept)
+    for start, end, kept in ((0, 1, a_kept), (2, 3, b_kept)):
+        cut = spans[:, end] - spans[:, start] - kept
+        from_front = gen.binomial(cut, 0.5)
+        spans[:, start] += from_front
+        spans[:, end] -= cut - from_front
+    return spans
+
+
+def _uniform(rng: random.Random, low: int, high: int) -> int:
+    """An int in [low, high], as rng.randint, from one float draw (randint's own path costs several Python calls)."""
+    return low + int(rng.random() * (high - low + 1))
 
 
 def document_pairs(shard, document, starts, spec, rng, out, forced):
-    """Append the (A, B, label) spans of one document to `out`, as Google's create_instances_from_document;
-    append to `forced` the index of each whose B is random because A's chunk was a single sentence."""
+    """Append the untruncated (A, B, label) spans of one document to `out` (an array.array of int64, five numbers a
+    pair: truncate_pairs cuts them down), as Google's create_instances_from_document; count in `forced[0]` the pairs
+    whose B is random because A's chunk was a single sentence."""
     first, last = int(shard.document_starts[document]), int(shard.document_starts[document + 1])
     documents = shard.documents
     max_tokens = spec.seq_length - 3
-    target = max_tokens if rng.random() >= spec.short_seq_prob else rng.randint(2, max_tokens)
+    target = max_tokens if rng.random() >= spec.short_seq_prob else _uniform(rng, 2, max_tokens)
     chunk_start, length, i = first, 0, first
     while i < last:
         length += starts[i + 1] - starts[i]
         if i == last - 1 or length >= target:
             chunk = i + 1 - chunk_start
-            a_end = chunk_start + (1 if chunk < 2 else rng.randint(1, chunk - 1))
+            a_end = chunk_start + (1 if chunk < 2 else _uniform(rng, 1, chunk - 1))
             a0, a1 = starts[chunk_start], starts[a_end]
             if chunk == 1 and documents > 1:
-                forced.append(len(out))
+                forced[0] += 1
             if (chunk == 1 or rng.random() < 0.5) and documents > 1:
                 for _ in range(10):
-                    other = rng.randint(0, documents - 1)
+                    other = _uniform(rng, 0, documents - 1)
                     if other != document:
                         break
                 o_first, o_last = int(shard.document_starts[other]), int(shard.document_starts[other + 1])
-                j = rng.randint(o_first, o_last - 1)
+                j = _uniform(rng, o_first, o_last - 1)
                 b0, target_b = starts[j], target - (a1 - a0)
                 while j < o_last - 1 and starts[j + 1] - b0 < target_b:
                     j += 1
-                b1, label = starts[j + 1], 1
+                out.extend((a0, a1, b0, starts[j + 1], 1))
                 i -= i + 1 - a_end  # the sentences after A go back to the document
-            elif chunk == 1:  # one sentence and no other document: no pair can be made
-                b1 = None
-            else:
-                b0, b1, label = a1, starts[i + 1], 0
-            if b1 is not None:
-                out.append((*_truncate(a0, a1, b0, b1, max_tokens, rng), label))
+            elif chunk > 1:  # (one sentence and no other document: no pair can be made)
+                out.extend((a0, a1, a1, starts[i + 1], 0))
             chunk_start, length = i + 1, 0
         i += 1
 
 
 def pair_spans(shard: TokenizedShard, spec: InstanceSpec, rng: random.Random) -> tuple:
-    """Every instance's (a_start, a_end, b_start, b_end, is_random_next) over all passes, shuffled; and how many of
-    them got a random next segment without a coin flip (a one-sentence chunk, as in Google's code)."""
+    """Every instance's (a_start, a_end, b_start, b_end, is_random_next) over all passes, truncated and shuffled; and
+    how many of them got a random next segment without a coin flip (a one-sentence chunk, as in Google's code)."""
     order = list(range(shard.documents))
     rng.shuffle(order)
     starts = shard.sentence_starts.tolist()
-    spans, forced = [], []
+    spans, forced = array.array("q"), [0]
     for _ in range(spec.dupe_factor):
         for document in order:
             document_pairs(shard, document, starts, spec, rng, spans, forced)
-    spans = np.asarray(spans, dtype=np.int64).reshape(-1, SPAN_FIELDS)
+    spans = np.frombuffer(spans, dtype=np.int64).reshape(-1, SPAN_FIELDS)
+    spans = truncate_pairs(spans, spec.seq_length - 3, np.random.default_rng(rng.getrandbits(64)))
     if len(spans):
         spans = spans[np.asarray(_permutation(len(spans), rng), dtype=np.int64)]
-    return spans, len(forced)
+    return spans, forced[0]
 
 
 def _permutation(n, rng):
@@ -141,15 +155,14 @@ def materialize(tokens: np.ndarray, spans: np.ndarray, spec: InstanceSpec, vocab
     a_len = spans[:, 1] - spans[:, 0]
     b_len = spans[:, 3] - spans[:, 2]
     total = a_len + b_len + 3
-    input_ids = np.full((batch, length), vocab.pad_id, dtype=np.int64)
-    input_ids[:, 0] = vocab.cls_id
-    for row, (a0, a1, b0, b1, _) in enumerate(spans.tolist()):
-        la = a1 - a0
-        input_ids[row, 1:1 + la] = tokens[a0:a1]
-        input_ids[row, 1 + la] = vocab.sep_id
-        input_ids[row, 2 + la:2 + la + b1 - b0] = tokens[b0:b1]
-        input_ids[row, 2 + la + b1 - b0] = vocab.sep_id
     position = np.arange(length)
+    # [CLS] A [SEP] B [SEP] [PAD]...: each position's source in `tokens`, gathered at once
+    in_a = (position >= 1) & (position <= a_len[:, None])
+    in_b = (position >= (a_len + 2)[:, None]) & (position < (total - 1)[:, None])
+    source = np.where(in_a, spans[:, 0:1] - 1 + position, spans[:, 2:3] - (a_len + 2)[:, None] + position)
+    input_ids = np.where(in_a | in_b, tokens[np.where(in_a | in_b, source, 0)], vocab.pad_id).astype(np.int64)
+    input_ids[:, 0] = vocab.cls_id
+    input_ids[(position == (a_len + 1)[:, None]) | (position == (total - 1)[:, None])] = vocab.sep_id
     input_mask = position < total[:, None]
     segment_ids = (position >= (a_len + 2)[:, None]) & input_mask
     candidates = input_mask & (position != 0) & (position != (a_len + 1)[:, None]) & (position != (total - 1)[:, None])
@@ -161,7 +174,9 @@ def materialize(tokens: np.ndarray, spans: np.ndarray, spec: InstanceSpec, vocab
     else:
         scores = gen.random((batch, length))
         scores[~candidates] = 2.0  # never picked before a candidate
-        lowest = np.argsort(scores, axis=1, kind="stable")[:, :predictions]
+        # the `predictions` lowest scores of each row, in order (a partition, then a sort of those only)
+        lowest = np.argpartition(scores, predictions - 1, axis=1)[:, :predictions]
+        lowest = np.take_along_axis(lowest, np.argsort(np.take_along_axis(scores, lowest, axis=1), axis=1), axis=1)
         chosen = np.arange(predictions) < wanted[:, None]
         # The chosen are the first `wanted` of each row; sorting keeps them first (the others sort last).
         positions = np.sort(np.where(chosen, lowest, length), axis=1)

@@ -7,6 +7,7 @@ shard), so a rerun writes the same bytes, and shards never share a random stream
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -47,22 +48,100 @@ def feature_spec(seq_length: int, max_predictions: int) -> dict:
     }
 
 
-def _serialize(batch: dict):
-    """Each row of the batch as a serialised tf.train.Example (one message refilled: three times faster than new ones)."""
-    import tensorflow as tf
+# Example > Features > map entry (key, Feature) > Int64List or FloatList > packed values: the wire format of
+# TensorFlow's example.proto and feature.proto; every field here is a length-delimited one, tagged with its number.
+_FIELD_1, _FIELD_2, _FIELD_3 = 0x0A, 0x12, 0x1A
+_FLOAT_FEATURES = ("masked_lm_weights",)
+_LENGTH_SLOT = 3  # the longest varint of a length: up to 2 MiB, and a record is a few KiB
 
-    example = tf.train.Example()
-    features = example.features.feature
-    int_lists = [(features[name].int64_list.value, batch[name].tolist()) for name in INT_FEATURES]
-    weights, weight_rows = features["masked_lm_weights"].float_list.value, batch["masked_lm_weights"].tolist()
-    for row in range(len(weight_rows)):
-        for values, rows in int_lists:
-            del values[:]
-            values.extend(rows[row])
-        del weights[:]
-        weights.extend(weight_rows[row])
-        # deterministic: the features (a map) in key order, not in this process's hash order
-        yield example.SerializeToString(deterministic=True)
+
+def _varint_width(values: np.ndarray) -> int:
+    """Bytes of the longest varint among `values` (non-negative)."""
+    return max(1, (int(values.max(initial=0)).bit_length() + 6) // 7)
+
+
+def _varint_sizes(values: np.ndarray, width: int) -> np.ndarray:
+    """Bytes of each value's varint, none longer than `width`."""
+    if width == 1:
+        return np.ones(values.shape, dtype=np.int64)
+    values = values.astype(np.uint32 if width <= 4 else np.uint64)
+    sizes = np.ones(values.shape, dtype=np.int64)
+    for k in range(1, width):
+        sizes += values >= 1 << (7 * k)
+    return sizes
+
+
+def _varint_block(values: np.ndarray) -> tuple:
+    """The varints of `values` (rows, n), each in a slot as wide as the longest: (bytes, used), (rows, n * width)."""
+    width = _varint_width(values)
+    if width == 1:
+        return values.astype(np.uint8), np.ones(values.shape, dtype=bool)
+    values = values.astype(np.uint32 if width <= 4 else np.uint64)
+    groups = np.empty((*values.shape, width), dtype=np.uint8)
+    used = np.empty((*values.shape, width), dtype=bool)
+    used[..., 0] = True
+    for k in range(width):
+        more = values >= 1 << (7 * (k + 1))  # "more follows": the group's high bit
+        groups[..., k] = ((values >> (7 * k)) & 0x7F) | (more.astype(np.uint8) << 7)
+        if k + 1 < width:
+            used[..., k + 1] = more
+    return groups.reshape(len(values), -1), used.reshape(len(values), -1)
+
+
+def serialize_examples(batch: dict) -> tuple:
+    """Every row of the batch as a serialised tf.train.Example with Google's features, byte for byte what protobuf's
+    deterministic serialisation writes (the features in key order, values packed), without a Python object per
+    value: returns the records concatenated (bytes) and each one's length (int64 array).
+
+    Each record is built in a row of one byte matrix whose columns are fixed slots (a varint's slot as wide as the
+    largest value in it needs) with a mask of the bytes the row uses; selecting by the mask concatenates the rows.
+    tests/integration/test_tfrecords.py holds it equal to protobuf's SerializeToString(deterministic=True)."""
+    rows = len(batch["input_ids"])
+    blocks = []  # (bytes, used), each (rows, w), in the record's order
+
+    def constant(data: bytes):
+        block = np.broadcast_to(np.frombuffer(data, dtype=np.uint8), (rows, len(data)))
+        blocks.append((block, np.ones(block.shape, dtype=bool)))
+
+    def length(n: np.ndarray):
+        blocks.append(_varint_block(n[:, None]))
+
+    def with_header(content: np.ndarray) -> np.ndarray:  # a tag byte, the content's length, the content
+        return 1 + _varint_sizes(content, _LENGTH_SLOT) + content
+
+    features = sorted(INT_FEATURES + _FLOAT_FEATURES)
+    payload, value_list, feature, entry = {}, {}, {}, {}
+    for name in features:
+        values = batch[name]
+        if name in _FLOAT_FEATURES:
+            payload[name] = np.full(rows, 4 * values.shape[1], dtype=np.int64)
+        else:
+            payload[name] = _varint_sizes(values, _varint_width(values)).sum(axis=1)
+        value_list[name] = with_header(payload[name])
+        feature[name] = with_header(value_list[name])
+        entry[name] = 2 + len(name) + with_header(feature[name])  # the key's tag, length and bytes, then the value
+    features_length = sum(with_header(entry[name]) for name in features)
+
+    constant(bytes([_FIELD_1]))
+    length(features_length)
+    for name in features:
+        key = name.encode()
+        constant(bytes([_FIELD_1]))
+        length(entry[name])
+        constant(bytes([_FIELD_1, len(key)]) + key + bytes([_FIELD_2]))
+        length(feature[name])
+        constant(bytes([_FIELD_2 if name in _FLOAT_FEATURES else _FIELD_3]))
+        length(value_list[name])
+        constant(bytes([_FIELD_1]))
+        length(payload[name])
+        if name in _FLOAT_FEATURES:
+            data = np.ascontiguousarray(batch[name], dtype="<f4").view(np.uint8)
+            blocks.append((data, np.ones(data.shape, dtype=bool)))
+        else:
+            blocks.append(_varint_block(batch[name]))
+    data = np.concatenate([b for b, _ in blocks], axis=1)
+    used = np.concatenate([u for _, u in blocks], axis=1)
+    return data[used].tobytes(), used.sum(axis=1)
 
 
 def shard_seed(seed: int, *identity) -> int:
@@ -83,27 +162,22 @@ def read_documents(path: Path):
 
 
 def tokenize_shard(path: Path, tokenizer: Tokenizer) -> TokenizedShard:
-    """The shard's documents as token ids, encoded a batch of sentences at a time (the tokenizers' per-token objects
-    of a whole shard would cost more memory than its ids)."""
-
-    def documents():
-        batch, sentences = [], 0
-        for document in read_documents(path):
-            batch.append(document)
-            sentences += len(document)
-            if sentences >= ENCODE_SENTENCES:
-                yield from _encode(batch, tokenizer)
-                batch, sentences = [], 0
-        yield from _encode(batch, tokenizer)
-
-    return TokenizedShard.from_documents(documents())
-
-
-def _encode(documents, tokenizer):
-    sentences = [s for document in documents for s in document]
-    encoded = iter(tokenizer.encode(sentences)) if sentences else iter(())
-    for document in documents:
-        yield [next(encoded) for _ in document]
+    """The shard's documents as token ids, encoded a batch of sentences at a time into flat arrays (a Python int per
+    token of a whole shard would cost more memory than its ids)."""
+    ids, sentence_lengths, document_sentences = [], [], []
+    batch = []
+    for document in itertools.chain(read_documents(path), [None]):
+        if document is not None:
+            batch.extend(document)
+            document_sentences.append(len(document))
+        if batch and (document is None or len(batch) >= ENCODE_SENTENCES):
+            batch_ids, batch_lengths = tokenizer.encode_flat(batch)
+            ids.append(batch_ids)
+            sentence_lengths.append(batch_lengths)
+            batch = []
+    return TokenizedShard.from_arrays(np.concatenate([np.zeros(0, np.int32), *ids]),
+                                      np.concatenate([np.zeros(0, np.int64), *sentence_lengths]),
+                                      np.asarray(document_sentences, dtype=np.int64))
 
 
 def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: int) -> dict:
@@ -120,7 +194,7 @@ def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: 
         raise BertpipeError(f"{shard}: no such corpus shard")
     if spec.max_predictions < 1 or spec.seq_length < 8:
         raise BertpipeError(f"seq_length {spec.seq_length} / max_predictions {spec.max_predictions}: too small")
-    tokenizer = Tokenizer(tokenizer_dir)
+    tokenizer = Tokenizer(tokenizer_dir, tensorflow_text=True)
     tokenized = tokenize_shard(shard, tokenizer)
     own_seed = shard_seed(seed, spec.seq_length, *shard.parts[-3:])
     rng = random.Random(own_seed)
@@ -137,8 +211,11 @@ def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: 
         with tf.io.TFRecordWriter(str(temp)) as writer:
             for begin in range(0, len(spans), BATCH):
                 batch = materialize(tokenized.tokens, spans[begin:begin + BATCH], spec, tokenizer, gen)
-                for record in _serialize(batch):
-                    writer.write(record)
+                records, lengths = serialize_examples(batch)
+                offset = 0
+                for length in lengths.tolist():
+                    writer.write(records[offset:offset + length])
+                    offset += length
                 real = int(batch["input_mask"].sum())
                 kinds = batch["masked_lm_kind"]
                 counts["instances"] += len(kinds)

@@ -12,6 +12,7 @@ Training reads a bounded, seeded uniform sample of the train split's sentences (
 sampling), so memory does not grow with the corpus.
 """
 
+import itertools
 import json
 import logging
 import random
@@ -179,7 +180,9 @@ def read_vocab(path: Path) -> dict:
 class Tokenizer:
     """A trained tokenizer folder behind one small interface: encode sentences, special ids, word starts."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, tensorflow_text: bool = False):
+        """`tensorflow_text`: encode_flat takes TensorFlow Text's FastBertTokenizer for the sentences it tokenises as
+        HuggingFace does (see encode_flat); for a stage that has TensorFlow loaded anyway (tfrecords)."""
         self.folder = Path(folder)
         try:
             self.meta = json.loads((self.folder / META).read_text())
@@ -189,6 +192,7 @@ class Tokenizer:
         self.vocab_size = self.meta["vocab_size"]
         ids = self.meta["special_ids"]
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (ids[t] for t in SPECIAL_TOKENS)
+        self._fast = None
         if self.kind == "sentencepiece":
             import sentencepiece as spm
 
@@ -211,6 +215,8 @@ class Tokenizer:
             for token, index in vocab.items():
                 starts[index] = not token.startswith("##")
             self.is_word_start = starts
+            if tensorflow_text:
+                self._fast = _fast_bert_tokenizer(vocab, lowercase)
         special = np.zeros(self.vocab_size, dtype=bool)
         special[list(ids.values())] = True
         # Ids a random replacement may take: the 10% "random token" of masking never inserts [CLS], [MASK], ...
@@ -221,6 +227,32 @@ class Tokenizer:
         if self.kind == "sentencepiece":
             return self._spm.encode(sentences, out_type=int)
         return [e.ids for e in self._hf.encode_batch_fast(sentences)]  # the same ids, without the offsets
+
+    def encode_flat(self, sentences: list) -> tuple:
+        """The token ids of all the sentences, concatenated (int32), and each sentence's number of ids: encode's
+        output without a Python object per token, for a stage that holds a whole shard's ids.
+
+        With `tensorflow_text`, WordPiece sentences of printable ASCII only go to TensorFlow Text's FastBertTokenizer
+        (Google's linear-time WordPiece, about ten times HuggingFace's speed per core), the rest to HuggingFace. On
+        printable ASCII both do the same thing: lowercasing (accents, NFD, control and Chinese characters cannot
+        occur), splitting on spaces and ASCII punctuation, the longest-match-first WordPiece with [UNK] for a word of
+        over 100 characters or without pieces; tests/integration/test_tokenizer.py holds them equal. Other text is
+        where their normalisers differ (FastBertTokenizer maps "…" to "...", for one), so it stays with HuggingFace's,
+        which is Google's BERT normaliser."""
+        if self._fast is not None:
+            plain = np.fromiter((s.isascii() and s.isprintable() for s in sentences), dtype=bool,
+                                count=len(sentences))
+            return _merge_in_order(plain, self._fast_encode([s for s, p in zip(sentences, plain) if p]),
+                                   _flat(self.encode([s for s, p in zip(sentences, plain) if not p])))
+        return _flat(self.encode(sentences))
+
+    def _fast_encode(self, sentences: list) -> tuple:
+        import tensorflow as tf
+
+        if not sentences:
+            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+        ragged = self._fast.tokenize(tf.constant(sentences))
+        return ragged.flat_values.numpy().astype(np.int32), np.diff(ragged.row_splits.numpy()).astype(np.int64)
 
     def decode(self, ids: list) -> str:
         """The text of ordinary token ids."""
@@ -233,3 +265,32 @@ class Tokenizer:
         if self.kind == "sentencepiece":
             return self._spm.id_to_piece(int(token_id))
         return self._hf.id_to_token(int(token_id))
+
+
+def _fast_bert_tokenizer(vocab: dict, lowercase: bool):
+    import tensorflow as tf
+    import tensorflow_text
+
+    tokens = sorted(vocab, key=vocab.get)  # read_vocab's ids are the line indexes 0..n-1
+    return tensorflow_text.FastBertTokenizer(tokens, suffix_indicator="##", max_bytes_per_word=100,
+                                             token_out_type=tf.int64, unknown_token="[UNK]",
+                                             support_detokenization=False, lower_case_nfd_strip_accents=lowercase)
+
+
+def _flat(ids: list) -> tuple:
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum())), lengths
+
+
+def _merge_in_order(first: np.ndarray, ours: tuple, others: tuple) -> tuple:
+    """Two encode_flat results back in sentence order: `ours` of the sentences where `first` is true, `others` of
+    the rest."""
+    (ids_a, lengths_a), (ids_b, lengths_b) = ours, others
+    lengths = np.zeros(len(first), dtype=np.int64)
+    lengths[first], lengths[~first] = lengths_a, lengths_b
+    starts = np.cumsum(lengths) - lengths
+    ids = np.empty(int(lengths.sum()), dtype=np.int32)
+    for part_ids, part_lengths, rows in ((ids_a, lengths_a, first), (ids_b, lengths_b, ~first)):
+        within = np.arange(len(part_ids)) - np.repeat(np.cumsum(part_lengths) - part_lengths, part_lengths)
+        ids[np.repeat(starts[rows], part_lengths) + within] = part_ids
+    return ids, lengths

@@ -182,3 +182,32 @@ def test_records_without_an_index_or_with_a_damaged_header_say_what_to_run(shard
     status, _, err = bertpipe_in_process(capsys, "tfrecords", "index", copy)
     assert status == 1 and f"{copy}: record 0 (byte 0) has a damaged or truncated header" in err
     assert not index_path(copy).exists()
+
+
+def test_serialized_examples_are_protobufs_deterministic_bytes():
+    """serialize_examples writes, byte for byte, what protobuf's SerializeToString(deterministic=True) writes for
+    the same features: varints of one to three bytes (vocabularies past 16k and 2M ids, positions past 127), floats."""
+    import numpy as np
+    import tensorflow as tf
+
+    from bertpipe.records import INT_FEATURES
+    from bertpipe.tfrecords import serialize_examples
+
+    rng = np.random.default_rng(0)
+    for rows, seq, predictions, vocab in [(7, 128, 20, 30522), (5, 512, 80, 3_000_000), (3, 16, 2, 100), (1, 8, 1, 5)]:
+        batch = {"input_ids": rng.integers(0, vocab, (rows, seq)), "input_mask": rng.integers(0, 2, (rows, seq)),
+                 "segment_ids": rng.integers(0, 2, (rows, seq)),
+                 "masked_lm_positions": rng.integers(0, seq, (rows, predictions)),
+                 "masked_lm_ids": rng.integers(0, vocab, (rows, predictions)),
+                 "masked_lm_weights": rng.integers(0, 2, (rows, predictions)).astype(np.float32),
+                 "next_sentence_labels": rng.integers(0, 2, (rows, 1))}
+        expected = []
+        for row in range(rows):
+            example = tf.train.Example()
+            for name in INT_FEATURES:
+                example.features.feature[name].int64_list.value.extend(batch[name][row].tolist())
+            example.features.feature["masked_lm_weights"].float_list.value.extend(
+                batch["masked_lm_weights"][row].tolist())
+            expected.append(example.SerializeToString(deterministic=True))
+        records, lengths = serialize_examples(batch)
+        assert records == b"".join(expected) and lengths.tolist() == [len(e) for e in expected], (seq, vocab)

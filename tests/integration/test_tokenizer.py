@@ -90,3 +90,22 @@ def test_a_vocab_smaller_than_the_alphabet_is_a_clear_error(sample_corpus, tmp_p
                                             r"\d+ pieces at tokenizer.character_coverage 0.9999"):
         train([sample_corpus], tmp_path / "tok", TokenizerSettings(vocab_size=80, input_sentence_size=3000))
     assert not (tmp_path / "tok").exists()
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_tensorflow_texts_encoding_equals_huggingfaces(tmp_path, sample_corpus, lowercase):
+    """encode_flat with TensorFlow Text's FastBertTokenizer (printable ASCII) gives HuggingFace's ids exactly: on every
+    sentence of the sample's corpus (non-ASCII ones included, which stay with HuggingFace) and on the edges of
+    BERT's basic tokenizer: punctuation, spaces, case, the 100-character word limit, words without pieces, tabs."""
+    settings = TokenizerSettings(kind="wordpiece", vocab_size=3000, lowercase=lowercase, input_sentence_size=5000)
+    train([sample_corpus], tmp_path / "tok", settings)
+    slow, fast = Tokenizer(tmp_path / "tok"), Tokenizer(tmp_path / "tok", tensorflow_text=True)
+    sentences = [s for shard in sorted(sample_corpus.glob("*/*.jsonl")) for line in shard.read_text().splitlines()
+                 for s in json.loads(line)["text"].split("\n")]
+    sentences += ["", "   ", "a" * 100, "a" * 101, "Xy" * 50 + " z", "[MASK] [CLS] text",
+                  "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", "Hello\tworld", "qqqqzzzz", "ABC def 123 4.5e10 U.S.A.", "don't  stop--now", "caf\u00e9 \u2026 \u00b4"]
+    assert any(not (s.isascii() and s.isprintable()) for s in sentences), "both paths are taken"
+    ids, lengths = fast.encode_flat(sentences)
+    expected = slow.encode(sentences)
+    assert lengths.tolist() == [len(e) for e in expected]
+    assert ids.tolist() == [i for e in expected for i in e]

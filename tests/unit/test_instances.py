@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from bertpipe.instances import InstanceSpec, TokenizedShard, materialize, pair_spans
+from bertpipe.instances import InstanceSpec, TokenizedShard, materialize, pair_spans, truncate_pairs
 
 PAD, UNK, CLS, SEP, MASK = range(5)
 VOCAB_SIZE = 1000
@@ -170,3 +170,31 @@ def test_high_masking_rate_on_short_pairs_never_masks_cls_or_sep():
         k = int(batch["masked_lm_weights"][row].sum())
         assert k == n - 3, "every real token, and nothing more"
         assert not set(batch["masked_lm_positions"][row][:k].tolist()) & {0, la + 1, n - 1}
+
+
+def google_truncate_seq_pair(a_len, b_len, max_tokens):
+    """Google's loop, on lengths: the longer segment (B on a tie) loses a token until the pair fits."""
+    while a_len + b_len > max_tokens:
+        if a_len > b_len:
+            a_len -= 1
+        else:
+            b_len -= 1
+    return a_len, b_len
+
+
+def test_truncation_keeps_googles_lengths_and_cuts_either_end_by_a_fair_coin():
+    rng = np.random.default_rng(5)
+    a_len, b_len = rng.integers(1, 300, 4000), rng.integers(1, 300, 4000)
+    a0 = rng.integers(0, 10_000, 4000)
+    b0 = a0 + a_len + rng.integers(0, 50, 4000)
+    spans = np.stack([a0, a0 + a_len, b0, b0 + b_len, rng.integers(0, 2, 4000)], axis=1)
+    for max_tokens in (125, 126, 509, 7):
+        cut = truncate_pairs(spans, max_tokens, np.random.default_rng(max_tokens))
+        expected = [google_truncate_seq_pair(a, b, max_tokens) for a, b in zip(a_len.tolist(), b_len.tolist())]
+        assert (np.stack([cut[:, 1] - cut[:, 0], cut[:, 3] - cut[:, 2]], axis=1) == expected).all()
+        assert (cut[:, 0] >= spans[:, 0]).all() and (cut[:, 1] <= spans[:, 1]).all(), "inside the original spans"
+        assert (cut[:, 2] >= spans[:, 2]).all() and (cut[:, 3] <= spans[:, 3]).all()
+        assert (cut[:, 4] == spans[:, 4]).all()
+        cuts = (a_len - (cut[:, 1] - cut[:, 0])).sum() + (b_len - (cut[:, 3] - cut[:, 2])).sum()
+        front = (cut[:, 0] - spans[:, 0]).sum() + (cut[:, 2] - spans[:, 2]).sum()
+        assert abs(front - cuts / 2) <= 4 * math.sqrt(cuts / 4), "each cut is at the front half of the time"

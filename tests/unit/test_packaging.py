@@ -9,8 +9,15 @@ from tests.conftest import REPO, bertpipe_in_process, run_bertpipe
 
 
 def package_pins() -> dict:
+    """pyproject.toml's pins and those the Makefile installs without their dependencies."""
     dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    return dict(d.split("==") for d in dependencies)
+    no_deps = [line for line in (REPO / "requirements-no-deps.txt").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    return dict(d.split("==") for d in dependencies + no_deps)
+
+
+def test_the_makefile_installs_the_no_deps_requirements():
+    assert "--no-deps -r requirements-no-deps.txt" in (REPO / "Makefile").read_text()
 
 
 def test_every_package_dependency_is_pinned_exactly():
