@@ -103,7 +103,8 @@ def test_tensorflow_texts_encoding_equals_huggingfaces(tmp_path, sample_corpus, 
     sentences = [s for shard in sorted(sample_corpus.glob("*/*.jsonl")) for line in shard.read_text().splitlines()
                  for s in json.loads(line)["text"].split("\n")]
     sentences += ["", "   ", "a" * 100, "a" * 101, "Xy" * 50 + " z", "[MASK] [CLS] text",
-                  "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", "Hello\tworld", "qqqqzzzz", "ABC def 123 4.5e10 U.S.A.", "don't  stop--now", "caf\u00e9 \u2026 \u00b4"]
+                  "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", "Hello\tworld", "qqqqzzzz",
+                  "ABC def 123 4.5e10 U.S.A.", "don't  stop--now", "caf\u00e9 \u2026 \u00b4"]
     assert any(not (s.isascii() and s.isprintable()) for s in sentences), "both paths are taken"
     ids, lengths = fast.encode_flat(sentences)
     expected = slow.encode(sentences)
