@@ -52,7 +52,6 @@ def feature_spec(seq_length: int, max_predictions: int) -> dict:
 # TensorFlow's example.proto and feature.proto; every field here is a length-delimited one, tagged with its number.
 _FIELD_1, _FIELD_2, _FIELD_3 = 0x0A, 0x12, 0x1A
 _FLOAT_FEATURES = ("masked_lm_weights",)
-_LENGTH_SLOT = 3  # the longest varint of a length: up to 2 MiB, and a record is a few KiB
 
 
 def _varint_width(values: np.ndarray) -> int:
@@ -107,7 +106,7 @@ def serialize_examples(batch: dict) -> tuple:
         blocks.append(_varint_block(n[:, None]))
 
     def with_header(content: np.ndarray) -> np.ndarray:  # a tag byte, the content's length, the content
-        return 1 + _varint_sizes(content, _LENGTH_SLOT) + content
+        return 1 + _varint_sizes(content, _varint_width(content)) + content
 
     features = sorted(INT_FEATURES + _FLOAT_FEATURES)
     payload, value_list, feature, entry = {}, {}, {}, {}
