@@ -8,8 +8,9 @@ at a time from a random end; `round(len * masked_lm_prob)` predictions (at least
 never [CLS] or [SEP]; 80% [MASK], 10% kept, 10% a random token; optional whole-word masking; all instances shuffled.
 
 Different from Google's, on purpose:
-- Memory is bounded by the shard, not the corpus: a shard's tokens are one flat array, an instance is five numbers
-  (A and B as spans of it, the label) until it is written, and masking is done a batch at a time, vectorised.
+- Memory is bounded by the shard, not the corpus: a shard's tokens are one flat array (two bytes a token while the
+  vocabulary has at most 65,536 ids), an instance is five int32 (A and B as spans of it, the label) until it is
+  written, and masking is done a batch at a time, vectorised.
 - The random token of the 10% is drawn from the ordinary vocabulary, never a special token.
 - Truncation cuts all pairs at once (truncate_pairs): the same lengths as Google's token-by-token loop, and the same
   fair coin for each cut's end, drawn as one binomial per segment.
@@ -23,9 +24,21 @@ import random
 
 import numpy as np
 
+from bertpipe import BertpipeError
 from bertpipe.settings import InstanceSpec  # noqa: F401 (the instances' settings, for the modules that make them)
 
 SPAN_FIELDS = 5  # a_start, a_end, b_start, b_end, is_random_next
+SPAN_TYPECODE = "i"  # array.array's int32: spans index a shard's tokens, fewer than 2**31 (pair_spans checks)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest type of a shard's token ids: uint16 while the vocabulary fits (BERT's 30,522 does)."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
+
+
+def span_array(spans: array.array) -> np.ndarray:
+    """The spans appended by document_pairs as an array of shape (pairs, SPAN_FIELDS), sharing their buffer."""
+    return np.frombuffer(spans, dtype=np.int32).reshape(-1, SPAN_FIELDS)
 MASK_SHARE, KEEP_SHARE = 0.8, 0.1  # the rest, 10%, becomes a random token
 
 
@@ -49,13 +62,13 @@ class TokenizedShard:
 
     @classmethod
     def from_arrays(cls, tokens: np.ndarray, sentence_lengths: np.ndarray, document_sentences: np.ndarray):
-        """From all the token ids in order, each sentence's number of them and each document's number of sentences;
-        empty sentences, and documents left without any, dropped."""
+        """From all the token ids in order (kept in their type if uint16, else int32), each sentence's number of them
+        and each document's number of sentences; empty sentences, and documents left without any, dropped."""
         kept = sentence_lengths > 0
         document_of = np.repeat(np.arange(len(document_sentences)), document_sentences)
         per_document = np.bincount(document_of[kept], minlength=len(document_sentences))
         per_document = per_document[per_document > 0]
-        return cls(np.asarray(tokens, dtype=np.int32),
+        return cls(tokens if tokens.dtype == np.uint16 else np.asarray(tokens, dtype=np.int32),
                    np.concatenate([[0], np.cumsum(sentence_lengths[kept], dtype=np.int64)]),
                    np.concatenate([[0], np.cumsum(per_document, dtype=np.int64)]))
 
@@ -64,12 +77,11 @@ class TokenizedShard:
         return len(self.document_starts) - 1
 
 
-def truncate_pairs(spans: np.ndarray, max_tokens: int, gen: np.random.Generator) -> np.ndarray:
-    """Google's truncate_seq_pair on every pair at once: while a pair is longer than `max_tokens`, its longer segment
+def truncate_pairs(spans: np.ndarray, max_tokens: int, gen: np.random.Generator) -> None:
+    """Google's truncate_seq_pair on every pair at once, in place: while a pair is longer than `max_tokens`, its longer segment
     (B on a tie) loses one token, from its front or its back by a fair coin. Which segment loses how many follows from
     the lengths alone (the loop evens them out, then alternates), and the coins of a segment's cuts, from one
     binomial draw: the same distribution as Google's token-by-token loop, without a Python step per token."""
-    spans = spans.copy()
     a_len, b_len = spans[:, 1] - spans[:, 0], spans[:, 3] - spans[:, 2]
     a_kept = np.minimum(a_len, np.maximum(max_tokens - b_len, (max_tokens + 1) // 2))
     b_kept = np.minimum(b_len, max_tokens - a_kept)
@@ -78,7 +90,6 @@ def truncate_pairs(spans: np.ndarray, max_tokens: int, gen: np.random.Generator)
         from_front = gen.binomial(cut, 0.5)
         spans[:, start] += from_front
         spans[:, end] -= cut - from_front
-    return spans
 
 
 def _uniform(rng: random.Random, low: int, high: int) -> int:
@@ -87,8 +98,8 @@ def _uniform(rng: random.Random, low: int, high: int) -> int:
 
 
 def document_pairs(shard, document, starts, spec, rng, out, forced):
-    """Append the untruncated (A, B, label) spans of one document to `out` (an array.array of int64, five numbers a
-    pair: truncate_pairs cuts them down), as Google's create_instances_from_document; count in `forced[0]` the pairs
+    """Append the untruncated (A, B, label) spans of one document to `out` (an array.array of SPAN_TYPECODE, five
+    numbers a pair: truncate_pairs cuts them down), as Google's create_instances_from_document; count in `forced[0]` the pairs
     whose B is random because A's chunk was a single sentence."""
     first, last = int(shard.document_starts[document]), int(shard.document_starts[document + 1])
     documents = shard.documents
@@ -124,24 +135,21 @@ def document_pairs(shard, document, starts, spec, rng, out, forced):
 def pair_spans(shard: TokenizedShard, spec: InstanceSpec, rng: random.Random) -> tuple:
     """Every instance's (a_start, a_end, b_start, b_end, is_random_next) over all passes, truncated and shuffled; and
     how many of them got a random next segment without a coin flip (a one-sentence chunk, as in Google's code)."""
+    if len(shard.tokens) >= 2**31:
+        raise BertpipeError(f"a shard of {len(shard.tokens):,} tokens: instances index them with int32; "
+                            "lower corpus.shard_max_mb")
     order = list(range(shard.documents))
     rng.shuffle(order)
     starts = shard.sentence_starts.tolist()
-    spans, forced = array.array("q"), [0]
+    spans, forced = array.array(SPAN_TYPECODE), [0]
     for _ in range(spec.dupe_factor):
         for document in order:
             document_pairs(shard, document, starts, spec, rng, spans, forced)
-    spans = np.frombuffer(spans, dtype=np.int64).reshape(-1, SPAN_FIELDS)
-    spans = truncate_pairs(spans, spec.seq_length - 3, np.random.default_rng(rng.getrandbits(64)))
-    if len(spans):
-        spans = spans[np.asarray(_permutation(len(spans), rng), dtype=np.int64)]
+    gen = np.random.default_rng(rng.getrandbits(64))
+    # Shuffled into a copy, which frees the buffer appended to, then cut in place: one copy of the spans at a time.
+    spans = span_array(spans)[gen.permutation(len(spans) // SPAN_FIELDS)]
+    truncate_pairs(spans, spec.seq_length - 3, gen)
     return spans, forced[0]
-
-
-def _permutation(n, rng):
-    order = list(range(n))
-    rng.shuffle(order)
-    return order
 
 
 def materialize(tokens: np.ndarray, spans: np.ndarray, spec: InstanceSpec, vocab, gen: np.random.Generator) -> dict:

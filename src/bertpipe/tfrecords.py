@@ -5,6 +5,7 @@ The shard's RNG seed is derived from the configured seed and the shard's identit
 shard), so a rerun writes the same bytes, and shards never share a random stream. Memory is bounded by the shard.
 """
 
+import array
 import dataclasses
 import hashlib
 import itertools
@@ -20,7 +21,7 @@ import numpy as np
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_file
 from bertpipe.pages import stats_page
-from bertpipe.instances import InstanceSpec, TokenizedShard, materialize, pair_spans
+from bertpipe.instances import InstanceSpec, TokenizedShard, materialize, pair_spans, token_dtype
 from bertpipe.tokenizer import Tokenizer
 from bertpipe.hashing import file_hash
 from bertpipe.records import INT_FEATURES, index_path, write_index
@@ -162,8 +163,10 @@ def read_documents(path: Path):
 
 def tokenize_shard(path: Path, tokenizer: Tokenizer) -> TokenizedShard:
     """The shard's documents as token ids, encoded a batch of sentences at a time into flat arrays (a Python int per
-    token of a whole shard would cost more memory than its ids)."""
-    ids, sentence_lengths, document_sentences = [], [], []
+    token of a whole shard would cost more memory than its ids). The ids grow in an array.array, which reallocates in
+    place, where concatenating batches would hold the shard's ids twice."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    ids, sentence_lengths, document_sentences = array.array(dtype.char), [], []
     batch = []
     for document in itertools.chain(read_documents(path), [None]):
         if document is not None:
@@ -171,10 +174,10 @@ def tokenize_shard(path: Path, tokenizer: Tokenizer) -> TokenizedShard:
             document_sentences.append(len(document))
         if batch and (document is None or len(batch) >= ENCODE_SENTENCES):
             batch_ids, batch_lengths = tokenizer.encode_flat(batch)
-            ids.append(batch_ids)
+            ids.frombytes(batch_ids.astype(dtype).tobytes())
             sentence_lengths.append(batch_lengths)
             batch = []
-    return TokenizedShard.from_arrays(np.concatenate([np.zeros(0, np.int32), *ids]),
+    return TokenizedShard.from_arrays(np.frombuffer(ids, dtype=dtype),
                                       np.concatenate([np.zeros(0, np.int64), *sentence_lengths]),
                                       np.asarray(document_sentences, dtype=np.int64))
 

@@ -7,7 +7,8 @@ import types
 import numpy as np
 import pytest
 
-from bertpipe.instances import InstanceSpec, TokenizedShard, materialize, pair_spans, truncate_pairs
+from bertpipe import BertpipeError
+from bertpipe.instances import InstanceSpec, TokenizedShard, materialize, pair_spans, token_dtype, truncate_pairs
 
 PAD, UNK, CLS, SEP, MASK = range(5)
 VOCAB_SIZE = 1000
@@ -152,6 +153,23 @@ def test_empty_shard_gives_no_instances():
     assert shard.documents == 0 and spans.shape == (0, 5) and forced == 0
 
 
+def test_ids_take_two_bytes_while_the_vocabulary_fits_and_spans_four():
+    assert token_dtype(30522) == np.uint16 and token_dtype(2**16) == np.uint16 and token_dtype(2**16 + 1) == np.int32
+    ids = np.array([5, 65535, 7, 8], dtype=np.uint16)  # the largest id two bytes hold
+    shard = TokenizedShard.from_arrays(ids, np.array([2, 2]), np.array([1, 1]))
+    spec = InstanceSpec(seq_length=16, max_predictions=2, dupe_factor=4, short_seq_prob=0.0)
+    spans, _, batch = make(shard, spec, vocabulary=vocab())
+    assert shard.tokens.dtype == np.uint16 and spans.dtype == np.int32
+    assert 65535 in batch["input_ids"] or 65535 in batch["masked_lm_ids"], "the id is read back whole"
+
+
+def test_a_shard_beyond_int32_spans_is_refused_naming_the_setting_to_lower():
+    tokens = np.broadcast_to(np.uint16(7), (2**31,))  # 2^31 ids without the memory: one element, stride 0
+    shard = TokenizedShard(tokens, np.array([0, 2**30, 2**31]), np.array([0, 2]))
+    with pytest.raises(BertpipeError, match="corpus.shard_max_mb"):
+        pair_spans(shard, SPEC, random.Random(0))
+
+
 def test_sentence_longer_than_the_sequence_is_truncated():
     long_document = [[7] * 1000, [8] * 900]
     shard = TokenizedShard.from_documents([long_document, [[9] * 5, [10] * 5]])
@@ -189,7 +207,8 @@ def test_truncation_keeps_googles_lengths_and_cuts_either_end_by_a_fair_coin():
     b0 = a0 + a_len + rng.integers(0, 50, 4000)
     spans = np.stack([a0, a0 + a_len, b0, b0 + b_len, rng.integers(0, 2, 4000)], axis=1)
     for max_tokens in (125, 126, 509, 7):
-        cut = truncate_pairs(spans, max_tokens, np.random.default_rng(max_tokens))
+        cut = spans.copy()
+        truncate_pairs(cut, max_tokens, np.random.default_rng(max_tokens))
         expected = [google_truncate_seq_pair(a, b, max_tokens) for a, b in zip(a_len.tolist(), b_len.tolist())]
         assert (np.stack([cut[:, 1] - cut[:, 0], cut[:, 3] - cut[:, 2]], axis=1) == expected).all()
         assert (cut[:, 0] >= spans[:, 0]).all() and (cut[:, 1] <= spans[:, 1]).all(), "inside the original spans"

@@ -28,8 +28,8 @@ import torch
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_dir, exclusive
-from bertpipe.instances import (SPAN_FIELDS, InstanceSpec, TokenizedShard, document_pairs, materialize,
-                                truncate_pairs)
+from bertpipe.instances import (SPAN_TYPECODE, InstanceSpec, TokenizedShard, document_pairs, materialize,
+                                span_array, truncate_pairs)
 from bertpipe.splits import SPLITS, parse_split, split_indices, split_point
 
 TOKENS_PER_BYTE = 0.25  # for the number of samples an epoch holds: about four bytes of English text per token
@@ -173,13 +173,14 @@ class LooseJsonSamples:
         b_side = self._encode_until(other, other_start, target)
         shard = TokenizedShard.from_documents([a_side, b_side])
         spec = dataclasses.replace(self.spec, dupe_factor=1)
-        spans = array.array("q")
+        spans = array.array(SPAN_TYPECODE)
         if shard.documents:
             document_pairs(shard, 0, shard.sentence_starts.tolist(), spec, rng, spans, [0])
         if not spans:
             return None
-        first = np.frombuffer(spans, dtype=np.int64)[:SPAN_FIELDS].reshape(1, SPAN_FIELDS)
-        return shard.tokens, truncate_pairs(first, spec.seq_length - 3, np.random.default_rng(rng.getrandbits(64)))
+        first = span_array(spans)[:1]
+        truncate_pairs(first, spec.seq_length - 3, np.random.default_rng(rng.getrandbits(64)))
+        return shard.tokens, first
 
     def read(self, indices) -> dict:
         """Samples `indices` as a batch of torch tensors, with the TFRecords' feature names."""
