@@ -97,10 +97,19 @@ def index_records(path) -> np.ndarray:
     return np.frombuffer(columns, dtype=np.int64).reshape(-1, 2)
 
 
-def write_index(tfrecord, index=None) -> Path:
-    """Index `tfrecord` into `index` (default: beside it), published whole."""
+def write_index(tfrecord, index=None, lengths=None) -> Path:
+    """Index `tfrecord` into `index` (default: beside it), published whole: from its headers, or, from the writer
+    that has just written them, from the records' `lengths` (the frames' sizes must then add up to the file's)."""
     index = Path(index) if index else index_path(tfrecord)
-    records = index_records(tfrecord)
+    if lengths is None:
+        records = index_records(tfrecord)
+    else:
+        lengths = np.asarray(lengths, dtype=np.int64)
+        ends = np.cumsum(lengths + _HEADER + 4)
+        records = np.stack([ends - lengths - 4, lengths], axis=1)
+        if (ends[-1] if len(ends) else 0) != Path(tfrecord).stat().st_size:
+            raise BertpipeError(f"{tfrecord}: {Path(tfrecord).stat().st_size} bytes, not the {len(lengths)} records' "
+                                "frames; it was not written as plain TFRecords")
     with atomic_file(index) as temp, open(temp, "wb") as f:
         np.save(f, records)
     return index

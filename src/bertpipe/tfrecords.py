@@ -209,15 +209,18 @@ def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: 
 
     counts = {"instances": 0, "tokens": 0, "real_tokens": 0, "masked": 0, "mask": 0, "kept": 0, "random": 0,
               "random_next": 0, "padding": 0}
+    written = array.array("q")  # each record's length, for its index
     with atomic_file(out) as temp:
         with tf.io.TFRecordWriter(str(temp)) as writer:
             for begin in range(0, len(spans), BATCH):
                 batch = materialize(tokenized.tokens, spans[begin:begin + BATCH], spec, tokenizer, gen)
                 records, lengths = serialize_examples(batch)
+                sizes = lengths.tolist()
+                written.extend(sizes)
                 offset = 0
-                for length in lengths.tolist():
-                    writer.write(records[offset:offset + length])
-                    offset += length
+                for size in sizes:
+                    writer.write(records[offset:offset + size])
+                    offset += size
                 real = int(batch["input_mask"].sum())
                 kinds = batch["masked_lm_kind"]
                 counts["instances"] += len(kinds)
@@ -231,7 +234,7 @@ def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: 
                 counts["random_next"] += int(batch["next_sentence_labels"].sum())
         # Published before the records: an index without its file names nothing, and readers check that an index
         # ends where its file does, so an index beside an older file is refused, not followed.
-        write_index(temp, index_path(out))
+        write_index(temp, index_path(out), lengths=written)
     instances = max(counts["instances"], 1)
     stats = {
         "shard": str(shard),
