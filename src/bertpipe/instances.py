@@ -29,6 +29,7 @@ from bertpipe.settings import InstanceSpec  # noqa: F401 (the instances' setting
 
 SPAN_FIELDS = 5  # a_start, a_end, b_start, b_end, is_random_next
 SPAN_TYPECODE = "i"  # array.array's int32: spans index a shard's tokens, fewer than 2**31 (pair_spans checks)
+MASK_SHARE, KEEP_SHARE = 0.8, 0.1  # the rest, 10%, becomes a random token
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -39,7 +40,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def span_array(spans: array.array) -> np.ndarray:
     """The spans appended by document_pairs as an array of shape (pairs, SPAN_FIELDS), sharing their buffer."""
     return np.frombuffer(spans, dtype=np.int32).reshape(-1, SPAN_FIELDS)
-MASK_SHARE, KEEP_SHARE = 0.8, 0.1  # the rest, 10%, becomes a random token
 
 
 @dataclasses.dataclass
@@ -78,10 +78,11 @@ class TokenizedShard:
 
 
 def truncate_pairs(spans: np.ndarray, max_tokens: int, gen: np.random.Generator) -> None:
-    """Google's truncate_seq_pair on every pair at once, in place: while a pair is longer than `max_tokens`, its longer segment
-    (B on a tie) loses one token, from its front or its back by a fair coin. Which segment loses how many follows from
-    the lengths alone (the loop evens them out, then alternates), and the coins of a segment's cuts, from one
-    binomial draw: the same distribution as Google's token-by-token loop, without a Python step per token."""
+    """Google's truncate_seq_pair on every pair at once, in place: while a pair is longer than `max_tokens`, its
+    longer segment (B on a tie) loses one token, from its front or its back by a fair coin. Which segment loses how
+    many follows from the lengths alone (the loop evens them out, then alternates), and the coins of a segment's
+    cuts, from one binomial draw: the same distribution as Google's token-by-token loop, without a Python step per
+    token."""
     a_len, b_len = spans[:, 1] - spans[:, 0], spans[:, 3] - spans[:, 2]
     a_kept = np.minimum(a_len, np.maximum(max_tokens - b_len, (max_tokens + 1) // 2))
     b_kept = np.minimum(b_len, max_tokens - a_kept)
@@ -99,8 +100,8 @@ def _uniform(rng: random.Random, low: int, high: int) -> int:
 
 def document_pairs(shard, document, starts, spec, rng, out, forced):
     """Append the untruncated (A, B, label) spans of one document to `out` (an array.array of SPAN_TYPECODE, five
-    numbers a pair: truncate_pairs cuts them down), as Google's create_instances_from_document; count in `forced[0]` the pairs
-    whose B is random because A's chunk was a single sentence."""
+    numbers a pair: truncate_pairs cuts them down), as Google's create_instances_from_document; count in `forced[0]`
+    the pairs whose B is random because A's chunk was a single sentence."""
     first, last = int(shard.document_starts[document]), int(shard.document_starts[document + 1])
     documents = shard.documents
     max_tokens = spec.seq_length - 3

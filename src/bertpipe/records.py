@@ -105,11 +105,12 @@ def write_index(tfrecord, index=None, lengths=None) -> Path:
         records = index_records(tfrecord)
     else:
         lengths = np.asarray(lengths, dtype=np.int64)
-        ends = np.cumsum(lengths + _HEADER + 4)
+        ends = np.cumsum(lengths + _HEADER + 4)  # a frame: length and its CRC, the data, the data's CRC
         records = np.stack([ends - lengths - 4, lengths], axis=1)
-        if (ends[-1] if len(ends) else 0) != Path(tfrecord).stat().st_size:
-            raise BertpipeError(f"{tfrecord}: {Path(tfrecord).stat().st_size} bytes, not the {len(lengths)} records' "
-                                "frames; it was not written as plain TFRecords")
+        size = Path(tfrecord).stat().st_size
+        if size != (int(ends[-1]) if len(ends) else 0):
+            raise BertpipeError(f"{tfrecord}: {size} bytes, not the frames of its {len(lengths)} records; it was not "
+                                "written as plain TFRecords")
     with atomic_file(index) as temp, open(temp, "wb") as f:
         np.save(f, records)
     return index
