@@ -9,6 +9,13 @@ has been read (an epoch of random batches touches them all). Measured against th
 10 s, with the old per-record header scan as the reference, timed on the first file and scaled.
 
     .venv/bin/python bench/records_bench.py [--records 100000000] [--files 100] [--folder /tmp/records-bench]
+
+With `--order`, no records are made: it times the training order alone (train.data.global_batch_indices) at 10^9
+samples, one rank's indices of a global batch of 256 x 8 ranks at step 0 and at a step in a later epoch, with the
+seconds and the memory it adds (the process's resident growth, and the peak of numpy's allocations as tracemalloc
+sees them; goal: under 1 s and 50 MB), and the whole-epoch permutation it replaces, timed at 10^7, as the reference.
+
+    .venv/bin/python bench/records_bench.py --order
 """
 
 import argparse
@@ -17,6 +24,7 @@ import shutil
 import struct
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from bertpipe.records import (_HEADER, FEATURES, TFRecordSamples, example_class, index_path,  # noqa: E402
                               masked_crc)
+from bertpipe.train.data import global_batch_indices  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -73,12 +82,51 @@ def header_scan_seconds(path: Path, records: int) -> float:
     return time.perf_counter() - started
 
 
+def measured(compute) -> tuple:
+    """(result, seconds, resident bytes added while it is held, peak bytes traced by tracemalloc) of `compute()`:
+    run once untraced for the time and resident growth, once more traced for the allocations alone."""
+    before = rss_bytes()
+    started = time.perf_counter()
+    result = compute()
+    seconds = time.perf_counter() - started
+    grown = rss_bytes() - before
+    del result
+    tracemalloc.start()
+    result = compute()
+    traced = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return result, seconds, grown, traced
+
+
+def order_bench(samples: int = 10**9, per_rank: int = 256, world: int = 8, reference_samples: int = 10**7):
+    global_batch, rank, seed, mb = per_rank * world, 3, 1234, 2**20
+    print(f"order of {samples:,} samples, global batch {per_rank} x {world} ranks: rank {rank}'s {per_rank} indices")
+    slowest = 0.0
+    for step in (0, 5 * samples // global_batch + 1000):  # the first step, and one in epoch 5
+        indices, seconds, grown, traced = measured(lambda: global_batch_indices(
+            step, global_batch, samples, seed, start=rank * per_rank, count=per_rank))
+        slowest = max(slowest, seconds)
+        print(f"  step {step:,} (epoch {step * global_batch // samples}): {seconds * 1000:.2f} ms, resident growth "
+              f"{grown / mb:.2f} MB, numpy peak {traced / 2**10:.1f} KiB (goal: under 1 s and 50 MB; "
+              f"{len(set(indices.tolist()))} distinct)")
+    _, reference, grown, traced = measured(lambda: np.random.default_rng([seed, 0]).permutation(reference_samples))
+    scale = samples / reference_samples
+    print(f"the whole-epoch permutation it replaces, at {reference_samples:,} samples: {reference:.2f} s "
+          f"({reference / slowest:,.0f} times the slower step above), resident growth {grown / mb:.0f} MB, numpy "
+          f"peak {traced / mb:.0f} MB; scaled to {samples:,}: about {reference * scale:.0f} s and "
+          f"{traced * scale / 2**30:.1f} GiB an epoch, per reader process")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=100_000_000)
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--folder", default="/tmp/records-bench")
+    parser.add_argument("--order", action="store_true", help="time the training order alone (no records made)")
     args = parser.parse_args()
+    if args.order:
+        order_bench()
+        return
     folder = Path(args.folder)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)

@@ -66,7 +66,8 @@ def make_dump_tree(root: Path, xml: bytes, parts: int = 2, wiki: str = "enwiki",
 class DumpServer:
     """A local HTTP mirror on 127.0.0.1 serving a folder, with Range and If-Range support (a file's ETag is its
     sha1), a folder index, a count of the bytes sent per path, and faults to inject: drop the connection after N
-    bytes, or answer a status code, once each; redirect a path; send a path slowly, as a slow link does."""
+    bytes, or answer a status code, once each; redirect a path; send a path slowly, as a slow link does. It can
+    require an Authorization header on every request, and call a function as it handles each one."""
 
     def __init__(self, root: Path, certificate=None):
         """`certificate`: (cert file, key file) to serve https instead of http."""
@@ -78,6 +79,8 @@ class DumpServer:
         self.fail_with = {}  # path -> status code to answer, once
         self.redirect = {}  # path -> the Location to answer with (302)
         self.seconds_per_chunk = {}  # path -> seconds between chunks of CHUNK bytes
+        self.authorization = None  # the Authorization header every request must carry (401 without it), or None
+        self.on_request = None  # called with each request's path while the client waits for the answer
         self.lock = threading.Lock()
         server = self
 
@@ -92,6 +95,11 @@ class DumpServer:
                 with server.lock:
                     server.requests.append((path, self.headers.get("Range")))
                     server.headers.append((path, dict(self.headers)))
+                if server.on_request:
+                    server.on_request(path)
+                if server.authorization and self.headers.get("Authorization") != server.authorization:
+                    return self._reply(401, b"", headers={"WWW-Authenticate": 'Basic realm="mirror"'})
+                with server.lock:  # a refused request leaves the faults for the next one
                     fail = server.fail_with.pop(path, None)
                     drop = server.drop_after.pop(path, None)
                     location = server.redirect.get(path)
@@ -118,7 +126,7 @@ class DumpServer:
                 if match:
                     start, status = int(match.group(1)), 206
                     if start >= len(data):
-                        return self._reply(416, b"")
+                        return self._reply(416, b"", headers={"Content-Range": f"bytes */{len(data)}"})
                 body = data[start:]
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
@@ -137,10 +145,12 @@ class DumpServer:
                         time.sleep(pause)  # a slow link's pace, not synchronisation
                     self.wfile.write(body[begin:begin + CHUNK])
 
-            def _reply(self, status, body, content_type="text/plain"):
+            def _reply(self, status, body, content_type="text/plain", headers=None):
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 

@@ -34,6 +34,13 @@ def _publish(temp: Path, target: Path) -> None:
     _sync(target.parent)
 
 
+def publish_file(temp, target) -> None:
+    """Sync the file `temp`, rename it to `target` and sync the rename: how atomic_file ends, for a file written
+    under a name of its own (a download's resumable `.part`)."""
+    _sync(temp)
+    _publish(temp, target)
+
+
 @contextlib.contextmanager
 def atomic_file(target):
     """Yield a temporary path; on success rename it to `target`, on error remove it."""
@@ -42,8 +49,7 @@ def atomic_file(target):
     temp = _temp_name(target)
     try:
         yield temp
-        _sync(temp)
-        _publish(temp, target)
+        publish_file(temp, target)
     finally:
         temp.unlink(missing_ok=True)
 

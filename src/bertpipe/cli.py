@@ -8,9 +8,12 @@ with the stage's flags as params and the content hashes of its inputs.
 import argparse
 import contextlib
 import logging
+import os
 import re
 import resource
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +36,8 @@ def _download(subparsers):
 
     manifest = _stage(steps, "manifest", "resolve the dump (dumpstatus.json) into manifest.json")
     settings.add_arguments(manifest, DumpSettings)
-    settings.add_arguments(manifest, DownloadSettings, only=("timeout_seconds", "redirects_to_other_hosts"))
+    settings.add_arguments(manifest, DownloadSettings, only=("timeout_seconds", "redirects_to_other_hosts",
+                                                             "token_env"))
     manifest.add_argument("--out", required=True, help="manifest.json to write")
 
     def run_manifest(args, _):
@@ -315,8 +319,11 @@ def _tracking(subparsers):
                     description="When MLflow cannot be reached, jobs keep what they would have logged in "
                                 "<tracking-dir>/offline/. Once it is back, this sends it there, to the runs it "
                                 "belongs to, and remembers what it sent: run it again and nothing is sent twice. "
-                                "(The workflow runs it at the start of each pipeline run.) E.g. bertpipe "
-                                "--tracking-uri http://127.0.0.1:5000 --tracking-dir results/mlflow tracking replay")
+                                "A record MLflow refuses (its run was deleted, say) is reported and kept, with the "
+                                "rest of its file, for the next replay; the other files go on. It exits with status 1 "
+                                "when something is kept so, or when MLflow cannot be reached. (The workflow runs it "
+                                "at the start of each pipeline run.) E.g. bertpipe --tracking-uri "
+                                "http://127.0.0.1:5000 --tracking-dir results/mlflow tracking replay")
 
     def run(args, _):
         from bertpipe import tracking
@@ -328,6 +335,10 @@ def _tracking(subparsers):
         counts = tracking.replay(tracking.target_of(args))
         print(f"replayed {counts['records']} records of {counts['files']} files ({counts['runs_created']} runs "
               f"created, {counts['skipped']} records not for replay) to {redact(args.tracking_uri)}")
+        if counts["refused"] or counts["waiting"]:
+            raise BertpipeError(f"{counts['refused']} records were refused by MLflow and {counts['waiting']} more "
+                                f"wait behind them or for their run: they are kept in {args.tracking_dir}/offline "
+                                "for the next replay; the warnings above say which and what to do")
 
     replay.set_defaults(run=run, label=None, inputs=(), tracked=False)
 
@@ -388,11 +399,38 @@ def job_usage() -> dict:
             "job_peak_rss_mb": max(own.ru_maxrss, children.ru_maxrss) / 1024}
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGINT reached a stage: raised where it runs, so that every `finally` and `with` unwinds (temporary
+    outputs are removed, child processes are ended) and its run ends as KILLED. A BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` takes it for a failure to work around."""
+
+    def __init__(self, number: int):
+        super().__init__(signal.Signals(number).name)
+        self.number = number
+
+
+def _stop(number, frame):
+    for other in STOP_SIGNALS:  # a second signal must not cut the unwinding short (SIGKILL still can)
+        signal.signal(other, signal.SIG_IGN)
+    raise Stopped(number)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _exit_status_of_stop(number) -> int:
+    """128 + the signal, as a shell reports a process a signal ended; 0 for a torchrun worker, which reports to its
+    launcher (`bertpipe launch`) by its --done file, so that torchrun ends cleanly and not with a traceback."""
+    return 0 if "TORCHELASTIC_RUN_ID" in os.environ else 128 + number
+
+
 def main(argv=None) -> int:
     started = time.perf_counter()
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     redact_log_records()
+    handlers = threading.current_thread() is threading.main_thread()  # a signal handler is the main thread's
+    previous = {number: signal.signal(number, _stop) for number in STOP_SIGNALS} if handlers else {}
     from bertpipe import tracking
 
     stage = " ".join(filter(None, (args.stage, getattr(args, "step", None))))
@@ -400,7 +438,7 @@ def main(argv=None) -> int:
     target = tracking.target_of(args)
     run = tracking.Run(target, args.run_name or (f"{stage} {label}" if label else stage), args.stage,
                        parent_id=target.pipeline_parent(), enabled=getattr(args, "tracked", True))
-    status, times = "FAILED", {"stage": 0.0}
+    status, times, exit_status = "FAILED", {"stage": 0.0}, 0
     try:
         if run.enabled:
             run.log_params({key: value for key, value in vars(args).items()
@@ -415,16 +453,27 @@ def main(argv=None) -> int:
         for path, folder in outcome.artifacts:
             run.log_artifact(path, folder)
         status = "KILLED" if outcome.stopped else "FINISHED"
+        if outcome.signal in STOP_SIGNALS:
+            exit_status = _exit_status_of_stop(outcome.signal)
     except BertpipeError as error:
         print(f"bertpipe {args.stage}: error: {redact(str(error))}", file=sys.stderr)
-        return 1
+        exit_status = 1
+    except Stopped as stop:
+        status = "KILLED"
+        print(f"bertpipe {stage}: stopped by {stop}; its unfinished output was removed and nothing is published: "
+              "rerun to do it again", file=sys.stderr)
+        exit_status = _exit_status_of_stop(stop.number)
     finally:
+        for number in previous:  # the run's record is finished whatever comes now
+            signal.signal(number, signal.SIG_IGN)
         if args.log_file:
             run.log_artifact(args.log_file, "logs")
         run.end(status)
         if args.log_file:  # a workflow job: its cost, last in its log
             _print_job_usage(stage, time.perf_counter() - started, times["stage"])
-    return 0
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return exit_status
 
 
 @contextlib.contextmanager

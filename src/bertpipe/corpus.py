@@ -63,8 +63,16 @@ class _ShardWriter:
 
 
 def _records(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
+    # Bytes, decoded a line at a time: a text file's reader decodes ahead in blocks, and its error names no line.
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise BertpipeError(
+                    f"{path}, line {line_number}: not UTF-8 (byte {error.start + 1} of the line); the file is "
+                    "damaged: rerun its extraction (snakemake --forcerun extract)"
+                ) from None
             try:
                 record = json.loads(line)
                 if not isinstance(record, dict) or not isinstance(record.get("text"), str) or "id" not in record:

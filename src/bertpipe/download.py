@@ -8,17 +8,21 @@ http(s) URL, a `file://` URL or a local folder. `dumpstatus.json` lists, under t
 Every part is downloaded under an exclusive lock of its own (`<part>.bz2.lock`), so two runs that share `resources/`
 never write the same `.part` file: the second waits, then finds the verified file. Requests ask for the bytes as
 stored (`Accept-Encoding: identity`), resume with `Range` and `If-Range` (a file that changed on the mirror is
-fetched whole), and follow redirects only to the mirror's host and scheme unless `redirects_to_other_hosts`.
+fetched whole), and follow redirects only to the mirror's scheme, host and port unless `redirects_to_other_hosts`.
 
-The mirror URL may carry credentials (`https://user:password@host/`, `?token=...`): they are kept in the URL that
-is fetched, and out of everything written down (redaction.py). The manifest names each part by its path under the
-mirror, and each download job joins it to the configured mirror.
+A mirror that wants credentials gets them from outside its URL, which reaches command lines and logs: a user and
+password from `~/.netrc` (or the file the NETRC environment variable names), which requests reads for each host it
+is sent to, and a token from the environment variable `download.token_env` names, sent as `Authorization: Bearer` to
+the mirror's own scheme, host and port only, never to a host a redirect leads to. A mirror URL with credentials in it
+(`https://user:password@host/`, `?token=...`) is refused. The manifest names each part by its path under the mirror,
+and each download job joins it to the configured mirror.
 """
 
 import hashlib
 import html.parser
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -30,8 +34,9 @@ import urllib3
 from tqdm import tqdm
 
 from bertpipe import BertpipeError
-from bertpipe.atomic import atomic_file, exclusive
+from bertpipe.atomic import atomic_file, exclusive, publish_file
 from bertpipe.redaction import redact
+from bertpipe.settings import mirror_credentials_fault
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,9 @@ MAX_REDIRECTS = 5
 CHUNK_BYTES = 1 << 20
 # How many dated dumps `latest` looks at, newest first, before it gives up finding a finished one.
 LATEST_CANDIDATES = 5
+DEFAULT_PORTS = {"http": 80, "https": 443}
+CREDENTIALS_HINT = ("check the mirror's credentials: a user and password in ~/.netrc (or the file NETRC names), or "
+                    "the token in the variable download.token_env names")
 
 
 class NotFound(BertpipeError):
@@ -53,7 +61,7 @@ class TransientError(Exception):
 
 
 def join_url(base: str, *parts: str) -> str:
-    """`base` with `parts` appended to its path; its query (a mirror's token) stays at the end."""
+    """`base` with `parts` appended to its path; its query stays at the end."""
     scheme, netloc, path, query, fragment = urllib.parse.urlsplit(base)
     return urllib.parse.urlunsplit((scheme, netloc, "/".join([path.rstrip("/"), *parts]), query, fragment))
 
@@ -67,22 +75,71 @@ def local_path(url: str):
     return Path(url)
 
 
-def http_get(url: str, timeout: float, other_hosts: bool, headers=None, stream=False) -> requests.Response:
-    """GET `url` for the bytes as stored, following at most MAX_REDIRECTS redirects: to the same scheme and host, or
-    with `other_hosts` to any host but never from https to http."""
+def check_mirror(mirror: str, download) -> None:
+    """Refuse a mirror URL with credentials in it, and a token variable (`download.token_env`) that is not set,
+    before any request."""
+    fault = mirror_credentials_fault(mirror, "--mirror", "--token-env")
+    if fault:
+        raise BertpipeError(fault)
+    mirror_token(download)
+
+
+def mirror_token(download):
+    """The mirror's token: the value of the environment variable that `download.token_env` names; None without
+    one."""
+    name = download.token_env
+    if name is None:
+        return None
+    token = os.environ.get(name)
+    if not token:
+        raise BertpipeError(f"the environment variable {name}, which download.token_env (--token-env) names, is not "
+                            f"set or empty: export {name} with the mirror's token, or set download.token_env to null")
+    return token
+
+
+class _Bearer(requests.auth.AuthBase):
+    """`Authorization: Bearer <token>` on a request. As an auth, not a plain header, so that requests does not put a
+    ~/.netrc password in its place."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def __call__(self, request):
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        return request
+
+
+def _origin(url: str) -> tuple:
+    """(scheme, host, port) of `url`, the port made explicit (`https://h` and `https://h:443` are one origin) and
+    userinfo aside."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, parts.hostname, parts.port or DEFAULT_PORTS.get(scheme)
+
+
+def http_get(url: str, download, headers=None, stream=False) -> requests.Response:
+    """GET `url` (under the mirror) for the bytes as stored, with `download`'s timeout (settings.DownloadSettings),
+    following at most MAX_REDIRECTS redirects: to the same scheme, host and port, or with
+    `download.redirects_to_other_hosts` to any host but never from https to http. The mirror's token goes only to
+    the scheme, host and port of `url`; a request without it carries the ~/.netrc login of the host it goes to, if
+    there is one (requests reads the file)."""
     headers = {"Accept-Encoding": "identity", **(headers or {})}
+    token = mirror_token(download)
+    mirror = _origin(url)
     for _ in range(MAX_REDIRECTS + 1):
-        response = requests.get(url, headers=headers, timeout=timeout, stream=stream, allow_redirects=False)
+        auth = _Bearer(token) if token and _origin(url) == mirror else None
+        response = requests.get(url, headers=headers, auth=auth, timeout=download.timeout_seconds, stream=stream,
+                                allow_redirects=False)
         if not response.is_redirect:
             return response
         target = urllib.parse.urljoin(url, response.headers["Location"])
         response.close()
-        here, there = urllib.parse.urlsplit(url), urllib.parse.urlsplit(target)
-        downgrade = here.scheme == "https" and there.scheme != "https"
-        if downgrade or (not other_hosts and (here.scheme, here.netloc) != (there.scheme, there.netloc)):
+        here, there = _origin(url), _origin(target)
+        downgrade = here[0] == "https" and there[0] != "https"
+        if downgrade or (not download.redirects_to_other_hosts and here != there):
             raise BertpipeError(f"{url} redirects to {target}, " + ("from https to http, which is never followed"
-                                if downgrade else "another host or scheme; set download.redirects_to_other_hosts "
-                                                  "to follow it"))
+                                if downgrade else "another scheme, host or port; set "
+                                                  "download.redirects_to_other_hosts to follow it"))
         url = target
     raise BertpipeError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
@@ -97,11 +154,13 @@ def fetch_small(url: str, download) -> bytes:
             return "".join(f'<a href="{p.name}/">' for p in path.iterdir() if p.is_dir()).encode()
         return path.read_bytes()
     try:
-        response = http_get(url, download.timeout_seconds, download.redirects_to_other_hosts)
+        response = http_get(url, download)
     except requests.RequestException as error:
         raise BertpipeError(f"{url}: cannot be fetched ({error}); check the mirror URL and the network") from error
     if response.status_code == 404:
         raise NotFound(f"{url}: 404 Not Found")
+    if response.status_code in (401, 403):
+        raise BertpipeError(f"{url}: HTTP {response.status_code} {response.reason}; {CREDENTIALS_HINT}")
     if response.status_code != 200:
         raise BertpipeError(f"{url}: HTTP {response.status_code} {response.reason}")
     return response.content
@@ -181,6 +240,7 @@ def part_name(filename: str) -> str:
 def write_manifest(mirror: str, wiki: str, date: str, out, download) -> dict:
     """Resolve the dump and write `manifest.json`: one entry per article part with its path under the mirror, size
     and sha1."""
+    check_mirror(mirror, download)
     folder, status_url, job = resolve_dump(mirror, wiki, date, download)
     parts = {}
     for filename, meta in sorted(job["files"].items()):
@@ -254,13 +314,21 @@ def _fetch_http(url: str, partial: Path, download, bar) -> None:
     validator = validator_file.read_text() if offset and validator_file.is_file() else None
     headers = {"Range": f"bytes={offset}-", **({"If-Range": validator} if validator else {})} if offset else {}
     try:
-        with http_get(url, download.timeout_seconds, download.redirects_to_other_hosts, headers,
-                      stream=True) as response:
+        with http_get(url, download, headers, stream=True) as response:
             if response.status_code == 404:
                 raise NotFound(f"{url}: 404 Not Found; check wiki, date and mirror in the config")
+            if response.status_code in (401, 403):
+                raise BertpipeError(f"{url}: HTTP {response.status_code} {response.reason}; {CREDENTIALS_HINT}")
             if response.status_code == 416:
-                partial.unlink()  # our partial file does not fit the server's file: start again
-                raise TransientError(f"{url}: range {offset}- not satisfiable")
+                # The server has nothing from `offset` on. Where the length it gives (`Content-Range: bytes
+                # */LENGTH`) is the partial file's, that file is whole and its sha1 check decides; otherwise it is
+                # not the server's file (longer, or another one), and the next attempt starts from byte 0.
+                if response.headers.get("Content-Range") == f"bytes */{offset}":
+                    return
+                partial.unlink()
+                validator_file.unlink(missing_ok=True)
+                raise TransientError(f"{url}: range {offset}- not satisfiable (Content-Range "
+                                     f"{response.headers.get('Content-Range')!r}); the partial file was deleted")
             if response.status_code >= 500 or response.status_code in (408, 429):
                 raise TransientError(f"{url}: HTTP {response.status_code} {response.reason}")
             if response.status_code not in (200, 206):
@@ -297,6 +365,7 @@ def download_part(manifest_path, part: str, out, settings, mirror: str) -> Path:
     entry = manifest["parts"][part]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    check_mirror(mirror, settings)
     with exclusive(out.with_name(out.name + ".lock")):  # another run downloading this part holds it until it is done
         if out.is_file() and entry["sha1"] == sha1_of(out):
             log.info("%s: already downloaded and verified (by another run)", out)
@@ -327,9 +396,11 @@ def _download(entry: dict, out: Path, settings, url: str) -> Path:
                 break
             except TransientError as error:
                 if attempt == retries:
+                    kept = partial.stat().st_size if partial.exists() else 0
                     raise BertpipeError(
-                        f"{url}: failed after {retries + 1} attempts ({error}); the {have} bytes in {partial} are kept "
-                        "and the next run resumes from them"
+                        f"{url}: failed after {retries + 1} attempts ({error}); "
+                        + (f"the {kept} bytes in {partial} are kept and the next run resumes from them" if kept else
+                           "no partial file is kept: the next run downloads the part from the start")
                     ) from error
                 delay = backoff * 2**attempt
                 log.warning("%s (attempt %d of %d); retrying in %.1f s", error, attempt + 1, retries + 1, delay)
@@ -342,7 +413,7 @@ def _download(entry: dict, out: Path, settings, url: str) -> Path:
             f"{out.name}: sha1 mismatch: the dump lists {entry['sha1']}, the downloaded file has {digest}; "
             "the download was deleted; rerun to fetch it again, and if it persists try another mirror"
         )
-    partial.replace(out)
+    publish_file(partial, out)
     partial.with_name(partial.name + ".validator").unlink(missing_ok=True)
     log.info("%s: %d bytes, sha1 verified", out, out.stat().st_size)
     return out

@@ -11,9 +11,12 @@ skipped, counted and named in the log.
 """
 
 import bz2
+import contextlib
 import json
 import logging
+import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -85,12 +88,20 @@ def extract_part(dump, out, processes: int) -> dict:
     with atomic_file(out) as temp, tempfile.TemporaryFile(dir=out.parent) as raw:
         command = [sys.executable, "-m", "wikiextractor.WikiExtractor", "--json", "--processes", str(processes),
                    "--quiet", "--output", "-", str(dump)]
-        log.info("running %s", " ".join(command))
-        result = subprocess.run(command, stdout=raw, stderr=subprocess.PIPE, text=True)
-        sys.stderr.write(result.stderr)
-        if result.returncode != 0:
-            last = result.stderr.strip().splitlines()[-1:] or ["(no message)"]
-            raise BertpipeError(f"{dump}: WikiExtractor failed with exit code {result.returncode}: {last[0]}")
+        # In a session of its own, so that a stop of this stage ends WikiExtractor and its worker processes with it.
+        process = subprocess.Popen(command, stdout=raw, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        log.info("running %s (pid %d)", " ".join(command), process.pid)
+        try:
+            _, errors = process.communicate()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+        sys.stderr.write(errors)
+        if process.returncode != 0:
+            last = errors.strip().splitlines()[-1:] or ["(no message)"]
+            raise BertpipeError(f"{dump}: WikiExtractor failed with exit code {process.returncode}: {last[0]}")
         raw.seek(0)
         with open(temp, "w", encoding="utf-8") as f:
             counts = write_articles(raw, f, dump)

@@ -8,9 +8,11 @@ between a choice and its use. Then `srun` starts one task per node, each running
 --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint ADDR:PORT --rdzv-conf is_host=false --rdzv-id JOB_ID`: every
 node's torchrun connects to this process's store.
 
-Stopping: Slurm's time-limit warning is SIGURG (`--signal=URG@<seconds>`), a signal every process ignores unless
-it asks for it; so it reaches the trainer (which checkpoints and stops, see train/distributed.py) through Snakemake,
-the shell, srun and torchrun without stopping any of them. A run that stopped before its last step has no `--done`
+Stopping: SIGTERM or SIGINT makes the trainers checkpoint and stop, and launch exits with 128 + the signal (on one
+node launch hands the signal to the trainers itself, see `supervise`). Slurm's time-limit warning is SIGURG
+(`--signal=URG@<seconds>`), a signal every process ignores unless it asks for it; so it reaches the trainer (which
+checkpoints and stops, see train/distributed.py) through Snakemake, the shell, srun and torchrun without stopping any
+of them. A run that stopped before its last step has no `--done`
 file (launch is given its path); launch then exits with STOPPED, so the workflow marks the job failed and its rerun
 resumes from the checkpoint.
 """
@@ -107,24 +109,56 @@ def run(nnodes: int, nproc_per_node: int, command: list, cpus_per_node: int, gpu
                                   store_port)
     # torchrun keeps an OMP_NUM_THREADS it is given (else 1 per process when there are several), and srun passes it on.
     threads = threads_per_process(nproc_per_node, cpus_per_node, os.environ, len(os.sched_getaffinity(0)))
-    return supervise(argv, done, {**os.environ, "OMP_NUM_THREADS": str(threads)})
+    return supervise(argv, done, {**os.environ, "OMP_NUM_THREADS": str(threads)}, own_session=nnodes == 1)
 
 
-def supervise(argv: list, done, environ=None) -> int:
-    """Runs `argv` (in `environ`) to its end; its exit status, or STOPPED where it succeeded without writing
-    `done`."""
+def _forward(process: subprocess.Popen, number: int) -> None:
+    """Signal `number` to the trainers under torchrun `process` (its children, each in a session of its own), or to
+    torchrun itself while it has started none."""
+    import psutil
+
+    try:
+        trainers = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for target in trainers or [psutil.Process(process.pid)]:
+        try:
+            target.send_signal(number)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def supervise(argv: list, done, environ=None, own_session: bool = False) -> int:
+    """Runs `argv` (in `environ`) to its end; its exit status: 128 + the signal where SIGTERM, SIGINT or SIGHUP
+    stopped it, STOPPED where it succeeded without writing `done`.
+
+    `own_session` (torchrun on this machine): the command runs in a session of its own, out of reach of a terminal's
+    Ctrl-C, and this process hands each signal it gets to the trainers, which checkpoint and exit, so that torchrun
+    ends cleanly; torchrun's own handling would end in a traceback and kill them 30 s later. Otherwise (srun on
+    several nodes) Slurm signals every process of the job step, and a terminal every process of its foreground
+    group, so the trainers get each signal themselves and this process stays to report how they ended."""
     threads = (environ or {}).get("OMP_NUM_THREADS")
     print("launch:", redact(" ".join(argv)), *([f"({threads} threads a process)"] if threads else []), flush=True)
-    # Slurm signals every process of a job step, and a terminal every process of its foreground group, so the
-    # trainers get each signal themselves; this process stays to report how they ended. (Handlers, unlike ignored
-    # signals, are reset in the child when it starts.)
-    previous = {number: signal.signal(number, lambda *_: None) for number in (signal.SIGTERM, signal.SIGINT,
-                                                                             signal.SIGHUP)}
+    process, received = None, []
+
+    def handle(number, frame):
+        received.append(number)
+        if own_session and process is not None:
+            _forward(process, number)
+
+    # (Handlers, unlike ignored signals, are reset in the child when it starts.)
+    previous = {number: signal.signal(number, handle) for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        status = subprocess.Popen(argv, env=environ).wait()
+        process = subprocess.Popen(argv, env=environ, start_new_session=own_session)
+        if received and own_session:  # a signal that came before the command started
+            _forward(process, received[0])
+        status = process.wait()
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+    if received:
+        print(f"launch: stopped by {signal.Signals(received[0]).name}; exit status {128 + received[0]}", flush=True)
+        return 128 + received[0]
     if status != 0:
         return status
     if done and not os.path.exists(done):

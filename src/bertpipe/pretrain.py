@@ -27,7 +27,8 @@ import math
 import time
 
 from bertpipe import BertpipeError, settings
-from bertpipe.settings import STALE_POLICIES, InstanceSpec, ModelSettings, PhaseSettings, TrainingSettings
+from bertpipe.settings import (EXECUTION, IDENTITY, STALE_POLICIES, InstanceSpec, ModelSettings, PhaseSettings,
+                               TrainingSettings)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +78,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ours.add_argument("--loss-curve", help="plot the losses of --metrics into this PNG at the end")
     ours.add_argument("--done", help="write this JSON file (final checkpoint and step) once training is complete; "
                                      "a run stopped by a signal does not, so the workflow reruns and resumes it")
+
+
+# How each of this command's flags that is not a setting of settings.py bears on the run (the settings say it where
+# they are defined; a test requires one or the other of every flag): IDENTITY, its value is part of the run's
+# identity; CONTENT, what it names is (the content hash of the tokenizer and the training data, the model's vocab
+# size, the identity of the --init-from checkpoint); EXECUTION, it changes nothing of what the run computes.
+CONTENT = "content"
+FLAG_PARTS = {"loose_json": IDENTITY, "use_tfrecords": IDENTITY, "text_key": IDENTITY, "split": IDENTITY,
+              "max_preds_per_seq": IDENTITY, "tokenizer_path": CONTENT, "train_data": CONTENT, "vocab_size": CONTENT,
+              "init_from": CONTENT, "tokenizer_type": EXECUTION, "cache_dir": EXECUTION,
+              "tokenizer_model_type": EXECUTION, "lazy_loader": EXECUTION, "fp32_layernorm": EXECUTION,
+              "fp32_embedding": EXECUTION, "save": EXECUTION, "load": EXECUTION, "valid_data": EXECUTION,
+              "stale_checkpoints": EXECUTION, "metrics": EXECUTION, "loss_curve": EXECUTION, "done": EXECUTION}
 
 
 def _samples(args, tokenizer, phase: PhaseSettings, seed: int) -> tuple:
@@ -138,11 +152,12 @@ def run(args, tracking_run):
         sinks.append(JsonLinesSink(args.metrics))
     checkpoints = CheckpointManager(args.save, args.load, args.init_from, training.save_interval, training.keep_last,
                                     args.stale_checkpoints)
-    trainer = Trainer(model_config, training, phase, train_samples, valid_samples, checkpoints, sinks, inputs)
+    flags = {name: getattr(args, name) for name, part in FLAG_PARTS.items() if part == IDENTITY}
+    trainer = Trainer(model_config, training, phase, train_samples, valid_samples, checkpoints, sinks, inputs, flags)
     started = time.monotonic()
     finished = trainer.train() == "done"
     if trainer.rank != 0:
-        return Outcome(stopped=not finished)
+        return Outcome(stopped=not finished, signal=trainer.stopped_by)
     return _publish(args, trainer, tracking_run.run_id, finished, time.monotonic() - started)
 
 
@@ -156,7 +171,7 @@ def _publish(args, trainer, run_id, finished: bool, seconds: float):
     tags = {"checkpoint": final.resolve()} if final else {}
     if trainer.checkpoints.set_aside:
         tags["checkpoints_set_aside"] = ", ".join(trainer.checkpoints.set_aside)
-    outcome = Outcome(tags=tags, stopped=not finished)
+    outcome = Outcome(tags=tags, stopped=not finished, signal=trainer.stopped_by)
     if finished and args.done:
         from bertpipe.atomic import atomic_file
         from bertpipe.train.telemetry import device_name

@@ -19,11 +19,10 @@ def load_model(checkpoint_dir) -> tuple:
     if source is None:
         raise BertpipeError(f"{checkpoint_dir}: no checkpoint there; run the pretrain stage first")
     try:
-        state = checkpoint.load(source)
-    except Exception as error:  # torch reports a short or damaged file in several ways
-        raise BertpipeError(f"{source} does not load ({str(error).splitlines()[0]}): the final checkpoint is damaged; "
-                            "train the phase again (snakemake --forcerun pretrain), or name an older checkpoint "
-                            "folder") from None
+        state = checkpoint.load(source)  # a file the file system fails to read stops here, naming it
+    except checkpoint.CheckpointDamaged as error:
+        raise BertpipeError(f"{source} does not load ({error}): the final checkpoint is damaged; train the phase "
+                            "again (snakemake --forcerun pretrain), or name an older checkpoint folder") from None
     model = BertForPreTraining(BertConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     return model.eval(), source, state

@@ -18,6 +18,7 @@ import types
 import typing
 
 from bertpipe import BertpipeError
+from bertpipe.redaction import credentials_in
 from bertpipe.splits import SPLITS, splits_with_documents
 from bertpipe.tokenizer import SPECIAL_TOKENS
 
@@ -29,10 +30,20 @@ SPECIAL_POSITIONS = 3
 STALE_POLICIES = ("refuse", "set-aside")
 
 
-def setting(default, help: str, **limits):
-    """A dataclass field with its meaning and JSON-schema limits (minimum, maximum, exclusiveMinimum, enum,
-    pattern, minLength). A list or dataclass default is copied for every instance."""
-    metadata = {"help": help, **limits}
+# How a training setting bears on a run, said where the setting is defined (a test requires it of every setting
+# that reaches the trainer). IDENTITY: it changes the mathematics of the run (data, model, objective, optimizer,
+# schedule, steps, batch shape, precision, seeds), so a checkpoint of another value is of another run: the workflow
+# sets it aside and trains afresh, `bertpipe pretrain` alone refuses. EXECUTION: it changes only how the same
+# computation is carried out or observed (intervals, workers, timeouts, kernels, compilation, which change rounding
+# at most), so a resume across a change is allowed and logged.
+IDENTITY, EXECUTION = "identity", "execution"
+
+
+def setting(default, help: str, run: str = None, **limits):
+    """A dataclass field with its meaning, JSON-schema limits (minimum, maximum, exclusiveMinimum, enum, pattern,
+    minLength) and, for a training setting, its part in a run (`run`: IDENTITY or EXECUTION). A list or dataclass
+    default is copied for every instance."""
+    metadata = {"help": help, **limits, **({"run": run} if run else {})}
     if isinstance(default, list) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: _copy(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -102,8 +113,9 @@ class DumpSettings:
     """Which Wikimedia dump to download."""
 
     mirror: str = setting("https://dumps.wikimedia.org", "an http(s) URL, a file:// URL or a local folder laid "
-                                                          "out like the mirror (<wiki>/<date>/dumpstatus.json)",
-                          minLength=1)
+                                                          "out like the mirror (<wiki>/<date>/dumpstatus.json); "
+                                                          "without credentials (they go in ~/.netrc or "
+                                                          "download.token_env)", minLength=1)
     wiki: str = setting("enwiki", "the wiki's database name", pattern="^[a-z_]+wiki[a-z]*$")
     date: str = setting("latest", "YYYYMMDD, or 'latest': resolved once (<wiki>/latest/, else the newest finished "
                                   "dated dump)", pattern="^(latest|[0-9]{8})$")
@@ -119,6 +131,10 @@ class DownloadSettings:
     timeout_seconds: float = setting(60.0, "without data from the server", exclusiveMinimum=0)
     redirects_to_other_hosts: bool = setting(False, "follow the mirror's redirects to other hosts (never from https "
                                                     "to http); off: only to the mirror's own host")
+    token_env: str | None = setting(None, "the environment variable holding the mirror's token, sent as "
+                                          "'Authorization: Bearer' to the mirror's own scheme, host and port only; "
+                                          "null: no token (a user and password go in ~/.netrc or the file NETRC names)",
+                                    pattern="^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclasses.dataclass
@@ -198,60 +214,70 @@ class TFRecordsSettings(InstanceSettings):
 class ModelSettings:
     """The BERT encoder (BERT-Large by default)."""
 
-    num_layers: int = setting(24, "transformer layers", minimum=1)
-    hidden_size: int = setting(1024, "a multiple of num_attention_heads", minimum=1)
-    intermediate_size: int = setting(4096, "the feed-forward layer's width", minimum=1)
-    num_attention_heads: int = setting(16, "attention heads per layer", minimum=1)
-    max_position_embeddings: int = setting(512, "the longest sequence the model takes", minimum=8)
+    num_layers: int = setting(24, "transformer layers", minimum=1, run=IDENTITY)
+    hidden_size: int = setting(1024, "a multiple of num_attention_heads", minimum=1, run=IDENTITY)
+    intermediate_size: int = setting(4096, "the feed-forward layer's width", minimum=1, run=IDENTITY)
+    num_attention_heads: int = setting(16, "attention heads per layer", minimum=1, run=IDENTITY)
+    max_position_embeddings: int = setting(512, "the longest sequence the model takes", minimum=8, run=IDENTITY)
     hidden_dropout: float = setting(0.1, "dropout after embeddings, attention output and feed-forward", minimum=0,
-                                    maximum=1)
-    attention_dropout: float = setting(0.1, "dropout of the attention probabilities", minimum=0, maximum=1)
-    layernorm_epsilon: float = setting(1e-12, "LayerNorm's epsilon (BERT's)", exclusiveMinimum=0)
+                                    maximum=1, run=IDENTITY)
+    attention_dropout: float = setting(0.1, "dropout of the attention probabilities", minimum=0, maximum=1,
+                                       run=IDENTITY)
+    layernorm_epsilon: float = setting(1e-12, "LayerNorm's epsilon (BERT's)", exclusiveMinimum=0, run=IDENTITY)
 
 
 @dataclasses.dataclass
 class PhaseSettings:
     """One pretraining phase: a job of its own, on TFRecords of its seq_length."""
 
-    seq_length: int = setting(128, "the TFRecords it trains on (tfrecords.phases must list this length)", minimum=8)
-    batch_size: int = setting(32, "sequences per process and micro-batch", minimum=1)
+    seq_length: int = setting(128, "the TFRecords it trains on (tfrecords.phases must list this length)", minimum=8,
+                              run=IDENTITY)
+    batch_size: int = setting(32, "sequences per process and micro-batch", minimum=1, run=IDENTITY)
     gradient_accumulation_steps: int = setting(1, "micro-batches per step; the global batch is batch_size x this x "
-                                                  "processes", minimum=1)
-    train_iters: int = setting(900000, "optimizer steps of the phase", minimum=1)
-    lr: float = setting(1e-4, "peak learning rate", exclusiveMinimum=0)
-    lr_decay_iters: int | None = setting(None, "steps over which the LR decays; null: train_iters", minimum=1)
+                                                  "processes", minimum=1, run=IDENTITY)
+    train_iters: int = setting(900000, "optimizer steps of the phase", minimum=1, run=IDENTITY)
+    lr: float = setting(1e-4, "peak learning rate", exclusiveMinimum=0, run=IDENTITY)
+    lr_decay_iters: int | None = setting(None, "steps over which the LR decays; null: train_iters", minimum=1,
+                                         run=IDENTITY)
 
 
 @dataclasses.dataclass
 class TrainingSettings:
     """How the trainer trains, in every phase."""
 
-    precision: str = setting("fp16", "fp32, fp16 (dynamic loss scaling) or bf16", enum=["fp32", "fp16", "bf16"])
-    loss_scale: float | None = setting(None, "fp16: a fixed loss scale; null: dynamic", exclusiveMinimum=0)
-    loss_scale_window: int = setting(1000, "fp16: steps without overflow before the scale doubles", minimum=1)
-    min_scale: float = setting(1.0, "fp16: the dynamic scale's floor", exclusiveMinimum=0)
-    hysteresis: int = setting(2, "fp16: overflows tolerated before the scale halves", minimum=1)
+    precision: str = setting("fp16", "fp32, fp16 (dynamic loss scaling) or bf16", enum=["fp32", "fp16", "bf16"],
+                             run=IDENTITY)
+    loss_scale: float | None = setting(None, "fp16: a fixed loss scale; null: dynamic", exclusiveMinimum=0,
+                                       run=IDENTITY)
+    loss_scale_window: int = setting(1000, "fp16: steps without overflow before the scale doubles", minimum=1,
+                                     run=IDENTITY)
+    min_scale: float = setting(1.0, "fp16: the dynamic scale's floor", exclusiveMinimum=0, run=IDENTITY)
+    hysteresis: int = setting(2, "fp16: overflows tolerated before the scale halves", minimum=1, run=IDENTITY)
     optimizer: str = setting("adam", "adam: AdamW (Megatron's); lamb: NVIDIA's LAMB (apex FusedLAMB's semantics), "
-                                     "for global batches of 32K to 64K with lr 4e-3 to 6e-3", enum=["adam", "lamb"])
-    weight_decay: float = setting(0.01, "decoupled, not on biases and LayerNorm", minimum=0)
-    clip_grad: float = setting(1.0, "gradient norm clipping; 0: none", minimum=0)
+                                     "for global batches of 32K to 64K with lr 4e-3 to 6e-3", enum=["adam", "lamb"],
+                             run=IDENTITY)
+    weight_decay: float = setting(0.01, "decoupled, not on biases and LayerNorm", minimum=0, run=IDENTITY)
+    clip_grad: float = setting(1.0, "gradient norm clipping; 0: none", minimum=0, run=IDENTITY)
     lr_decay_style: str = setting("linear", "the LR schedule after warmup",
-                                  enum=["linear", "cosine", "exponential", "constant"])
-    warmup: float = setting(0.01, "fraction of the LR decay steps spent warming up", minimum=0, maximum=1)
-    seed: int = setting(1234, "initial weights, data order and dropout")
-    save_interval: int = setting(2000, "steps between checkpoints", minimum=1)
-    keep_last: int = setting(2, "checkpoints kept", minimum=1)
-    eval_interval: int = setting(2000, "steps between validations", minimum=1)
-    eval_iters: int = setting(20, "global batches of the valid split per validation", minimum=1)
-    log_interval: int = setting(50, "steps between log lines (every step goes to metrics.jsonl)", minimum=1)
+                                  enum=["linear", "cosine", "exponential", "constant"], run=IDENTITY)
+    warmup: float = setting(0.01, "fraction of the LR decay steps spent warming up", minimum=0, maximum=1, run=IDENTITY)
+    seed: int = setting(1234, "initial weights, data order and dropout", run=IDENTITY)
+    save_interval: int = setting(2000, "steps between checkpoints", minimum=1, run=EXECUTION)
+    keep_last: int = setting(2, "checkpoints kept", minimum=1, run=EXECUTION)
+    eval_interval: int = setting(2000, "steps between validations", minimum=1, run=EXECUTION)
+    eval_iters: int = setting(20, "global batches of the valid split per validation", minimum=1, run=EXECUTION)
+    log_interval: int = setting(50, "steps between log lines (every step goes to metrics.jsonl)", minimum=1,
+                                run=EXECUTION)
     num_workers: int = setting(2, "reader processes per training process, making the next steps' batches",
-                               minimum=0)
-    deterministic: bool = setting(False, "deterministic kernels (bitwise resume on a CPU), slower on a GPU")
+                               minimum=0, run=EXECUTION)
+    deterministic: bool = setting(False, "deterministic kernels (bitwise resume on a CPU), slower on a GPU",
+                                  run=EXECUTION)
     compile: bool = setting(True, "train the model under torch.compile (the bench's BERT-Large step on an H200, "
                                   "batch 256 without padding: 1.2 to 1.3 times eager; compiled, the encoder computes "
-                                  "the padding); checkpoints hold the plain model's weights either way")
+                                  "the padding); checkpoints hold the plain model's weights either way", run=EXECUTION)
     dist_timeout_minutes: float = setting(30.0, "how long a process waits in a collective for the others (a rank "
-                                                "that hangs or is lost) before the run fails", exclusiveMinimum=0)
+                                                "that hangs or is lost) before the run fails", exclusiveMinimum=0,
+                                          run=EXECUTION)
 
 
 @dataclasses.dataclass
@@ -259,9 +285,9 @@ class PretrainSettings(TrainingSettings):
     """Pretraining: the trainer's settings, its processes and its phases (one job each, in order; phase N > 1 starts
     from phase N - 1's weights)."""
 
-    nproc_per_node: int = setting(8, "training processes per node (one per GPU)", minimum=1)
+    nproc_per_node: int = setting(8, "training processes per node (one per GPU)", minimum=1, run=IDENTITY)
     nodes: int = setting(1, "more than 1: a multi-node Slurm job (--profile slurm); world size nodes x "
-                            "nproc_per_node", minimum=1)
+                            "nproc_per_node", minimum=1, run=IDENTITY)
     phases: list[PhaseSettings] = setting(
         [PhaseSettings(), PhaseSettings(seq_length=512, batch_size=8, gradient_accumulation_steps=4,
                                         train_iters=100000)],
@@ -336,6 +362,11 @@ def from_dict(cls, values: dict):
             value = [from_dict(item, entry) for entry in value]
         kwargs[field.name] = value
     return cls(**kwargs)
+
+
+def run_part(values, part: str) -> dict:
+    """The settings of dataclass instance `values` whose part in a run is `part` (IDENTITY or EXECUTION)."""
+    return {f.name: getattr(values, f.name) for f in dataclasses.fields(values) if f.metadata.get("run") == part}
 
 
 # -- the JSON schema -------------------------------------------------------------------------------------------------
@@ -434,7 +465,11 @@ def settings_table() -> str:
              "Generated from `src/bertpipe/settings.py` by `make settings`; a test keeps it current.",
              "`config.yaml` holds these defaults: the full-scale settings. Each stage setting is also the flag of the",
              "`bertpipe` command that uses it, with the same default (`pretrain.save_interval` is",
-             "`bertpipe pretrain --save-interval`; a phase's settings are the flags of one pretrain job).", ""]
+             "`bertpipe pretrain --save-interval`; a phase's settings are the flags of one pretrain job).",
+             "A training setting marked *identity* is part of what a run is: after a change, a phase's checkpoints are",
+             "another run's, so the workflow sets them aside and trains afresh (and `bertpipe pretrain` alone refuses",
+             "to resume them); one marked *execution* changes only how the run is carried out, and a resume crosses",
+             "it.", ""]
 
     def section(cls, default, prefix, title):
         lines.extend([f"## `{title}`" if title else "## top level", "", " ".join(cls.__doc__.split()), "",
@@ -454,7 +489,8 @@ def settings_table() -> str:
                 shown = "below"
             elif item is not None and dataclasses.is_dataclass(item):
                 nested.append((item, item(), f"{prefix}{field.name}[]"))
-            lines.append(f"| `{prefix}{field.name}` | {_type_text(field)} | {shown} | {field.metadata['help']} |")
+            part = f" *{field.metadata['run']}*" if "run" in field.metadata else ""
+            lines.append(f"| `{prefix}{field.name}` | {_type_text(field)} | {shown} | {field.metadata['help']}{part} |")
         lines.append("")
         for kind, value, name in nested:
             section(kind, value, f"{name}.", name)
@@ -540,6 +576,17 @@ def flags(cls, values, skip=(), only=None) -> str:
 
 
 # -- what the schema cannot check ------------------------------------------------------------------------------------
+def mirror_credentials_fault(mirror: str, mirror_key: str, token_key: str):
+    """Why the mirror URL `mirror` is refused, naming the setting or flag `mirror_key` and saying where credentials go
+    instead (`token_key`: the token's setting or flag); None when it carries no credentials."""
+    found = credentials_in(mirror)
+    if not found:
+        return None
+    return (f"{mirror_key} carries credentials ({'; '.join(found)}): they would reach job command lines and logs; "
+            "take them out of the URL and put a user and password in ~/.netrc (or the file the NETRC environment "
+            f"variable names), a token in an environment variable named by {token_key}")
+
+
 def check(config: Config) -> list:
     """What is wrong in a schema-valid config across its keys: one message per fault, naming the keys."""
     errors = []
@@ -594,6 +641,9 @@ def check(config: Config) -> list:
             errors.append(f"pretrain.phases[{index}].seq_length {phase.seq_length} has no TFRecords: add it to "
                           f"tfrecords.phases (now {sorted(lengths)})")
 
+    mirror_fault = mirror_credentials_fault(config.dump.mirror, "dump.mirror", "download.token_env")
+    if mirror_fault:
+        errors.append(mirror_fault)
     if config.mlflow.tracking_uri and re.match(r"^[^:/]+://[^/@]*:[^/@]*@", config.mlflow.tracking_uri):
         errors.append("mlflow.tracking_uri holds a password: it would reach job command lines and logs; put the "
                       "credentials in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")

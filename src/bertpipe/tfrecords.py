@@ -211,6 +211,7 @@ def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: 
               "random_next": 0, "padding": 0}
     written = array.array("q")  # each record's length, for its index
     with atomic_file(out) as temp:
+        log.info("%s: writing the instances of %d documents", out, tokenized.documents)
         with tf.io.TFRecordWriter(str(temp)) as writer:
             for begin in range(0, len(spans), BATCH):
                 batch = materialize(tokenized.tokens, spans[begin:begin + BATCH], spec, tokenizer, gen)

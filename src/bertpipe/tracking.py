@@ -21,8 +21,9 @@ import time
 import uuid
 from pathlib import Path
 
+from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_file, exclusive
-from bertpipe.redaction import redact, redact_values
+from bertpipe.redaction import HIDDEN, redact, redact_values
 from bertpipe.settings import MlflowSettings
 
 log = logging.getLogger(__name__)
@@ -125,12 +126,13 @@ class Target:
 @dataclasses.dataclass
 class Outcome:
     """What a stage measured and made, for its run: metrics, tags, and artifacts as (path, folder in the run or
-    None); `stopped`: it stopped early on a signal and will be resumed."""
+    None); `stopped`: it stopped early and will be resumed, `signal`: on this signal."""
 
     metrics: dict = dataclasses.field(default_factory=dict)
     tags: dict = dataclasses.field(default_factory=dict)
     artifacts: list = dataclasses.field(default_factory=list)
     stopped: bool = False
+    signal: int = None
 
 
 def add_arguments(parser) -> None:
@@ -419,108 +421,292 @@ def start_pipeline(target: Target, config: dict, command: list) -> Run:
     return run
 
 
-def end_pipeline(target: Target, status: str, log_files=()) -> None:
-    """Close the parent run named in `pipeline-run.json` (FINISHED or FAILED), with Snakemake's log files."""
+def end_pipeline(target: Target, status: str, log_files=(), secret_variables=()) -> None:
+    """Close the parent run named in `pipeline-run.json` (FINISHED or FAILED), with Snakemake's log files redacted:
+    URLs' credentials and the values of the environment variables named in `secret_variables` (download.token_env;
+    None and unset ones are passed over) hidden. The logs themselves are left as they are."""
     parent = target.pipeline_parent()
     if not parent:
         return
+    secrets = [os.environ[name] for name in secret_variables if name and os.environ.get(name)]
     run = Run(target, "pipeline", "pipeline", run_id=parent)
-    for log_file in log_files:
-        run.log_artifact(log_file, "snakemake")
+    for log_file in map(Path, log_files):
+        if log_file.is_file():
+            run.log_artifact(_redacted_copy(log_file, Path(target.folder) / "snakemake-logs", secrets), "snakemake")
     run.end(status)
 
 
-REPLAYED = "replayed.json"  # in offline/: how many records of each file were sent, and the runs they made
+def _redacted_copy(path: Path, folder: Path, secrets: list) -> Path:
+    """A copy of the text file `path` in `folder`, under its own name, with every URL redacted and every value in
+    `secrets` hidden. It stays there: a run that goes offline uploads it at the next replay."""
+    text = redact(path.read_text(errors="replace"))
+    for secret in secrets:
+        text = text.replace(secret, HIDDEN)
+    with atomic_file(folder / path.name) as temp:
+        temp.write_text(text)
+    return folder / path.name
+
+
+REPLAYED = "replayed.json"  # in offline/: how many records of each file were handled, and the runs they made
+REPLAY_LOCK = "replay.lock"  # in offline/: held by the one replay at work
 OFFLINE_ID_TAG = "bertpipe.offline_run_id"
+PARENT_TAG = "mlflow.parentRunId"
+REPLAYED_OPS = ("params", "inputs", "metrics", "tags", "artifact", "end")  # the others: queries and registrations
+
+
+class TrackingUnreachable(BertpipeError):
+    """MLflow could not be reached during a replay: what was sent before is saved, the rest waits for the next."""
 
 
 def replay(target: Target) -> dict:
     """Send the offline records of `target`'s tracking folder (offline/*.jsonl) to its tracking URI, each once.
 
     Records are sent in the order they were written, file by file (oldest first), to the runs they belong to: a run
-    that was made offline is created then, with its first record's time and its parent (itself maybe made offline),
-    and tagged with its offline id; a run that went offline part way gets the rest of its records. What was sent is
-    kept in `offline/replayed.json`, so a second replay sends nothing new; and every call is one that MLflow takes
-    twice to the same effect (a run is looked up by its offline id before it is made; a metric is resent with its
-    first timestamp), so a replay cut off mid-file repeats nothing either. Queries (an artifact's URI) and model
-    registrations are not replayed: rerun the register stage. Returns counts of what was done."""
-    folder = Path(target.folder) / "offline"
-    state_file = folder / REPLAYED
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {"files": {}, "runs": {}}
-    counts = {"files": 0, "records": 0, "runs_created": 0, "skipped": 0}
-    files = []
-    for path in folder.glob("*.jsonl"):
-        lines = path.read_text().split("\n")[:-1]  # a line without its newline is still being written
-        if lines:
-            files.append((_first_time(lines, path), path, lines))
-    if not any(len(lines) > state["files"].get(path.name, 0) for _, path, lines in files):
-        return counts  # nothing new: MLflow is not even imported
-    from mlflow import MlflowClient
-    from mlflow.entities import Param
+    that was made offline is created then, with its first record's time, tagged with its offline id, under its
+    parent (a parent made offline is created first: until it is, the child's file waits); a run that went offline
+    part way gets the rest of its records. What was sent is saved in `offline/replayed.json` after each record, so
+    the next replay sends nothing twice; and every call is one that MLflow takes twice to the same effect (a run is
+    looked up by its offline id before it is made; a metric is resent with its first timestamp; a param with its
+    value), so a replay cut off between a call and its save repeats nothing either. One replay at a time: a second
+    waits for the first, then sends what is left.
 
-    client = MlflowClient(target.uri)
-    with _first_use_lock(target.uri):
-        experiment_id = experiment(client, target.experiment, Path(target.folder))
-    runs = state["runs"]  # offline id -> run id
-    for _, path, lines in sorted(files):
-        done = state["files"].get(path.name, 0)
-        if done >= len(lines):
-            continue
-        counts["files"] += 1
-        created = None  # the create_run record of a run made offline: its id comes in the next record
-        for number, line in enumerate(lines[done:], done + 1):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                log.warning("%s: line %d is not a whole record (cut off as it was written); skipped", path, number)
-                counts["skipped"] += 1
-                continue
-            op, run_id = record["op"], runs.get(record["run_id"], record["run_id"])
-            stamp = int(record["time"] * 1000)
-            if op == "create_run":
-                created = record
-            elif op == "offline_run_id" and created:
-                tags = {**created["tags"], OFFLINE_ID_TAG: record["run_id"]}
-                parent = runs.get(tags.get("mlflow.parentRunId"), tags.get("mlflow.parentRunId"))
-                tags.pop("mlflow.parentRunId")
-                if parent and not parent.startswith("offline-"):
-                    tags["mlflow.parentRunId"] = parent
-                found = client.search_runs([experiment_id], f"tags.`{OFFLINE_ID_TAG}` = '{record['run_id']}'")
-                if found:
-                    runs[record["run_id"]] = found[0].info.run_id
-                else:
-                    runs[record["run_id"]] = client.create_run(experiment_id, start_time=stamp, tags=tags,
-                                                               run_name=created["name"]).info.run_id
-                    counts["runs_created"] += 1
-            elif not run_id or run_id.startswith("offline-"):
-                counts["skipped"] += 1  # its run was never made: its create_run record is missing
-                continue
-            elif op == "params":
-                items = [Param(key, value) for key, value in record["params"].items()]
-                for start in range(0, len(items), 100):
-                    client.log_batch(run_id, params=items[start:start + 100])
-            elif op == "inputs":
-                client.log_inputs(run_id, datasets=_dataset_inputs(record["inputs"]))
-            elif op == "metrics":
-                _log_metrics(client, run_id, record["metrics"], record["time"])
-            elif op == "tags":
-                for key, value in record["tags"].items():
-                    client.set_tag(run_id, key, value)
-            elif op == "artifact" and Path(record["path"]).exists():
-                if Path(record["path"]).is_dir():
-                    client.log_artifacts(run_id, record["path"], record["artifact_path"])
-                else:
-                    client.log_artifact(run_id, record["path"], record["artifact_path"])
-            elif op == "end":
-                client.set_terminated(run_id, record["status"], end_time=stamp)
-            else:
-                counts["skipped"] += 1  # attach, artifact_uri, register_model, or an artifact since deleted
-                continue
-            counts["records"] += 1
-        state["files"][path.name] = len(lines)
-        with atomic_file(state_file) as temp:
-            temp.write_text(json.dumps(state, indent=1) + "\n")
+    A record MLflow refuses (a run deleted in its UI, a param logged again with another value) is reported, with
+    the file, the line and what to do, and kept with the rest of its file for the next replay; the other files go
+    on. When MLflow cannot be reached, the replay stops with TrackingUnreachable, its progress saved. Queries (an
+    artifact's URI) and model registrations are not replayed: rerun the register stage.
+
+    Returns counts: files (with records sent), records (sent), runs_created, skipped (records not for replay),
+    refused (records MLflow refused, one per file held back) and waiting (the records held back behind them or
+    until their run is made)."""
+    folder = Path(target.folder) / "offline"
+    counts = dict.fromkeys(("files", "records", "runs_created", "skipped", "refused", "waiting"), 0)
+    if not folder.is_dir():
+        return counts
+    with exclusive(folder / REPLAY_LOCK):  # two at once would both make a run: the second finds it made
+        progress_file = folder / REPLAYED
+        progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {"files": {}, "runs": {}}
+        files = []
+        for path in folder.glob("*.jsonl"):
+            lines = path.read_text().split("\n")[:-1]  # a line without its newline is still being written
+            if len(lines) > progress["files"].get(path.name, 0):
+                files.append((_first_time(lines, path), path, lines))
+        if files:  # else MLflow is not even imported
+            _Replay(target, progress_file, progress, counts).send([(path, lines) for _, path, lines in sorted(files)])
     return counts
+
+
+class _RunNotMade(Exception):
+    """A record's run, or the parent of a run to make, was made offline and is not made in MLflow yet."""
+
+    def __init__(self, offline_id: str):
+        super().__init__(offline_id)
+        self.offline_id = offline_id
+
+
+@dataclasses.dataclass
+class _Wait:
+    """The records of `path` from `index` (0-based) on, which wait for run `offline_id` to be made."""
+
+    path: Path
+    lines: list
+    index: int
+    offline_id: str
+
+
+class _Replay:
+    """One replay: the MLflow client, the progress (records handled per file, offline id -> run id), the counts."""
+
+    def __init__(self, target: Target, progress_file: Path, progress: dict, counts: dict):
+        from mlflow import MlflowClient
+
+        # As for the jobs: MLflow retries an unreachable server for minutes by default, and a pipeline's start waits.
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        self.target, self.progress_file, self.progress, self.counts = target, progress_file, progress, counts
+        self.runs = progress["runs"]
+        self.client = MlflowClient(target.uri)
+        self.experiment_id = None
+        self.files_sent = set()
+
+    def send(self, files: list) -> None:
+        """Send the records of `files` [(path, lines)], oldest first."""
+        try:
+            with _first_use_lock(self.target.uri):
+                self.experiment_id = experiment(self.client, self.target.experiment, Path(self.target.folder))
+            pending, waits = files, []
+            while pending:
+                runs_known = len(self.runs)
+                waits = [wait for wait in (self._send_file(path, lines) for path, lines in pending) if wait]
+                # A child's file can come before its parent's (the nodes' clocks disagree by a little): once a pass
+                # has made runs, the files that wait for one go again.
+                pending = [(wait.path, wait.lines) for wait in waits] if len(self.runs) > runs_known else []
+        except Exception as error:
+            if not _unreachable(error):
+                raise
+            raise TrackingUnreachable(
+                f"MLflow at {redact(self.target.uri)} could not be reached ({_reason(error)}); the replay stopped "
+                f"after sending {self.counts['records']} records, saved in {self.progress_file}: the rest is kept in "
+                f"{self.progress_file.parent} for `bertpipe tracking replay` once MLflow is back (or the next "
+                "pipeline run)") from error
+        finally:
+            self.counts["files"] = len(self.files_sent)
+        for wait in waits:
+            self._report_wait(wait, files)
+
+    def _send_file(self, path: Path, lines: list):
+        """Send the unsent records of one file in order, saving the progress after each; stop at one MLflow refuses
+        (reported: it and the rest of the file are kept) or at one whose run is not made yet (returned, a _Wait)."""
+        for index in range(self.progress["files"].get(path.name, 0), len(lines)):
+            try:
+                record = json.loads(lines[index])
+            except ValueError:
+                log.warning("%s: line %d is not a whole record (cut off as it was written); skipped", path, index + 1)
+                self.counts["skipped"] += 1
+            else:
+                try:
+                    self.counts[self._send(record, path, lines, index)] += 1
+                except _RunNotMade as waiting:
+                    return _Wait(path, lines, index, waiting.offline_id)
+                except Exception as error:  # noqa: BLE001: whatever MLflow answers holds back this file alone
+                    if _unreachable(error):
+                        raise
+                    self._report_refusal(path, lines, index, record, error)
+                    return None
+            self.progress["files"][path.name] = index + 1
+            self.files_sent.add(path.name)
+            with atomic_file(self.progress_file) as temp:
+                temp.write_text(json.dumps(self.progress, indent=1) + "\n")
+        return None
+
+    def _send(self, record: dict, path: Path, lines: list, index: int) -> str:
+        """Send one record, `lines[index]` of `path`; returns the count it adds to: "records" (sent) or "skipped"
+        (not for replay)."""
+        from mlflow.entities import Param
+
+        op, stamp = record["op"], int(record["time"] * 1000)
+        if op == "create_run":
+            return "records"  # the run is made with the next record, which holds its offline id
+        if op == "offline_run_id":
+            self._create(json.loads(lines[index - 1]), record["run_id"], stamp)  # its create_run record
+            return "records"
+        if op not in REPLAYED_OPS:
+            return "skipped"
+        if op == "artifact" and not Path(record["path"]).exists():
+            log.warning("%s: line %d: artifact %s is gone; skipped", path, index + 1, record["path"])
+            return "skipped"
+        run_id = self._run_id(record["run_id"])
+        if op == "params":
+            items = [Param(key, value) for key, value in record["params"].items()]
+            for start in range(0, len(items), 100):
+                self.client.log_batch(run_id, params=items[start:start + 100])
+        elif op == "inputs":
+            self.client.log_inputs(run_id, datasets=_dataset_inputs(record["inputs"]))
+        elif op == "metrics":
+            _log_metrics(self.client, run_id, record["metrics"], record["time"])
+        elif op == "tags":
+            for key, value in record["tags"].items():
+                self.client.set_tag(run_id, key, value)
+        elif op == "artifact" and Path(record["path"]).is_dir():
+            self.client.log_artifacts(run_id, record["path"], record["artifact_path"])
+        elif op == "artifact":
+            self.client.log_artifact(run_id, record["path"], record["artifact_path"])
+        else:
+            self.client.set_terminated(run_id, record["status"], end_time=stamp)
+        return "records"
+
+    def _create(self, created: dict, offline_id: str, stamp: int) -> None:
+        """Make the run of a `created` (create_run) record once, under its parent."""
+        if self._made(offline_id):
+            return  # by an earlier replay, maybe one cut off before it saved that
+        tags = {**created["tags"], OFFLINE_ID_TAG: offline_id}
+        if PARENT_TAG in tags:
+            tags[PARENT_TAG] = self._run_id(tags[PARENT_TAG])  # a parent made offline: made first, or wait for it
+        self.runs[offline_id] = self.client.create_run(self.experiment_id, start_time=stamp, tags=tags,
+                                                       run_name=created["name"]).info.run_id
+        self.counts["runs_created"] += 1
+
+    def _run_id(self, run_id: str) -> str:
+        """The MLflow run of a record's run id; raises _RunNotMade for one made offline and not made in MLflow yet."""
+        if not run_id.startswith("offline-"):
+            return run_id
+        made = self._made(run_id)
+        if made is None:
+            raise _RunNotMade(run_id)
+        return made
+
+    def _made(self, offline_id: str):
+        """The run made for `offline_id`, or None: from the progress, else found by its tag (the progress of a replay
+        cut off after it made the run, or a progress file deleted); deleted runs too, which are not made again."""
+        from mlflow.entities import ViewType
+
+        if offline_id not in self.runs:
+            found = self.client.search_runs([self.experiment_id], f"tags.`{OFFLINE_ID_TAG}` = '{offline_id}'",
+                                            run_view_type=ViewType.ALL, max_results=1)
+            if not found:
+                return None
+            self.runs[offline_id] = found[0].info.run_id
+        return self.runs[offline_id]
+
+    def _report_refusal(self, path: Path, lines: list, index: int, record: dict, error: Exception) -> None:
+        later = len(lines) - index - 1
+        self.counts["refused"] += 1
+        self.counts["waiting"] += later
+        run_id = self.runs.get(record["run_id"], record["run_id"])
+        log.warning("%s: line %d (%s of run %r, %s) was refused by MLflow: %s. It is kept, with the %d records after "
+                    "it, and tried again at each replay; the other files go on. If the run or its experiment was "
+                    "deleted in MLflow, restore it (in its UI, or `mlflow runs restore --run-id %s`, `mlflow "
+                    "experiments restore --experiment-id %s`); if MLflow can never take the record (a param logged "
+                    "again with another value), delete %s to give up its records from line %d on", path, index + 1,
+                    record["op"], record["run"], run_id, _reason(error), later, run_id, self.experiment_id, path,
+                    index + 1)
+
+    def _report_wait(self, wait: _Wait, files: list) -> None:
+        waiting = len(wait.lines) - wait.index
+        self.counts["waiting"] += waiting
+        maker = _maker(wait.offline_id, files)
+        if maker:
+            log.warning("%s: its records from line %d on (%d) wait for run %s, which %s makes and which is not made "
+                        "yet (see the warning about that file): they are sent once it is", wait.path, wait.index + 1,
+                        waiting, wait.offline_id, maker)
+        else:
+            log.warning("%s: its records from line %d on (%d) wait for run %s, which no offline file makes (was its "
+                        "file deleted?): put that file back, or delete %s to give these records up", wait.path,
+                        wait.index + 1, waiting, wait.offline_id, wait.path)
+
+
+def _maker(offline_id: str, files: list):
+    """The file among `files` [(path, lines)] whose run is `offline_id` (its offline_run_id record), or None."""
+    for path, lines in files:
+        for line in lines:
+            if offline_id in line:
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if record.get("op") == "offline_run_id" and record.get("run_id") == offline_id:
+                        return path
+    return None
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether `error` says MLflow could not be reached (a refused connection, a timeout, retries spent on a server
+    that answers 5xx, a locked database), rather than that it answered and refused the request. Over HTTP, MLflow
+    raises a plain MlflowException for a request that got no answer, with the requests error as its context."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    while error is not None:
+        if isinstance(error, MlflowException) and error.error_code == "TEMPORARILY_UNAVAILABLE":
+            return True
+        if isinstance(error, (ConnectionError, TimeoutError)) or (
+                isinstance(error, requests.RequestException) and not isinstance(error, requests.HTTPError)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _reason(error: Exception) -> str:
+    """The type and first line of `error`, credentials hidden."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {redact(first_line)}"
 
 
 def _first_time(lines: list, path: Path) -> float:
@@ -534,17 +720,17 @@ def _first_time(lines: list, path: Path) -> float:
 
 
 def replay_before_start(target: Target) -> None:
-    """At a pipeline run's start, what earlier runs kept offline, sent as `replay` does; never stops the run (the
-    records stay for the next replay)."""
+    """At a pipeline run's start, what earlier runs kept offline, sent as `replay` does; never stops the run (what is
+    not sent stays for the next replay)."""
     if not target.uri or not any((Path(target.folder) / "offline").glob("*.jsonl")):
         return
     try:
         counts = replay(target)
     except Exception as error:  # noqa: BLE001: as every tracking call, the work goes on without it
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        log.warning("the offline records in %s/offline were not replayed (%s: %s); they are kept for the next run "
-                    "or `bertpipe tracking replay`", target.folder, type(error).__name__, redact(first_line))
+        log.warning("the offline tracking records in %s/offline were not all replayed (%s); what is left is kept for "
+                    "the next run or `bertpipe tracking replay`", target.folder, _reason(error))
         return
-    if counts["records"]:
-        log.warning("replayed %d offline tracking records of %d files to %s", counts["records"], counts["files"],
-                    redact(target.uri))
+    if counts["records"] or counts["refused"] or counts["waiting"]:
+        log.warning("replayed %d offline tracking records of %d files to %s; %d refused and %d waiting are kept for "
+                    "the next run or `bertpipe tracking replay`", counts["records"], counts["files"],
+                    redact(target.uri), counts["refused"], counts["waiting"])

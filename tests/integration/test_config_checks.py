@@ -38,6 +38,12 @@ CASES = {
     "a password in the tracking URI": (
         {"mlflow": {"tracking_uri": "https://bert:s3cret@mlflow.example.org"}},
         ["mlflow.tracking_uri holds a password", "MLFLOW_TRACKING_PASSWORD"]),
+    "a password in the dump mirror": (
+        {"dump": {"mirror": "https://reader:s3cret@dumps.example.org"}},
+        ["dump.mirror carries credentials", "user:password@", "~/.netrc", "NETRC", "download.token_env"]),
+    "a token in the dump mirror": (
+        {"dump": {"mirror": "https://dumps.example.org/?token=s3cret"}},
+        ["dump.mirror carries credentials", "the query key 'token'", "download.token_env"]),
     "no test split for evaluate": (
         {"corpus": {"split": "9,1"}}, ["corpus.split '9,1'", "evaluate reads the test split"]),
 }

@@ -196,7 +196,7 @@ def test_new_training_data_retrain_afresh_the_server_stops_and_register_fails_un
     warning = f"MLflow tracking at {mlflow_server.url} failed"
     pretrain_log = (workflow_dir / "logs/pretrain/phase1.log").read_text()
     assert warning in pretrain_log and "goes on without it" in pretrain_log
-    assert "train_data content hash" in pretrain_log and "moved its checkpoints to" in pretrain_log
+    assert "inputs.train_data" in pretrain_log and "moved its checkpoints to" in pretrain_log
     assert "resumed from" not in pretrain_log
     assert warning in "".join(output), "Snakemake's own output warns when the pipeline run cannot be closed"
     offline = list((workflow_dir / "results/mlflow/offline").glob("*.jsonl"))

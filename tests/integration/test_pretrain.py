@@ -134,8 +134,8 @@ def test_a_truncated_newest_checkpoint_is_set_aside_and_the_one_before_resumed_b
     newest.write_bytes(newest.read_bytes()[:newest.stat().st_size // 2])  # a node crash during an unsynced write
     resumed = run(command(records, tmp_path, *STEPS))
     assert f"resumed from {tmp_path / 'ckpt/step-00000003'} at step 3" in resumed.stdout
-    assert "step-00000006 does not load" in resumed.stderr
-    assert [p.name.split(".")[1].split("-")[0] for p in (tmp_path / "ckpt").glob("step-00000006.*")] == ["unreadable"]
+    assert "step-00000006 is damaged" in resumed.stderr
+    assert [p.name.split(".")[1].split("-")[0] for p in (tmp_path / "ckpt").glob("step-00000006.*")] == ["damaged"]
     got = losses(tmp_path / "metrics.jsonl")
     assert sorted(got) == list(range(4, 13))
     for step in got:
@@ -196,23 +196,65 @@ def test_evaluate_reads_the_test_records_without_tensorflow(tmp_path, records, c
         assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.03
 
 
-def test_sigterm_leaves_a_complete_checkpoint_and_a_clean_exit(tmp_path, records):
-    # Sent to the whole process group, reader processes included, as Slurm signals every process of a job step.
-    process = subprocess.Popen(command(records, tmp_path, "--train-iters", 10000, "--save-interval", 10000,
-                                       "--batch-size", 4, "--num-workers", 2),
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environment(),
+def stop_at_step_2(args, number, tmp_path) -> tuple:
+    """Run `args` in a session of its own and send `number` to its process group once step 2 is logged, as Slurm
+    signals every process of a job step and a terminal's Ctrl-C its foreground group: (exit status, output)."""
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment(),
                                start_new_session=True)
     output = []
-    for line in process.stdout:
-        output.append(line)
-        if line.startswith("step 2 "):
-            os.killpg(process.pid, signal.SIGTERM)
-    assert process.wait() == 0, "".join(output)
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("step 2 "):
+                os.killpg(process.pid, number)
+        return process.wait(timeout=300), "".join(output)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def tracked(tmp_path) -> list:
+    return [str(VENV_BIN / "bertpipe"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow/mlflow.db", "--tracking-dir",
+            str(tmp_path / "mlflow")]
+
+
+def run_statuses(tmp_path) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    return [run.info.status for run in client.search_runs([client.get_experiment_by_name("bertpipe").experiment_id])]
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_sigint_saves_a_checkpoint_says_where_the_rerun_resumes_and_exits_128_plus_it(
+        tmp_path, records, number):
+    # The reader processes get the signal too: they leave it to the trainer.
+    status, output = stop_at_step_2(command(records, tmp_path, "--train-iters", 10000, "--save-interval", 10000,
+                                            "--batch-size", 4, "--num-workers", 2, launcher=tracked(tmp_path)),
+                                    number, tmp_path)
+    assert status == 128 + number, output
     saved = checkpoint.latest(tmp_path / "ckpt")
-    assert saved is not None and int(saved.name.split("-")[1]) >= 2
-    state = checkpoint.load(saved)
-    assert state["iteration"] == int(saved.name.split("-")[1]) and "model" in state and "optimizer" in state
-    assert any(line.startswith("stopping at step") for line in output)
+    step = int(saved.name.split("-")[1])
+    assert step >= 2 and checkpoint.load(saved)["iteration"] == step
+    assert f"stopping at step {step} of 10000 on {number.name}: saved {saved}; a rerun resumes from step {step}" \
+        in output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert run_statuses(tmp_path) == ["KILLED"]
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_launch_hands_a_stop_to_the_trainers_and_torchrun_ends_without_a_traceback(tmp_path, records, number):
+    launch = [*tracked(tmp_path), "launch", "--nproc-per-node", "2", "--cpus-per-node", "2", "--done",
+              str(tmp_path / "done.json")]
+    status, output = stop_at_step_2(command(records, tmp_path, "--train-iters", 10000, "--save-interval", 10000,
+                                            "--batch-size", 2, "--num-workers", 0, launcher=launch),
+                                    number, tmp_path)
+    assert status == 128 + number, output
+    saved = checkpoint.latest(tmp_path / "ckpt")
+    assert saved and f"on {number.name}: saved {saved}; a rerun resumes from step" in output
+    assert len(checkpoint.load(saved)["rng"]) == 2, "both trainers took part in the checkpoint"
+    assert "Traceback" not in output and "SignalException" not in output, output
+    assert not (tmp_path / "done.json").exists() and run_statuses(tmp_path) == ["KILLED"]
 
 
 def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path, records, capsys):
@@ -234,13 +276,100 @@ def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path, r
                 assert both[step][key] == pytest.approx(one[step][key], rel=1e-5, abs=1e-6), (other, step, key)
 
 
+def another_value(field, value):
+    """A valid value of setting `field` other than `value`."""
+    from bertpipe.settings import _base
+
+    limits = field.metadata
+    if "enum" in limits:
+        return next(choice for choice in limits["enum"] if choice != value)
+    kind = _base(field.type)[0]
+    if kind is bool:
+        return not value
+    if value is None:
+        return kind(7)
+    if kind is float and "maximum" in limits:  # a rate or a fraction
+        return value + 0.05
+    return value * 2 if value else kind(1)
+
+
+def test_a_change_of_any_identity_setting_is_another_run_and_of_an_execution_setting_resumes(tmp_path, records,
+                                                                                             capsys, caplog):
+    """Walks every setting that reaches the trainer, as settings.py classifies it: a resume after a change of any
+    identity setting is refused naming it (or stopped earlier by a check of its own: the sequence length);
+    after a change of any execution setting, the run resumes the checkpoint of its last step and trains nothing."""
+    import dataclasses
+
+    import torch
+
+    from bertpipe import cli
+    from bertpipe.settings import EXECUTION, IDENTITY, ModelSettings, PhaseSettings, TrainingSettings
+
+    base = command(records, tmp_path, "--train-iters", 2, "--save-interval", 2, "--batch-size", 4, "--num-workers", 0)
+    assert in_process(base, capsys)[0] == 0
+    parsed = cli.parser().parse_args(base[1:])
+    walked = {IDENTITY: [], EXECUTION: []}
+    for part, cls in (("model", ModelSettings), ("phase", PhaseSettings), ("training", TrainingSettings)):
+        for field in dataclasses.fields(cls):
+            value = another_value(field, getattr(parsed, field.name))
+            flag = "--" + field.name.replace("_", "-")
+            changed = [flag if value is True else f"--no-{flag[2:]}" if value is False else flag, str(value)][
+                :1 if isinstance(value, bool) else 2]
+            caplog.clear()
+            try:
+                with caplog.at_level("INFO"):
+                    status, out, err = in_process([*base, *changed], capsys)
+            finally:
+                torch.use_deterministic_algorithms(False)  # --deterministic sets it for the whole process
+            role = field.metadata["run"]
+            walked[role].append(field.name)
+            if role == IDENTITY:
+                named = "--seq-length 128" if field.name == "seq_length" else \
+                    f"{part}.{field.name} {getattr(parsed, field.name)} -> {value}"
+                assert status == 1 and named in err and "resumed from" not in out, (field.name, err)
+            else:
+                assert status == 0 and "resumed from" in out and "step 3" not in out, (field.name, err)
+                assert f"training.{field.name}" in caplog.text, "a resume across it is logged"
+    assert {"lr", "train_iters", "seed", "optimizer", "hidden_dropout", "precision"} <= set(walked[IDENTITY])
+    assert {"compile", "num_workers", "save_interval"} <= set(walked[EXECUTION])
+    status, _, err = in_process([*base, "--vocab-size", 4000], capsys)
+    assert status == 1 and "model.vocab_size 2000 -> 4000" in err
+
+
+def test_init_from_is_chosen_on_rank_0_whose_failure_stops_every_rank_at_once(tmp_path, records):
+    """Two processes: rank 0 resolves --init-from and tells rank 1, errors included. A checkpoint the file system
+    fails to read (a real EIO: /proc/self/mem at offset 0) stops both ranks with rank 0's message, well before the
+    collectives' timeout, and renames nothing; once readable, both start from rank 0's choice."""
+    assert run(command(records, tmp_path / "phase1", "--train-iters", 2, "--save-interval", 2, "--batch-size", 4,
+                       "--num-workers", 0)).returncode == 0
+    chosen = checkpoint.latest(tmp_path / "phase1/ckpt")
+    state = chosen / "state.pt"
+    state.rename(tmp_path / "state.pt")
+    state.symlink_to("/proc/self/mem")
+    torchrun = (str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "bertpipe")
+    phase2 = command(records, tmp_path / "phase2", "--init-from", tmp_path / "phase1/ckpt", "--train-iters", 2,
+                     "--save-interval", 2, "--batch-size", 2, "--num-workers", 0, "--dist-timeout-minutes", 5,
+                     launcher=torchrun)
+    failed = subprocess.run(phase2, capture_output=True, text=True, env=environment())
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0 and f"{chosen}: reading it failed" in output, output[-3000:]
+    assert "rank 0 stopped the run" in output and "Timed out" not in output, output[-3000:]
+    assert sorted(p.name for p in (tmp_path / "phase1/ckpt").iterdir()) == [chosen.name]
+
+    state.unlink()
+    (tmp_path / "state.pt").rename(state)
+    started = run(phase2)
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert started.stdout.count(f"initialised from the weights of {chosen}") == 1  # rank 0 logs
+
+
 def test_resume_with_other_batch_settings_is_refused(tmp_path, records, capsys):
     status, _, _ = in_process(command(records, tmp_path, "--train-iters", 2, "--save-interval", 2, "--batch-size", 4,
                                       "--num-workers", 0), capsys)
     assert status == 0
     status, _, err = in_process(command(records, tmp_path, "--train-iters", 4, "--save-interval", 2, "--batch-size",
                                         8), capsys)
-    assert status == 1 and "batch_size 4 -> 8" in err and "Traceback" not in err
+    assert status == 1 and "phase.batch_size 4 -> 8" in err and "Traceback" not in err
 
 
 def test_fp16_on_cpu_scales_skips_overflows_and_holds_the_schedule(tmp_path, records, capsys, caplog):
@@ -285,7 +414,7 @@ def test_lamb_trains_and_its_checkpoint_holds_its_moments(tmp_path, records, cap
     first, last = (sum(metrics[s]["mlm_loss"] for s in steps) / 4 for steps in (range(1, 5), range(17, 21)))
     assert last < first - 0.3, (first, last)
     state = checkpoint.load(checkpoint.latest(tmp_path / "ckpt"))
-    assert state["training"]["optimizer"] == "lamb"
+    assert state["run"]["identity"]["training"]["optimizer"] == "lamb"
     moments = state["optimizer"]["state"]
     assert len(moments) == len(state["model"]) - 1  # every parameter but the decoder weight tied to the embeddings
     assert all({"exp_avg", "exp_avg_sq", "step"} <= set(moment) for moment in moments.values())

@@ -93,7 +93,8 @@ def test_replay_sends_the_offline_records_to_their_runs_once(store):
     with open(run.offline_file, "a") as torn:  # a record cut off as it was written: skipped, the rest sent
         torn.write('{"op": "metr\n')
 
-    assert tracking.replay(where) == {"files": 2, "records": 7, "runs_created": 1, "skipped": 1}
+    assert tracking.replay(where) == {"files": 2, "records": 7, "runs_created": 1, "skipped": 1, "refused": 0,
+                                      "waiting": 0}
     client = MlflowClient(where.uri)
 
     def state():
@@ -107,11 +108,142 @@ def test_replay_sends_the_offline_records_to_their_runs_once(store):
     assert child == ("pretrain phase 1", "FINISHED", parent.run_id, {"lr": "0.001"},
                      [(1, 1.0), (2, 0.5), (3, 1 / 3)], ["stats.json"])
     assert replayed[parent.run_id][1] == "FAILED"
-    assert tracking.replay(where) == {"files": 0, "records": 0, "runs_created": 0, "skipped": 0}
+    assert tracking.replay(where) == {"files": 0, "records": 0, "runs_created": 0, "skipped": 0, "refused": 0,
+                                      "waiting": 0}
     # A replay cut off before it noted what it sent sends it again to the same effect: one run, each metric once.
     (store / "mlflow/offline" / tracking.REPLAYED).unlink()
     assert tracking.replay(where)["runs_created"] == 0
     assert state() == replayed
+
+
+NOTHING_REPLAYED = {"files": 0, "records": 0, "runs_created": 0, "skipped": 0, "refused": 0, "waiting": 0}
+
+
+@pytest.fixture
+def down(store, monkeypatch):
+    """The test's tracking folder with a tracking URI where nothing listens; jobs give up on it at once (no retries)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return target(store, f"http://127.0.0.1:{free_port()}")
+
+
+def warnings_of(caplog) -> list:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "bertpipe.tracking"]
+
+
+def test_a_refused_record_is_kept_with_the_rest_of_its_file_at_each_replay_and_the_other_files_go_on(store, down,
+                                                                                                     caplog):
+    from mlflow import MlflowClient
+
+    where = target(store)
+    tracking.start_pipeline(where, {}, ["snakemake"])
+    online = stage_run(where, "pretrain phase 1", "pretrain")
+    online.log_params({"lr": 0.001})
+    # The same run, from a job whose node could not reach MLflow, logs the param again with another value: MLflow
+    # will refuse it whenever it is sent.
+    conflicting = tracking.Run(down, "pretrain phase 1", "pretrain", run_id=online.run_id)
+    conflicting.log_params({"lr": 0.002})
+    conflicting.log_metrics({"loss": 1.0})
+    conflicting.end()
+    other = stage_run(down, "evaluate", "evaluate")  # a later file, which the refused one must not hold back
+    other.log_metrics({"accuracy": 0.5})
+    other.end()
+
+    with caplog.at_level(logging.WARNING, logger="bertpipe.tracking"):
+        assert tracking.replay(where) == {**NOTHING_REPLAYED, "files": 1, "records": 4, "runs_created": 1,
+                                          "refused": 1, "waiting": 2}
+        caplog.clear()
+        assert tracking.replay(where) == {**NOTHING_REPLAYED, "refused": 1, "waiting": 2}
+    (warning,) = warnings_of(caplog)  # reported again, with what to do
+    assert f"{conflicting.offline_file}: line 1 (params of run 'pretrain phase 1', {online.run_id}) was refused" in (
+        warning)
+    assert "Changing param values is not allowed" in warning and "the other files go on" in warning
+    assert f"delete {conflicting.offline_file} to give up its records from line 1 on" in warning
+
+    client = MlflowClient(where.uri)
+    assert client.get_run(online.run_id).data.params == {"lr": "0.001"}
+    assert "loss" not in client.get_run(online.run_id).data.metrics, "the records after the refused one wait"
+    (evaluate,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id], "run_name = 'evaluate'")
+    assert evaluate.data.metrics == {"accuracy": 0.5} and evaluate.info.status == "FINISHED"
+    conflicting.offline_file.unlink()  # what the warning says to do with a record MLflow can never take
+    assert tracking.replay(where) == NOTHING_REPLAYED
+
+
+def test_a_child_waits_for_its_pipeline_run_made_offline_until_that_is_made(store, down, caplog):
+    """The pipeline run and a job's run made offline; the pipeline run's creation is refused (its experiment was
+    deleted): the job's run waits instead of going to the top level, and goes under it once it is made."""
+    from mlflow import MlflowClient
+
+    where = target(store)
+    client = MlflowClient(where.uri)
+    experiment_id = tracking.experiment(client, "tests", store / "mlflow")
+    pipeline = tracking.start_pipeline(down, {"tokenizer": {"vocab_size": 8000}}, ["snakemake"])
+    job = stage_run(down, "tokenizer", "tokenizer")
+    job.log_metrics({"vocab": 8000.0})
+    job.end()
+    tracking.end_pipeline(down, "FINISHED")  # a third file, for the same offline pipeline run
+    client.delete_experiment(experiment_id)
+
+    caplog.clear()  # the jobs' warnings that they go offline
+    with caplog.at_level(logging.WARNING, logger="bertpipe.tracking"):
+        counts = tracking.replay(where)
+    assert counts["refused"] == 1 and counts["runs_created"] == 0 and counts["waiting"] > 0, counts
+    refused, *waits = warnings_of(caplog)
+    assert f"{pipeline.offline_file}: line 2 (offline_run_id of run" in refused and "'active' state" in refused
+    assert f"mlflow experiments restore --experiment-id {experiment_id}" in refused
+    assert len(waits) == 2 and all(f"wait for run {pipeline.run_id}, which {pipeline.offline_file} makes" in wait
+                                   for wait in waits), waits
+    assert str(job.offline_file) in "".join(waits)
+
+    client.restore_experiment(experiment_id)
+    assert tracking.replay(where)["runs_created"] == 2
+    runs = {run.info.run_name: run for run in client.search_runs([experiment_id])}
+    (top,) = [run for name, run in runs.items() if name.startswith("pipeline")]
+    assert "mlflow.parentRunId" not in top.data.tags and top.info.status == "FINISHED"
+    assert top.data.params == {"tokenizer.vocab_size": "8000"}
+    assert runs["tokenizer"].data.tags["mlflow.parentRunId"] == top.info.run_id
+    assert runs["tokenizer"].data.metrics["vocab"] == 8000.0
+    assert tracking.replay(where) == NOTHING_REPLAYED
+
+
+def test_a_job_whose_clock_is_behind_still_goes_under_its_pipeline_run_in_one_replay(store, down):
+    """Files are replayed oldest first by their records' times; a job on a node whose clock is behind can look older
+    than its pipeline run, made offline too. It waits for it within the same replay."""
+    from mlflow import MlflowClient
+
+    tracking.start_pipeline(down, {}, ["snakemake"])
+    job = stage_run(down, "extract", "extract")
+    job.end()
+    records = [json.loads(line) for line in job.offline_file.read_text().splitlines()]
+    job.offline_file.write_text("".join(json.dumps({**record, "time": record["time"] - 60}) + "\n"
+                                        for record in records))
+
+    where = target(store)
+    assert tracking.replay(where) == {**NOTHING_REPLAYED, "files": 2, "records": 6, "runs_created": 2}
+    client = MlflowClient(where.uri)
+    experiment_id = client.get_experiment_by_name("tests").experiment_id
+    runs = {run.info.run_name: run for run in client.search_runs([experiment_id])}
+    (top,) = [run for name, run in runs.items() if name.startswith("pipeline")]
+    assert runs["extract"].data.tags["mlflow.parentRunId"] == top.info.run_id
+
+
+def test_the_replay_at_a_pipeline_start_never_stops_it_and_what_it_could_not_send_waits(store, down, caplog):
+    from mlflow import MlflowClient
+
+    job = stage_run(down, "download", "download")
+    job.log_metrics({"bytes": 10.0})
+    job.end()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bertpipe.tracking"):
+        tracking.replay_before_start(down)  # MLflow still down
+    (warning,) = warnings_of(caplog)
+    assert f"were not all replayed (TrackingUnreachable: MLflow at {down.uri} could not be reached" in warning
+    assert not (store / "mlflow/offline" / tracking.REPLAYED).exists()
+
+    where = target(store)
+    tracking.replay_before_start(where)
+    client = MlflowClient(where.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.data.metrics == {"bytes": 10.0} and run.info.status == "FINISHED"
 
 
 @pytest.mark.parametrize("rank, uri", [("1", "sqlite"), ("0", None)], ids=["rank-1", "no-uri"])

@@ -54,42 +54,61 @@ def test_the_manager_saves_every_interval_and_at_the_last_step():
     assert [step for step in range(1, 11) if manager.due(step, last_step=10)] == [3, 6, 9, 10]
 
 
-def identity(**changes) -> dict:
-    """A run's identity (Trainer.identity), with `changes` to its parts."""
-    run = {"inputs": {"tokenizer": "t1", "train_data": "d1"}, "world": 2, "model_config": {"a": 1},
-           "training": {"precision": "fp16"}, "phase": {"seq_length": 128, "batch_size": 8,
-                                                      "gradient_accumulation_steps": 1}}
-    for key, value in changes.items():
-        run[key] = {**run[key], **value} if isinstance(run[key], dict) else value
+def record(identity=None, execution=None) -> dict:
+    """A run's record (Trainer.run_record), with changes to its identity and execution parts."""
+    run = {"identity": {"inputs": {"tokenizer": "t1", "train_data": "d1"}, "flags": {"split": "1000,1,1"},
+                        "world": 2, "model": {"num_layers": 2}, "training": {"precision": "fp16", "lr": 1e-3},
+                        "phase": {"seq_length": 128, "batch_size": 8},
+                        "initialised_from": checkpoint.FROM_SCRATCH},
+           "execution": {"training": {"compile": True, "num_workers": 2}}}
+    for part, changes in (("identity", identity or {}), ("execution", execution or {})):
+        for key, value in changes.items():
+            current = run[part][key]
+            run[part][key] = {**current, **value} if isinstance(current, dict) and isinstance(value, dict) else value
     return run
 
 
 def save_run(folder, step, **changes):
-    return checkpoint.save(folder, step, {"step": torch.tensor(step), **identity(**changes)}, keep_last=5)
+    run = record(**changes)
+    return checkpoint.save(folder, step, {"step": torch.tensor(step), "run": run}, keep_last=5, meta=run)
 
 
 def test_the_manager_resumes_from_the_newest_of_save_and_load_and_from_save_on_a_tie(tmp_path):
     save, load = tmp_path / "save", tmp_path / "load"
     manager = checkpoint.CheckpointManager(save, load)
-    assert manager.resume(identity()) is None
+    assert manager.resume(record()) is None
     save_run(load, 4)
-    assert manager.resume(identity())[0] == load / "step-00000004"
+    assert manager.resume(record()) == load / "step-00000004"
     save_run(save, 2)
-    assert manager.resume(identity())[0] == load / "step-00000004", "the newer one, wherever it is"
+    assert manager.resume(record()) == load / "step-00000004", "the newer one, wherever it is"
     save_run(save, 4)
-    assert manager.resume(identity())[0] == save / "step-00000004"
+    assert manager.resume(record()) == save / "step-00000004"
 
 
-def test_the_manager_names_what_forbids_a_resume():
-    other = identity(inputs={"tokenizer": "t2"}, world=1, model_config={"a": 2}, training={"precision": "bf16"},
-                     phase={"seq_length": 512, "batch_size": 4})
-    assert checkpoint.CheckpointManager.conflicts(identity(), identity()) == []
-    assert checkpoint.CheckpointManager.conflicts(identity(), other) == [
-        "seq_length 128 -> 512", "batch_size 8 -> 4", "processes 2 -> 1", "model config", "precision fp16 -> bf16",
-        "tokenizer content hash t1 -> t2"]
-    unrecorded = {key: value for key, value in identity().items() if key != "inputs"}  # saved by an older bertpipe
-    assert checkpoint.CheckpointManager.conflicts(unrecorded, identity()) == [
-        "tokenizer content hash not recorded -> t1", "train_data content hash not recorded -> d1"]
+def test_the_manager_names_every_identity_setting_that_changed_and_only_those():
+    other = record(identity={"inputs": {"tokenizer": "t2"}, "world": 1, "model": {"num_layers": 4},
+                             "training": {"precision": "bf16", "lr": 9e-4}, "phase": {"seq_length": 512},
+                             "flags": {"split": "98,1,1"}, "initialised_from": {"identity": "abc", "step": 20}},
+                   execution={"training": {"compile": False}})
+    assert checkpoint.differences(record()["identity"], record()["identity"]) == []
+    assert checkpoint.differences(record()["identity"], other["identity"]) == [
+        "inputs.tokenizer t1 -> t2", "flags.split 1000,1,1 -> 98,1,1", "world 2 -> 1", "model.num_layers 2 -> 4",
+        "training.precision fp16 -> bf16", "training.lr 0.001 -> 0.0009", "phase.seq_length 128 -> 512",
+        "initialised_from.identity None -> abc", "initialised_from.step None -> 20"]
+    # A setting one side does not record is a change too (a checkpoint of an earlier bertpipe, a new setting).
+    fewer = record()["identity"]
+    del fewer["training"]["lr"]
+    assert checkpoint.differences(fewer, record()["identity"]) == ["training.lr not recorded -> 0.001"]
+    assert checkpoint.differences(None, record()["identity"]) == [
+        "its identity is not recorded (saved by an earlier bertpipe)"]
+
+
+def test_a_resume_across_a_change_of_execution_settings_is_allowed_and_logged(tmp_path, caplog):
+    save_run(tmp_path, 3)
+    crossing = record(execution={"training": {"compile": False, "num_workers": 0}})
+    with caplog.at_level("INFO"):
+        assert checkpoint.CheckpointManager(tmp_path).resume(crossing) == tmp_path / "step-00000003"
+    assert "training.compile True -> False; training.num_workers 2 -> 0" in caplog.text
 
 
 def test_a_checkpoint_that_does_not_load_is_renamed_aside_and_the_one_before_resumed(tmp_path, caplog):
@@ -98,16 +117,48 @@ def test_a_checkpoint_that_does_not_load_is_renamed_aside_and_the_one_before_res
     data = (newest / "state.pt").read_bytes()
     (newest / "state.pt").write_bytes(data[:len(data) // 2])  # as a crash during a write that was not synced
     manager = checkpoint.CheckpointManager(tmp_path)
-    path, state = manager.resume(identity())
-    assert path == tmp_path / "step-00000003" and state["step"].item() == 3
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("step-00000006.unreadable-")] != []
-    assert "step-00000006 does not load" in caplog.text and manager.set_aside
+    assert manager.resume(record()) == tmp_path / "step-00000003"
+    assert checkpoint.load(tmp_path / "step-00000003")["step"].item() == 3
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("step-00000006.damaged-")] != []
+    assert "step-00000006 is damaged" in caplog.text and manager.set_aside
+
+
+@pytest.mark.parametrize("damage", ["a flipped byte", "appended bytes", "a meta.json that does not parse"])
+def test_any_damage_to_a_checkpoint_is_told_from_a_whole_one(tmp_path, damage):
+    """The size and CRC32C in meta.json catch what torch might load without a word (a flipped byte in a tensor)."""
+    saved = save_run(tmp_path, 2)
+    state_file, meta_file = saved / "state.pt", saved / "meta.json"
+    if damage == "a flipped byte":
+        data = bytearray(state_file.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        state_file.write_bytes(bytes(data))
+    elif damage == "appended bytes":
+        state_file.write_bytes(state_file.read_bytes() + b"\0")
+    else:
+        meta_file.write_text(meta_file.read_text()[:10])
+    with pytest.raises(checkpoint.CheckpointDamaged):
+        checkpoint.load(saved)
+
+
+def test_an_io_error_stops_the_resume_and_renames_nothing(tmp_path):
+    """A real EIO from the kernel: reading /proc/self/mem at offset 0 (an address no process maps) fails with EIO,
+    as a failing disk or a stale NFS handle does."""
+    save_run(tmp_path, 3)
+    newest = save_run(tmp_path, 6)
+    (newest / "state.pt").unlink()
+    (newest / "state.pt").symlink_to("/proc/self/mem")
+    manager = checkpoint.CheckpointManager(tmp_path, stale="set-aside")
+    with pytest.raises(checkpoint.CheckpointUnreadable, match="step-00000006: reading it failed .*nothing was renamed"):
+        manager.resume(record())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000003", "step-00000006"] and not manager.set_aside
+    with pytest.raises(checkpoint.CheckpointUnreadable):
+        checkpoint.load(newest)
 
 
 def test_a_checkpoint_of_another_run_is_refused_or_set_aside_whole(tmp_path, caplog):
     save_run(tmp_path / "checkpoints", 6)
-    changed = identity(inputs={"tokenizer": "t2"})
-    with pytest.raises(BertpipeError, match="tokenizer content hash t1 -> t2.*--stale-checkpoints set-aside"):
+    changed = record(identity={"training": {"lr": 9e-4}})
+    with pytest.raises(BertpipeError, match="training.lr 0.001 -> 0.0009.*--stale-checkpoints set-aside"):
         checkpoint.CheckpointManager(tmp_path / "checkpoints").resume(changed)
     assert checkpoint.latest(tmp_path / "checkpoints").name == "step-00000006", "refusing moves nothing"
     manager = checkpoint.CheckpointManager(tmp_path / "checkpoints", stale="set-aside")
@@ -118,19 +169,27 @@ def test_a_checkpoint_of_another_run_is_refused_or_set_aside_whole(tmp_path, cap
     assert "moved its checkpoints to" in caplog.text
 
 
-def test_initial_weights_come_from_the_newest_checkpoint_of_a_folder_with_the_same_model_and_tokenizer(tmp_path):
+def test_the_initial_checkpoint_is_the_newest_of_a_folder_with_the_same_model_and_tokenizer(tmp_path):
     save_run(tmp_path / "phase1", 5)
-    source, state = checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_weights(identity())
-    assert source.name == "step-00000005" and state["step"].item() == 5
-    assert checkpoint.CheckpointManager().initial_weights(identity()) is None
+    source, origin = checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_checkpoint(
+        record()["identity"])
+    assert source.name == "step-00000005"
+    assert origin == {"identity": checkpoint.identity_digest(record()["identity"]), "step": 5}
+    assert checkpoint.CheckpointManager().initial_checkpoint(record()["identity"]) is None
     with pytest.raises(BertpipeError, match="no checkpoint there"):
-        checkpoint.CheckpointManager(init_from=tmp_path / "empty").initial_weights(identity())
+        checkpoint.CheckpointManager(init_from=tmp_path / "empty").initial_checkpoint(record()["identity"])
     with pytest.raises(BertpipeError, match="trained with another tokenizer"):
-        checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_weights(
-            identity(inputs={"tokenizer": "t2"}))
+        checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_checkpoint(
+            record(identity={"inputs": {"tokenizer": "t2"}})["identity"])
     with pytest.raises(BertpipeError, match="model config"):
-        checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_weights(identity(model_config={"a": 2}))
+        checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_checkpoint(
+            record(identity={"model": {"num_layers": 4}})["identity"])
+    # Another run of the earlier phase (another lr) is another origin: a checkpoint started from the first is stale.
+    save_run(tmp_path / "phase1", 6, identity={"training": {"lr": 5e-4}})
+    _, retrained = checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_checkpoint(
+        record()["identity"])
+    assert retrained["identity"] != origin["identity"]
 
 
-def test_no_save_folder_writes_nothing(tmp_path):
-    assert checkpoint.CheckpointManager().save(1, {"step": torch.tensor(1)}) is None
+def test_no_save_folder_writes_nothing():
+    assert checkpoint.CheckpointManager().save(1, {"step": torch.tensor(1)}, record()) is None

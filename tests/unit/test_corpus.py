@@ -132,6 +132,17 @@ def test_malformed_line_names_file_and_line_and_leaves_no_output(tmp_path, bad_l
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"], "no output folder, not even a temporary one"
 
 
+def test_invalid_utf8_names_file_and_line_and_leaves_no_output(tmp_path):
+    """Far enough into the file that a text reader, decoding ahead in blocks, would fail before the line is read."""
+    source = tmp_path / "in.jsonl"
+    good = "".join(json.dumps(article(n)) + "\n" for n in range(200))
+    source.write_bytes(good.encode() + b'{"id": "x", "text": "caf\xe9 au lait"}\n' + json.dumps(article(201)).encode())
+    with pytest.raises(BertpipeError, match=rf"{source}, line 201: not UTF-8 \(byte 25 of the line\)") as error:
+        build_part(source, tmp_path / "out", CorpusSettings(split="1"))
+    assert "forcerun extract" in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"], "no output folder, not even a temporary one"
+
+
 def test_summarize_refuses_an_empty_split(tmp_path):
     build_part(write_articles(tmp_path / "in.jsonl", [article(1), article(2)]), tmp_path / "out",
                CorpusSettings(split="1000,1,1"))

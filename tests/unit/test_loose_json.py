@@ -60,6 +60,15 @@ def test_bad_line_names_file_line_and_key(tmp_path):
     assert not (tmp_path / "wiki.jsonl.lazy").exists()
 
 
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    path = loose_json(tmp_path / "wiki.jsonl", documents=300)
+    path.write_bytes(path.read_bytes() + b'{"text": "na\xefve"}\n')
+    with pytest.raises(BertpipeError, match=r"wiki.jsonl, line 301: not UTF-8 \(byte 13 of the line\); write the file "
+                                            r"as UTF-8 JSON lines"):
+        build_lazy(path, "text")
+    assert not (tmp_path / "wiki.jsonl.lazy").exists()
+
+
 def test_split_by_document_id_like_the_corpus_stage(tmp_path):
     path = loose_json(tmp_path / "wiki.jsonl", documents=200)
     train = LooseJsonSamples([path], WordTokenizer(), SPEC, "8,1,1", "train", "text", seed=1)

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from bertpipe.redaction import redact, redact_log_records, redact_values
+from bertpipe.redaction import credentials_in, redact, redact_log_records, redact_values
 
 
 @pytest.mark.parametrize("url, shown", [
@@ -33,3 +33,25 @@ def test_log_records_are_redacted_whichever_logger_makes_them(caplog):
     redact_log_records()
     logging.getLogger("a.library").warning("Retrying %s", "https://me:pa@ss@host/api?token=t")
     assert "https://host/api?token=REDACTED" in caplog.text and "pa@ss" not in caplog.text
+
+
+@pytest.mark.parametrize("url, found", [
+    ("https://user:p@ss@host/x", ["a user and password (user:password@)"]),
+    ("https://reader@host:8443/", ["a user name (user@)"]),
+    ("http://host/?lang=en&token=abc", ["the query key 'token'"]),
+    ("http://host/p?%74oken=abc&X-Amz-Signature=f00", ["the query key '%74oken'", "the query key 'X-Amz-Signature'"]),
+    ("https://u:pw@host?access_token=t", ["a user and password (user:password@)", "the query key 'access_token'"]),
+    ("https://dumps.wikimedia.org", []),
+    ("http://host/p?lang=en&token#token=abc", []),  # a key without a value, and a fragment: never sent as a query
+    ("file:///data/mirror", []),
+    ("/data/user@host/mirror", []),  # a plain path, not a URL
+])
+def test_the_credentials_a_url_carries_are_named_without_their_values(url, found):
+    assert credentials_in(url) == found
+
+
+def test_the_query_keys_credentials_in_names_are_those_redact_hides():
+    url = "https://host/p?%74oken=abc&api_key=k&page=2&sig=s"
+    hidden = [pair.split("=")[0] for pair in redact(url).split("?")[1].split("&") if pair.endswith("=REDACTED")]
+    assert hidden == ["%74oken", "api_key", "sig"]
+    assert credentials_in(url) == [f"the query key {key!r}" for key in hidden]

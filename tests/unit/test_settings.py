@@ -148,3 +148,28 @@ def test_every_config_setting_reaches_a_command_or_the_workflow():
 
     for key, name in keys(Config, ""):
         assert name in flags or any(key.startswith(used) for used in used_by_workflow), key
+
+
+def test_every_setting_and_flag_that_reaches_the_trainer_says_its_part_in_a_run():
+    """A setting of the trainer is part of a run's identity (a checkpoint of another value is another run's) or of
+    how it is carried out; one that says neither would be compared by no resume, so a new one cannot be left
+    unclassified. The same holds for each of `bertpipe pretrain`'s flags that is not a setting."""
+    from bertpipe.pretrain import FLAG_PARTS
+
+    parts = (settings.IDENTITY, settings.EXECUTION)
+    defined = {}
+    for cls in (ModelSettings, PhaseSettings, TrainingSettings, PretrainSettings):
+        for field in settings.scalar_fields(cls):
+            assert field.metadata.get("run") in parts, f"{cls.__name__}.{field.name} says no part in a run"
+            defined[field.name] = field.metadata["run"]
+    pretrain = cli.parser()._subparsers._group_actions[0].choices["pretrain"]
+    flags = {action.dest for action in pretrain._actions if action.dest != "help"}
+    unclassified = flags - defined.keys() - FLAG_PARTS.keys()
+    assert not unclassified, f"bertpipe pretrain flags with no part in a run: {sorted(unclassified)}"
+    assert not FLAG_PARTS.keys() - flags, "FLAG_PARTS names flags that no longer exist"
+    assert set(FLAG_PARTS.values()) <= {*parts, "content"}
+    # What the workflow and Megatron's users change most is identity; what only observes or schedules is not.
+    assert {defined[name] for name in ("lr", "train_iters", "seed", "batch_size", "precision", "optimizer",
+                                       "warmup", "clip_grad", "hidden_dropout")} == {settings.IDENTITY}
+    assert {defined[name] for name in ("save_interval", "log_interval", "num_workers", "compile", "keep_last",
+                                       "dist_timeout_minutes")} == {settings.EXECUTION}

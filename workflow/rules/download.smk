@@ -6,8 +6,10 @@ checkpoint download_manifest:
         f"{DUMP_DIR}/manifest.json",
     params:
         dump=settings_flags(DumpSettings, config["dump"]),
-        timeout=settings_flags(
-            DownloadSettings, config["download"], only=("timeout_seconds", "redirects_to_other_hosts")
+        download=settings_flags(
+            DownloadSettings,
+            config["download"],
+            only=("timeout_seconds", "redirects_to_other_hosts", "token_env"),
         ),
     resources:
         **slurm_job("download_manifest"),
@@ -17,7 +19,7 @@ checkpoint download_manifest:
         f"{LOGS}/download/manifest.log",
     shell:
         "bertpipe --log-file {log:q} --run-name 'download manifest'"
-        " download manifest {params.dump} {params.timeout} --out {output:q} 2> {log:q}"
+        " download manifest {params.dump} {params.download} --out {output:q} 2> {log:q}"
 
 
 rule download:

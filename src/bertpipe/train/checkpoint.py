@@ -1,8 +1,13 @@
 """Checkpoints: complete or absent (written to a temporary folder, synced, then renamed), the last K kept, loaded
 with `weights_only=True` (tensors and plain containers only: a checkpoint cannot run code when it is loaded); and the
 CheckpointManager, a training run's policy for them: when to save, which checkpoint to resume, and what a checkpoint
-must share with the run that resumes it."""
+must share with the run that resumes it.
 
+Each checkpoint's `meta.json` records its run (the identity and the execution settings, Trainer.run_record) and the
+size and CRC32C of its `state.pt`, so that a damaged file (set aside; the one before is used) is told from a file
+the file system failed to read (the run stops and nothing is renamed: the file may be whole)."""
+
+import hashlib
 import json
 import logging
 import os
@@ -53,14 +58,47 @@ def _remove_abandoned(folder: Path) -> None:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def save(folder, step: int, state: dict, keep_last: int) -> Path:
-    """Write `state` as `<folder>/step-NNNNNNNN/` and drop all but the newest `keep_last` checkpoints."""
+class CheckpointDamaged(Exception):
+    """A checkpoint whose bytes are not what was saved (cut short by a crash, or damaged): set aside, not retried."""
+
+
+class CheckpointUnreadable(BertpipeError):
+    """A checkpoint the file system failed to read (EIO, ESTALE on a shared file system, ...): it may be whole, so it
+    is left in place and the run stops; a later run reads it again."""
+
+
+def _unreadable(path: Path, error: OSError) -> CheckpointUnreadable:
+    return CheckpointUnreadable(f"{path}: reading it failed ({error.strerror or error}); the checkpoint may be whole, "
+                                "so nothing was renamed or deleted: check the file system (a shared mount, a disk), "
+                                "then rerun to resume")
+
+
+def _crc32c(path: Path) -> tuple:
+    """(bytes, CRC32C) of a file, read in chunks: an I/O error surfaces here as an OSError, before torch parses it."""
+    import google_crc32c
+
+    checksum, size = google_crc32c.Checksum(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK_BYTES):
+            checksum.update(chunk)
+            size += len(chunk)
+    return size, checksum.hexdigest().decode()
+
+
+READ_CHUNK_BYTES = 1 << 24
+
+
+def save(folder, step: int, state: dict, keep_last: int, meta: dict = None) -> Path:
+    """Write `state` as `<folder>/step-NNNNNNNN/` with `meta.json` (the step, `meta`, and the size and CRC32C of
+    `state.pt`, which tell a damaged file from a whole one) and drop all but the newest `keep_last` checkpoints."""
     target = Path(folder) / f"step-{step:08d}"
     if target.parent.is_dir():
         _remove_abandoned(target.parent)
     with atomic_dir(target) as temp:
         torch.save(state, temp / "state.pt")
-        (temp / "meta.json").write_text(json.dumps({"step": step}) + "\n")
+        size, crc = _crc32c(temp / "state.pt")
+        (temp / "meta.json").write_text(json.dumps({"step": step, **(meta or {}), "state_bytes": size,
+                                                    "state_crc32c": crc}) + "\n")
     for old in checkpoints(folder)[:-keep_last]:
         shutil.rmtree(old)
     return target
@@ -81,8 +119,71 @@ def latest(folder):
     return found[-1] if found else None
 
 
+def read_meta(checkpoint) -> dict:
+    """A checkpoint's `meta.json`, its state's bytes checked against the size and CRC32C recorded there (a checkpoint
+    saved before they were recorded is only read through). Raises CheckpointDamaged or CheckpointUnreadable."""
+    checkpoint = Path(checkpoint)
+    try:
+        meta_file = checkpoint / "meta.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}  # a checkpoint made by hand has none
+        size, crc = _crc32c(checkpoint / "state.pt")
+    except FileNotFoundError as error:
+        raise CheckpointDamaged(f"{error.filename} is missing") from None
+    except OSError as error:
+        raise _unreadable(checkpoint, error) from None
+    except ValueError as error:
+        raise CheckpointDamaged(f"meta.json does not parse ({error})") from None
+    if meta.get("state_crc32c", crc) != crc or meta.get("state_bytes", size) != size:
+        raise CheckpointDamaged(f"state.pt has {size} bytes of CRC32C {crc}; {meta.get('state_bytes')} bytes of "
+                                f"{meta.get('state_crc32c')} were saved")
+    return meta
+
+
 def load(checkpoint) -> dict:
-    return torch.load(Path(checkpoint) / "state.pt", map_location="cpu", weights_only=True)
+    """A checkpoint's state, checked against its meta.json first. Raises CheckpointDamaged (the bytes are not what was
+    saved, or do not parse) or CheckpointUnreadable (the file system failed)."""
+    read_meta(checkpoint)
+    try:
+        return torch.load(Path(checkpoint) / "state.pt", map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise _unreadable(Path(checkpoint), error) from None
+    except Exception as error:  # torch reports a short or damaged file in several ways
+        if isinstance(error.__cause__ or error.__context__, OSError):
+            raise _unreadable(Path(checkpoint), error.__cause__ or error.__context__) from None
+        raise CheckpointDamaged(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__) \
+            from None
+
+
+def differences(saved, current: dict) -> list:
+    """'key saved -> current' for every setting (dotted key) whose value differs between two records of a run."""
+    if saved is None:
+        return ["its identity is not recorded (saved by an earlier bertpipe)"]
+    old, new = _flat(saved), _flat(current)
+    keys = [*new, *(key for key in old if key not in new)]
+    return [f"{key} {old.get(key, 'not recorded')} -> {new.get(key, 'not recorded')}"
+            for key in keys if old.get(key, _ABSENT) != new.get(key, _ABSENT)]
+
+
+_ABSENT = object()  # a key one record has and the other not
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# What a run's identity records of the checkpoint it started from when it started from initial weights.
+FROM_SCRATCH = {"identity": None, "step": None}
+
+
+def identity_digest(identity: dict) -> str:
+    """A run's identity as a short hash: what a checkpoint initialised from it records of it."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class CheckpointManager:
@@ -105,26 +206,31 @@ class CheckpointManager:
     def due(self, step: int, last_step: int) -> bool:
         return step % self.interval == 0 or step == last_step
 
-    def resume(self, current: dict):
-        """(checkpoint, state) to resume the run `current` (Trainer.identity) from, or None to start afresh; asked
-        on rank 0 alone, which tells the others. The candidates are the checkpoints of --save and --load, newest
-        first (--save's on a tie). One that does not load (truncated by a crash, damaged) is renamed aside with a
-        warning and the next older one is tried. The newest that loads must be of this run (`conflicts`), or it
-        meets the `stale` policy."""
+    def resume(self, run: dict):
+        """The checkpoint to resume the run `run` from ({"identity": ..., "execution": ...}, Trainer.run_record), or
+        None to start afresh; asked on rank 0 alone, which tells the others. The candidates are the checkpoints of
+        --save and --load, newest first (--save's on a tie). One whose bytes are not what was saved (cut short by a
+        crash, damaged) is renamed aside with a warning and the next older one is tried; one the file system fails
+        to read stops the run (CheckpointUnreadable), renaming nothing. The newest whole one must be of this run's
+        identity, or it meets the `stale` policy; changes of how the run is carried out are logged."""
         candidates = [(path, rank) for rank, folder in enumerate((self.load_folder, self.folder)) if folder
                       for path in checkpoints(folder)]
         for path, _ in sorted(candidates, key=lambda c: (c[0].name, c[1]), reverse=True):
             try:
-                state = load(path)
-            except Exception as error:  # torch reports a short or damaged file in several ways
-                aside = set_aside(path, "unreadable")
+                meta = read_meta(path)
+            except CheckpointDamaged as error:
+                aside = set_aside(path, "damaged")
                 self.set_aside.append(str(aside))
-                log.warning("%s does not load (%s); renamed to %s, resuming from the one before", path,
-                            str(error).splitlines()[0], aside.name)
+                log.warning("%s is damaged (%s); renamed to %s, resuming from the one before", path, error,
+                            aside.name)
                 continue
-            changed = self.conflicts(state, current)
+            changed = differences(meta.get("identity"), run["identity"])
             if not changed:
-                return path, state
+                crossed = differences(meta.get("execution", {}), run["execution"])
+                if crossed:
+                    log.info("resuming %s across changes of how the run is carried out, not of what it computes: %s",
+                             path, "; ".join(crossed))
+                return path
             why = f"{path} is of another run ({'; '.join(changed)})"
             if self.stale == "refuse" or path.parent != Path(self.folder):
                 raise BertpipeError(f"{why}: resuming would continue that run, not start this one; use the same "
@@ -135,46 +241,30 @@ class CheckpointManager:
             return None
         return None
 
-    def initial_weights(self, current: dict):
-        """(checkpoint, state) of --init-from, or None; its model and tokenizer must be the run `current`'s."""
+    def initial_checkpoint(self, identity: dict):
+        """(checkpoint, what the run records of it) of --init-from, or None; asked on rank 0 alone. The checkpoint's
+        model and tokenizer must be those of the run of `identity`; the record (its identity's digest and step) is
+        part of this run's identity, so that a retrained earlier phase makes this one another run."""
         if not self.init_from:
             return None
         source = latest(self.init_from) or Path(self.init_from)
         if not (source / "state.pt").is_file():
             raise BertpipeError(f"--init-from {self.init_from}: no checkpoint there")
         try:
-            state = load(source)
-        except Exception as error:  # as in resume
-            raise BertpipeError(f"--init-from {source}: the checkpoint does not load ({str(error).splitlines()[0]}); "
-                                "train the phase it comes from again") from None
-        if state["model_config"] != current["model_config"]:
-            raise BertpipeError(f"--init-from {source}: its model config {state['model_config']} differs from "
-                                f"this run's {current['model_config']}")
-        tokenizer, ours = state.get("inputs", {}).get("tokenizer"), current["inputs"].get("tokenizer")
+            meta = read_meta(source)
+        except CheckpointDamaged as error:
+            raise BertpipeError(f"--init-from {source}: the checkpoint is damaged ({error}); train the phase it comes "
+                                "from again") from None
+        theirs = meta.get("identity") or {}
+        if theirs.get("model") != identity["model"]:
+            raise BertpipeError(f"--init-from {source}: its model config {theirs.get('model')} differs from this "
+                                f"run's {identity['model']}")
+        tokenizer, ours = theirs.get("inputs", {}).get("tokenizer"), identity["inputs"].get("tokenizer")
         if ours and tokenizer != ours:
             raise BertpipeError(f"--init-from {source} was trained with another tokenizer (content hash {tokenizer}, "
                                 f"this run's {ours}): its token ids mean other tokens here; train that phase again")
-        return source, state
+        return source, {"identity": identity_digest(theirs), "step": meta["step"]}
 
-    @staticmethod
-    def conflicts(saved: dict, current: dict) -> list:
-        """What differs between a checkpoint's run and the run `current` such that resuming would continue another
-        run: other inputs (content hashes of the tokenizer and the training data), other samples a step (the
-        sequence length, the batch's shape, the processes), another model or precision."""
-        changed = [f"{key} {saved['phase'].get(key)} -> {current['phase'][key]}"
-                   for key in ("seq_length", "batch_size", "gradient_accumulation_steps")
-                   if saved["phase"].get(key) != current["phase"][key]]
-        if saved["world"] != current["world"]:
-            changed.append(f"processes {saved['world']} -> {current['world']}")
-        if saved["model_config"] != current["model_config"]:
-            changed.append("model config")
-        if saved["training"]["precision"] != current["training"]["precision"]:
-            changed.append(f"precision {saved['training']['precision']} -> {current['training']['precision']}")
-        recorded = saved.get("inputs", {})
-        changed += [f"{name} content hash {recorded.get(name, 'not recorded')} -> {value}"
-                    for name, value in current["inputs"].items() if recorded.get(name) != value]
-        return changed
-
-    def save(self, step: int, state: dict):
-        """Write the checkpoint of `step` (None without a --save folder)."""
-        return save(self.folder, step, state, self.keep_last) if self.folder else None
+    def save(self, step: int, state: dict, run: dict):
+        """Write the checkpoint of `step` with the record of its run (None without a --save folder)."""
+        return save(self.folder, step, state, self.keep_last, meta=run) if self.folder else None

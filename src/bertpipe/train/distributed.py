@@ -63,16 +63,38 @@ def broadcast_object(value):
     return box[0]
 
 
+def decided_on_rank_zero(decide):
+    """`decide()` run on rank 0 alone, its result on every rank; an error there is raised on every rank (a
+    BertpipeError with rank 0's message), so that no rank waits in a collective for a rank that has stopped."""
+    from bertpipe import BertpipeError
+
+    result = error = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            result = decide()
+        except Exception as failure:
+            if not dist.is_initialized():
+                raise
+            error = failure
+    result, message = broadcast_object((result, str(error) if error else None))
+    if error:
+        raise error
+    if message:
+        raise BertpipeError(f"rank 0 stopped the run: {message}")
+    return result
+
+
 class StopRequest:
-    """SIGTERM, SIGUSR1 or SIGURG (a cluster's preemption or time-limit warning) asks the trainer to checkpoint and
-    exit; every rank learns of it at the same step, whichever rank got the signal. SIGURG is the Slurm profile's
-    time-limit warning: every other process ignores it by default, so Slurm can signal a whole job step with it
-    (see launch.py)."""
+    """SIGTERM or SIGINT (a kill, `scancel`, Ctrl-C), SIGUSR1 or SIGURG (a cluster's preemption or time-limit
+    warning) asks the trainer to checkpoint and exit; every rank learns of it at the same step, whichever rank got
+    the signal. SIGURG is the Slurm profile's time-limit warning: every other process ignores it by default, so Slurm
+    can signal a whole job step with it (see launch.py)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGURG)
 
     def __init__(self):
-        self.signalled = False
-        self.previous = {number: signal.signal(number, self._handle)
-                         for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG)}
+        self.received = None  # the number of the signal received, on this rank
+        self.previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
 
     def release(self):
         """Give the signals back to the handlers they had (a trainer run inside a longer-lived process)."""
@@ -80,7 +102,10 @@ class StopRequest:
             signal.signal(number, handler)
 
     def _handle(self, number, frame):
-        self.signalled = True
+        self.received = self.received or number
 
-    def requested(self, device) -> bool:
-        return all_sum(float(self.signalled), device) > 0
+    def requested(self, device):
+        """None, or the signal (a signal.Signals) that some rank received: the same answer on every rank."""
+        if all_sum(float(self.received is not None), device) == 0:
+            return None
+        return signal.Signals(next(number for number in gather_objects(self.received) if number))

@@ -20,10 +20,11 @@ from torch.profiler import record_function
 
 from bertpipe import BertpipeError
 from bertpipe.model import BertConfig, BertForPreTraining
-from bertpipe.settings import PhaseSettings, TrainingSettings
-from bertpipe.train.checkpoint import CheckpointManager, load
+from bertpipe.settings import EXECUTION, IDENTITY, PhaseSettings, TrainingSettings, run_part
+from bertpipe.train import checkpoint
+from bertpipe.train.checkpoint import CheckpointDamaged, CheckpointManager, load
 from bertpipe.train.data import RankBatches, global_batch_indices, rank_batch_stream
-from bertpipe.train.distributed import StopRequest, all_sums, broadcast_object, gather_objects, init
+from bertpipe.train.distributed import StopRequest, all_sums, decided_on_rank_zero, gather_objects, init
 from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals, forward_sums
 from bertpipe.train.optim import OPTIMIZERS, learning_rate
 from bertpipe.train.precision import COMPUTE_DTYPES, ConstantLossScaler, DynamicLossScaler, gradients_overflow
@@ -48,10 +49,13 @@ class Trainer:
     On rank 0 every record of metrics goes to each of `sinks` (train/metrics.py)."""
 
     def __init__(self, model_config: BertConfig, training: TrainingSettings, phase: PhaseSettings, train_samples,
-                 valid_samples=None, checkpoints: CheckpointManager = None, sinks=(), inputs=None):
-        """`inputs`: content hashes of what this run learns from ({"tokenizer": ..., "train_data": ...}), saved in
-        its checkpoints so that a resume or an --init-from with other inputs is caught (rank 0's are checked)."""
-        self.training, self.phase, self.inputs = training, phase, inputs or {}
+                 valid_samples=None, checkpoints: CheckpointManager = None, sinks=(), inputs=None, flags=None):
+        """`inputs`: content hashes of what this run learns from ({"tokenizer": ..., "train_data": ...}); `flags`:
+        the command's other values that are part of the run's identity (how samples are made of the data). Both go
+        into its checkpoints' record of the run, so that a resume or an --init-from of another run is caught
+        (rank 0's are checked)."""
+        self.training, self.phase, self.inputs, self.flags = training, phase, inputs or {}, flags or {}
+        self.initialised_from = checkpoint.FROM_SCRATCH  # the --init-from checkpoint's record, part of the identity
         self.checkpoints = checkpoints or CheckpointManager()
         self.rank, self.world, self.device = init()
         self.sinks = sinks if self.rank == 0 else ()
@@ -78,28 +82,53 @@ class Trainer:
         self.iteration = 0  # global batches consumed (the data position)
         self.optimizer_steps = 0  # steps taken: the LR schedule's clock, which skipped steps do not advance
         self.stop = StopRequest()
+        self.stopped_by = None  # the signal that stopped the run early
         self.telemetry = StepTelemetry(model_config, COMPUTE_DTYPES[training.precision], self.device, self.world)
         self._resume_or_init()
 
     # -- state -------------------------------------------------------------------------------------------------
-    def identity(self) -> dict:
-        """What this run is: its inputs, settings, processes and model (CheckpointManager.conflicts compares them)."""
-        return {"inputs": self.inputs, "world": self.world, "model_config": dataclasses.asdict(self.model.config),
-                "training": dataclasses.asdict(self.training), "phase": dataclasses.asdict(self.phase)}
+    def run_record(self) -> dict:
+        """What this run is and how it is carried out, as settings.py classifies each setting: `identity` (its
+        inputs, flags, model, phase and training settings of IDENTITY, processes, and the checkpoint it started from:
+        a checkpoint of another identity is of another run) and `execution` (the settings a resume may cross)."""
+        return {"identity": {"inputs": self.inputs, "flags": self.flags, "world": self.world,
+                             "model": dataclasses.asdict(self.model.config),
+                             "phase": run_part(self.phase, IDENTITY), "training": run_part(self.training, IDENTITY),
+                             "initialised_from": self.initialised_from},
+                "execution": {"training": run_part(self.training, EXECUTION)}}
 
     def state_dict(self, rng: list) -> dict:
-        """What a checkpoint holds: weights, optimizer, scaler, the data position and clock, every rank's RNG, and
-        the run's identity."""
+        """What a checkpoint holds: weights, optimizer, scaler, the data position and clock, every rank's RNG, the
+        model's config and the record of the run."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "iteration": self.iteration,
-                "optimizer_steps": self.optimizer_steps, "rng": rng, **self.identity()}
+                "optimizer_steps": self.optimizer_steps, "rng": rng,
+                "model_config": dataclasses.asdict(self.model.config), "run": self.run_record()}
+
+    def _choose_start(self) -> tuple:
+        """(checkpoint to resume or None, checkpoint to take the initial weights from or None, its record), chosen
+        on rank 0: a listing on a shared file system can differ between nodes."""
+        initial = self.checkpoints.initial_checkpoint(self.run_record()["identity"])
+        self.initialised_from = initial[1] if initial else checkpoint.FROM_SCRATCH
+        resumed = self.checkpoints.resume(self.run_record())
+        return (str(resumed) if resumed else None, str(initial[0]) if initial else None, self.initialised_from)
+
+    def _load_on_every_rank(self, path: str) -> dict:
+        """The state of checkpoint `path`, loaded by each rank; a rank that cannot stops them all, naming itself."""
+        state = error = None
+        try:
+            state = load(path)
+        except (CheckpointDamaged, BertpipeError) as failure:
+            error = f"rank {self.rank}: {path}: {failure}"
+        errors = [message for message in gather_objects(error) if message]
+        if errors:
+            raise BertpipeError("; ".join(errors))
+        return state
 
     def _resume_or_init(self):
-        # Rank 0 chooses (a listing on a shared file system can differ between nodes) and tells the others.
-        chosen = self.checkpoints.resume(self.identity()) if self.rank == 0 else None
-        found = broadcast_object(str(chosen[0]) if chosen else None)
-        if found:
-            state = chosen[1] if self.rank == 0 else load(found)
+        resumed, initial, self.initialised_from = decided_on_rank_zero(self._choose_start)
+        if resumed:
+            state = self._load_on_every_rank(resumed)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
@@ -107,22 +136,22 @@ class Trainer:
             if len(state["rng"]) == self.world:
                 _set_rng_state(state["rng"][self.rank])
             else:
-                log.warning("%s was saved by %d ranks, not %d: dropout streams start afresh", found,
+                log.warning("%s was saved by %d ranks, not %d: dropout streams start afresh", resumed,
                             len(state["rng"]), self.world)
-            self._log(f"resumed from {found} at step {self.iteration}")
-            return
-        initial = self.checkpoints.initial_weights(self.identity())
-        if initial:
-            source, state = initial
-            self.model.load_state_dict(state["model"])
-            self._log(f"initialised from the weights of {source}")
+            self._log(f"resumed from {resumed} at step {self.iteration}")
+        elif initial:
+            self.model.load_state_dict(self._load_on_every_rank(initial)["model"])
+            self._log(f"initialised from the weights of {initial}")
 
     def save(self):
+        """Checkpoint the run here; the checkpoint's folder on rank 0, None elsewhere or without --save."""
         rng = gather_objects(_rng_state())
-        if self.rank == 0:
-            path = self.checkpoints.save(self.iteration, self.state_dict(rng))
-            if path:
-                self._log(f"saved {path}")
+        if self.rank != 0:
+            return None
+        path = self.checkpoints.save(self.iteration, self.state_dict(rng), self.run_record())
+        if path:
+            self._log(f"saved {path}")
+        return path
 
     # -- one step ----------------------------------------------------------------------------------------------
     def step(self, batches) -> dict:
@@ -196,8 +225,9 @@ class Trainer:
 
         def batches():
             for batch_index in range(self.training.eval_iters):
-                indices = global_batch_indices(batch_index, per_rank * self.world, len(self.valid_samples), seed=0)
-                yield self.valid_samples.read(indices[self.rank * per_rank:(self.rank + 1) * per_rank])
+                indices = global_batch_indices(batch_index, per_rank * self.world, len(self.valid_samples), seed=0,
+                                               start=self.rank * per_rank, count=per_rank)
+                yield self.valid_samples.read(indices)
 
         self.model.eval()
         totals = evaluation_totals(self.model, batches(), self.device, self.training.precision)
@@ -218,7 +248,7 @@ class Trainer:
         """Train to `train_iters`; returns 'done', or 'stopped' after a signal made it checkpoint and stop."""
         training, phase = self.training, self.phase
         self.model.train()
-        last_saved = None
+        last_saved = saved = None
         batches = rank_batch_stream(
             RankBatches(self.train_samples, phase.batch_size, phase.gradient_accumulation_steps, self.rank, self.world,
                         training.seed),
@@ -229,13 +259,14 @@ class Trainer:
                 if self.valid_samples and self.iteration % training.eval_interval == 0:
                     self._report(self.validate())
                 if self.checkpoints.due(self.iteration, phase.train_iters):
-                    self.save()
+                    saved = self.save()
                     last_saved = self.iteration
-                if self.iteration < phase.train_iters and self.stop.requested(self.device):
+                if self.iteration < phase.train_iters and (stop := self.stop.requested(self.device)):
                     if last_saved != self.iteration:
-                        self.save()
-                    self._log(f"stopping at step {self.iteration} on a signal; "
-                              + ("rerun to resume" if self.checkpoints.folder else
+                        saved = self.save()
+                    self.stopped_by = stop
+                    self._log(f"stopping at step {self.iteration} of {phase.train_iters} on {stop.name}: "
+                              + (f"saved {saved}; a rerun resumes from step {self.iteration}" if saved else
                                  "nothing saved: there is no --save folder"))
                     return "stopped"
             return "done"

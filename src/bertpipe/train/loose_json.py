@@ -71,11 +71,17 @@ def build_lazy(path, text_key: str) -> Path:
         if (folder / "source.json").is_file() and json.loads((folder / "source.json").read_text()) == origin:
             return folder  # built before, from this very file and key
         started = time.monotonic()
-        with atomic_dir(folder) as temp, open(path, encoding="utf-8") as source, open(temp / "text", "wb") as text:
+        # Bytes, decoded a line at a time: a text file's reader decodes ahead in blocks, and its error names no line.
+        with atomic_dir(folder) as temp, open(path, "rb") as source, open(temp / "text", "wb") as text:
             offsets, points = _Column(temp / OFFSETS, "<i8"), _Column(temp / SPLIT_POINTS, "<u8")
             end, line_number = 0, 0
             offsets.append(end)
-            for line_number, line in enumerate(source, 1):
+            for line_number, raw in enumerate(source, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise BertpipeError(f"{path}, line {line_number}: not UTF-8 (byte {error.start + 1} of the "
+                                        "line); write the file as UTF-8 JSON lines") from None
                 try:
                     record = json.loads(line)
                     data = record[text_key].encode("utf-8")
