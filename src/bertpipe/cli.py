@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bertpipe import BertpipeError, __version__, settings
 from bertpipe.redaction import redact, redact_log_records
+from bertpipe.stopping import STOP_SIGNALS, Stopped, stop_on_signals
 from bertpipe.tracking import Outcome
 from bertpipe.settings import (CorpusSettings, DownloadSettings, DumpSettings, EvaluateSettings, ExtractSettings,
                                InstanceSpec, MlflowSettings, PretrainSettings, SlurmPretrain, TFRecordsSettings,
@@ -399,25 +400,6 @@ def job_usage() -> dict:
             "job_peak_rss_mb": max(own.ru_maxrss, children.ru_maxrss) / 1024}
 
 
-class Stopped(BaseException):
-    """SIGTERM or SIGINT reached a stage: raised where it runs, so that every `finally` and `with` unwinds (temporary
-    outputs are removed, child processes are ended) and its run ends as KILLED. A BaseException, as
-    KeyboardInterrupt is, so that no `except Exception` takes it for a failure to work around."""
-
-    def __init__(self, number: int):
-        super().__init__(signal.Signals(number).name)
-        self.number = number
-
-
-def _stop(number, frame):
-    for other in STOP_SIGNALS:  # a second signal must not cut the unwinding short (SIGKILL still can)
-        signal.signal(other, signal.SIG_IGN)
-    raise Stopped(number)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
 def _exit_status_of_stop(number) -> int:
     """128 + the signal, as a shell reports a process a signal ended; 0 for a torchrun worker, which reports to its
     launcher (`bertpipe launch`) by its --done file, so that torchrun ends cleanly and not with a traceback."""
@@ -429,8 +411,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     redact_log_records()
-    handlers = threading.current_thread() is threading.main_thread()  # a signal handler is the main thread's
-    previous = {number: signal.signal(number, _stop) for number in STOP_SIGNALS} if handlers else {}
+    # (Only the main thread may set a signal's handler: main run by a test's thread leaves them as they are.)
+    previous = stop_on_signals() if threading.current_thread() is threading.main_thread() else {}
     from bertpipe import tracking
 
     stage = " ".join(filter(None, (args.stage, getattr(args, "step", None))))

@@ -23,6 +23,7 @@ import numpy as np
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_dir
+from bertpipe.stopping import interruptible
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def _train_sentencepiece(sentences, folder: Path, vocab_size, model_type, lowerc
 
     spm.set_random_generator_seed(seed)  # unseeded, the same input gives another model each time
     try:
-        spm.SentencePieceTrainer.train(
+        interruptible(  # hours of native code at full scale, which a stop signal must not wait for
+            spm.SentencePieceTrainer.train,
             sentence_iterator=iter(sentences),
             model_prefix=str(folder / "spm"),
             model_type=model_type,
@@ -125,8 +127,8 @@ def _train_wordpiece(sentences, folder: Path, vocab_size, lowercase):
     from tokenizers import BertWordPieceTokenizer
 
     trainer = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=lowercase, clean_text=True)
-    trainer.train_from_iterator(sentences, vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                show_progress=False)
+    interruptible(trainer.train_from_iterator, sentences, vocab_size=vocab_size,
+                  special_tokens=list(SPECIAL_TOKENS), show_progress=False)
     # The trainer lists pieces in hash-map order: the special tokens first, then the rest sorted, gives the same ids
     # for the same vocabulary. (On ties it may even pick other merges, so a retrained WordPiece vocabulary can differ
     # a little: huggingface/tokenizers#1794. SentencePiece, the default, is reproducible.)

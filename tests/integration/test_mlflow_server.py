@@ -71,6 +71,10 @@ def snakemake_process(workflow_dir, *args):
 
 
 PIPELINE = ("--cores", "2", "all", "--configfile", "config.demo.yaml", "small.yaml")
+# The small pipeline with a second phase, from the first's weights, as the demo's.
+PHASES = [SMALL_PIPELINE["pretrain"]["phases"][0],
+          {"seq_length": 128, "batch_size": 8, "gradient_accumulation_steps": 1, "train_iters": 10, "lr": 1.0e-4}]
+TWO_PHASES = {**SMALL_PIPELINE, "pretrain": {**SMALL_PIPELINE["pretrain"], "phases": PHASES}}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,7 @@ def served(tmp_path_factory):
     workflow_dir = copy_workflow(tmp_path_factory.mktemp("server") / "wf")
     mlflow_server = MlflowServer(workflow_dir.parent)
     try:
-        (workflow_dir / "small.yaml").write_text(yaml.safe_dump({**SMALL_PIPELINE,
+        (workflow_dir / "small.yaml").write_text(yaml.safe_dump({**TWO_PHASES,
                                                                   "mlflow": {"tracking_uri": mlflow_server.url}}))
         process = snakemake_process(workflow_dir, *PIPELINE)
         output = process.stdout.read()
@@ -164,6 +168,41 @@ def test_the_registered_version_fills_masks_through_pyfunc_and_served_over_http(
         served_model.stop()
 
 
+def registered_weights(server) -> dict:
+    """{version: the bytes of its model.safetensors}, read through the server."""
+    versions = server.api("GET", "model-versions/search", params={"filter": "name='bertpipe-bert'"})
+    return {v["version"]: requests.get(f"{server.url}/get-artifact", timeout=60, params={
+        "run_id": v["run_id"], "path": "model/artifacts/huggingface/model.safetensors"}).content
+        for v in versions["model_versions"]}
+
+
+def test_a_change_of_phase_1s_learning_rate_retrains_both_phases_and_registers_other_weights(served):
+    """A changed training setting never ships the old model: phase 1's learning rate alone changes; phase 1 trains
+    afresh, phase 2 follows it (its checkpoints started from the other phase-1 weights), and the new version holds
+    other weights. Run again with nothing changed, the workflow has nothing to do."""
+    workflow_dir, mlflow_server = served
+    (first,) = registered_weights(mlflow_server).values()
+    changed = [{**PHASES[0], "lr": 9.0e-4}, PHASES[1]]
+    (workflow_dir / "small.yaml").write_text(yaml.safe_dump({
+        **TWO_PHASES, "pretrain": {**TWO_PHASES["pretrain"], "phases": changed},
+        "mlflow": {"tracking_uri": mlflow_server.url}}))
+    process = snakemake_process(workflow_dir, *PIPELINE)
+    output = process.stdout.read()
+    assert process.wait() == 0, output
+    finished = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output)
+    assert sorted(finished) == ["all", "evaluate", "export", "pretrain", "pretrain", "register"], finished
+    phase1, phase2 = ((workflow_dir / f"logs/pretrain/phase{n}.log").read_text() for n in (1, 2))
+    assert "phase.lr 0.001 -> 0.0009" in phase1 and "moved its checkpoints to" in phase1
+    assert "initialised_from.identity" in phase2 and "phase.lr" not in phase2 and "moved its checkpoints to" in phase2
+    assert "resumed from" not in phase1 + phase2
+    for log, steps in ((phase1, 40), (phase2, 10)):
+        assert "step 1 loss" in log and f"step {steps} loss" in log, "trained from the first step to the last"
+    weights = registered_weights(mlflow_server)
+    assert sorted(weights) == ["1", "2"] and weights["1"] == first and weights["2"] != first
+    dry = snakemake_process(workflow_dir, "-n", *PIPELINE)
+    assert "Nothing to be done" in dry.stdout.read() and dry.wait() == 0
+
+
 def test_new_training_data_retrain_afresh_the_server_stops_and_register_fails_until_it_is_back(served):
     workflow_dir, mlflow_server = served
     # Another TFRecords seed (other masks and pairs): the TFRecords, training, evaluate, export and register run
@@ -186,7 +225,7 @@ def test_new_training_data_retrain_afresh_the_server_stops_and_register_fails_un
     assert not (workflow_dir / "results/register/model-version.json").exists()
     assert (workflow_dir / "results/export/huggingface/model.safetensors").is_file(), "earlier outputs are kept"
     phase1 = workflow_dir / "results/pretrain/phase1"
-    (stale,) = phase1.glob("checkpoints.stale-*")
+    stale = sorted(phase1.glob("checkpoints.stale-*"))[-1]  # the newest: this test's
     assert (stale / "step-00000040/state.pt").is_file() and (phase1 / "checkpoints/step-00000040/state.pt").is_file()
 
     # Before the stop: the pipeline run opened on the server. After it: a clear warning in each job's log, and the
@@ -201,7 +240,7 @@ def test_new_training_data_retrain_afresh_the_server_stops_and_register_fails_un
     assert warning in "".join(output), "Snakemake's own output warns when the pipeline run cannot be closed"
     offline = list((workflow_dir / "results/mlflow/offline").glob("*.jsonl"))
     records = [json.loads(line) for path in offline for line in path.read_text().splitlines()]
-    pretrain_steps = [m for r in records if r["op"] == "metrics" and r["run"].startswith("pretrain")
+    pretrain_steps = [m for r in records if r["op"] == "metrics" and r["run"] == "pretrain phase 1"
                       for m in r["metrics"] if m[0] == "loss"]
     assert sorted(step for _, _, step in pretrain_steps) == list(range(1, 41)), "every step"
 
@@ -228,7 +267,8 @@ def test_new_training_data_retrain_afresh_the_server_stops_and_register_fails_un
         assert re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output) == ["register", "all"]
         registered = json.loads((workflow_dir / "results/register/model-version.json").read_text())
         versions = restarted.api("GET", "model-versions/search", params={"filter": "name='bertpipe-bert'"})
-        assert sorted(v["version"] for v in versions["model_versions"]) == ["1", "2"] == ["1", registered["version"]]
+        assert sorted(v["version"] for v in versions["model_versions"]) == ["1", "2", "3"] == [
+            "1", "2", registered["version"]]
         after_rerun = runs_on(restarted)
         assert {run_id: after_rerun[run_id] for run_id in after_replay} == after_replay
         assert len(after_rerun) == len(after_replay) + 2, "the rerun's pipeline run and its register run"

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -248,6 +249,20 @@ def assert_each_run_and_metric_once(where: tracking.Target):
         "samples.txt"]
 
 
+def replay_the_rest_once(where: tracking.Target, cut, fifo):
+    """After a replay cut at the second job's artifact: its progress was saved up to there, and the next replay
+    sends the rest alone (the second job's artifact, metrics and end; the third job's run; the pipeline run's end)."""
+    progress = json.loads((Path(where.folder) / "offline" / tracking.REPLAYED).read_text())
+    assert progress["files"][cut.offline_file.name] == 3, "saved: its run made and its first metrics sent"
+    assert len(progress["runs"]) == 3, "the pipeline run and the first two jobs' runs"
+    fifo.unlink()
+    fifo.write_text("samples\n")  # the artifact, a file now
+    again = subprocess.run(replay_command(where), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "replayed 8 records of 3 files (1 runs created, 1 records not for replay)" in again.stdout
+    assert_each_run_and_metric_once(where)
+
+
 def test_a_replay_killed_mid_way_then_run_again_sends_every_run_and_metric_once(tmp_path, cut_replay):
     where, cut, fifo = cut_replay
     server = serve(where, tmp_path / "server")
@@ -256,17 +271,7 @@ def test_a_replay_killed_mid_way_then_run_again_sends_every_run_and_metric_once(
         with fifo_read_by(fifo, replay):
             replay.send_signal(signal.SIGKILL)  # in the middle of the second job's artifact
             replay.communicate()
-        progress = json.loads((tmp_path / "mlflow/offline" / tracking.REPLAYED).read_text())
-        assert progress["files"][cut.offline_file.name] == 3, "saved: its run made and its first metrics sent"
-        assert len(progress["runs"]) == 3, "the pipeline run and the first two jobs' runs"
-        fifo.unlink()
-        fifo.write_text("samples\n")  # the artifact, a file now
-
-        again = subprocess.run(replay_command(where), capture_output=True, text=True)
-        # The rest alone: the second job's artifact, metrics and end; the third job's run; the pipeline run's end.
-        assert again.returncode == 0, again.stderr
-        assert "replayed 8 records of 3 files (1 runs created, 1 records not for replay)" in again.stdout
-        assert_each_run_and_metric_once(where)
+        replay_the_rest_once(where, cut, fifo)
     finally:
         server.stop()
 
@@ -282,15 +287,7 @@ def test_a_server_that_stops_mid_replay_stops_it_and_the_next_replay_sends_the_r
         assert replay.returncode == 1, stderr
         assert f"MLflow at {where.uri} could not be reached" in stderr, stderr
         assert "the replay stopped after sending" in stderr and "once MLflow is back" in stderr
-        progress = json.loads((tmp_path / "mlflow/offline" / tracking.REPLAYED).read_text())
-        assert progress["files"][cut.offline_file.name] == 3
-        fifo.unlink()
-        fifo.write_text("samples\n")
-
         server = serve(where, tmp_path / "server")  # back, with its store
-        again = subprocess.run(replay_command(where), capture_output=True, text=True)
-        assert again.returncode == 0, again.stderr
-        assert "replayed 8 records of 3 files (1 runs created, 1 records not for replay)" in again.stdout
-        assert_each_run_and_metric_once(where)
+        replay_the_rest_once(where, cut, fifo)
     finally:
         server.stop()

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from bertpipe import BertpipeError
+from bertpipe import BertpipeError, atomic
 from bertpipe.train import checkpoint
 
 
@@ -35,7 +35,7 @@ def test_temporary_folders_of_dead_savers_are_removed_here_by_pid_and_from_other
     for folder in (abandoned, alive, elsewhere_old, elsewhere_recent):
         folder.mkdir()
         (folder / "state.pt").write_bytes(b"half written")
-    hours_ago = time.time() - 2 * checkpoint.ABANDONED_SECONDS
+    hours_ago = time.time() - 2 * atomic.ABANDONED_SECONDS
     os.utime(elsewhere_old, (hours_ago, hours_ago))
     checkpoint.save(tmp_path, 7, {"step": torch.tensor(7)}, keep_last=2)
     assert not abandoned.exists() and not elsewhere_old.exists() and alive.exists() and elsewhere_recent.exists()

@@ -30,7 +30,7 @@ def test_training_components_import_no_stage(path):
 
 
 @pytest.mark.parametrize("component", ["records", "model", "pretrained", "settings", "splits", "hashing",
-                                       "instances", "atomic", "plot", "tracking"])
+                                       "instances", "atomic", "plot", "tracking", "stopping"])
 def test_components_import_no_stage_but_their_own_layer(component):
     # tracking knows settings only; the others know no stage at all (tokenizer is the one stage components may read:
     # its special tokens and its files are what every later stage is built on).

@@ -1,9 +1,11 @@
 # Stage `pretrain`: one torchrun job per phase (seq 128, then 512 from phase 1's weights), on pretrain.nodes nodes
 # (several: a multi-node Slurm job, see slurm_pretrain_job). Checkpoints live beside the phase's `done.json` but are
 # not outputs, so a failed, preempted or timed-out job's checkpoints survive and the rerun resumes from the newest
-# one that loads. Snakemake also reruns a phase when its inputs or settings changed: then the checkpoints are of
-# another run (they record the tokenizer's and the data's content hashes and the settings), so they are moved aside
-# to `checkpoints.stale-<time>` and the phase starts afresh. To train a phase from scratch, delete its checkpoints.
+# one that is whole. Snakemake also reruns a phase when its inputs or settings changed: where what changed is part of
+# the run's identity (the checkpoints record it: the tokenizer's and the data's content hashes, every identity
+# setting, the phase-1 checkpoint phase 2 started from), they are another run's, so they are moved aside to
+# `checkpoints.stale-<time>` and the phase starts afresh; where only how it runs changed, it resumes. To train a
+# phase from scratch, delete its checkpoints.
 
 
 rule pretrain:

@@ -13,14 +13,13 @@ import logging
 import os
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import torch
 
 from bertpipe import BertpipeError
-from bertpipe.atomic import atomic_dir
+from bertpipe.atomic import atomic_dir, remove_abandoned
 from bertpipe.settings import STALE_POLICIES, TrainingSettings
 
 STEP_FOLDER = re.compile(r"^step-(\d{8})$")
@@ -33,29 +32,6 @@ def set_aside(path: Path, why: str) -> Path:
     aside = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
     os.replace(path, aside)
     return aside
-
-
-ABANDONED_SECONDS = 3600  # a save that has not changed its temporary folder for this long has ended without it
-
-
-def _remove_abandoned(folder: Path) -> None:
-    """Remove the temporary folders of saves that ended without renaming them (killed, or their node lost): they can
-    hold gigabytes. A folder (atomic.py names it `.step-N.tmp-<host>-<pid>`) is abandoned when its process is gone
-    from this host, or, from another host whose processes cannot be seen from here, once untouched for an hour."""
-    host = socket.gethostname()
-    for temp in folder.glob(".step-*.tmp-*"):
-        owner, _, pid = temp.name.split(".tmp-", 1)[1].rpartition("-")
-        if owner == host and pid.isdigit():
-            try:
-                os.kill(int(pid), 0)
-                continue
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue  # alive, another user's
-        elif time.time() - temp.stat().st_mtime < ABANDONED_SECONDS:
-            continue
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 class CheckpointDamaged(Exception):
@@ -92,8 +68,8 @@ def save(folder, step: int, state: dict, keep_last: int, meta: dict = None) -> P
     """Write `state` as `<folder>/step-NNNNNNNN/` with `meta.json` (the step, `meta`, and the size and CRC32C of
     `state.pt`, which tell a damaged file from a whole one) and drop all but the newest `keep_last` checkpoints."""
     target = Path(folder) / f"step-{step:08d}"
-    if target.parent.is_dir():
-        _remove_abandoned(target.parent)
+    if target.parent.is_dir():  # they can hold gigabytes
+        remove_abandoned(target.parent, ".step-*.tmp-*")
     with atomic_dir(target) as temp:
         torch.save(state, temp / "state.pt")
         size, crc = _crc32c(temp / "state.pt")
