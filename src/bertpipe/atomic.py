@@ -112,11 +112,12 @@ def atomic_dir(target):
 
 
 @contextlib.contextmanager
-def exclusive(lock_file):
+def exclusive(lock_file, wait: bool = True):
     """Hold an exclusive lock on `lock_file` (made if missing): one process at a time, on this machine or on any
-    that shares the file system with working locks, does what it guards; the others wait, without a time limit."""
+    that shares the file system with working locks, does what it guards; the others wait, without a time limit, or
+    (`wait=False`) raise BlockingIOError at once."""
     lock_file = Path(lock_file)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         yield

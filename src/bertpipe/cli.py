@@ -401,8 +401,9 @@ def job_usage() -> dict:
 
 
 def _exit_status_of_stop(number) -> int:
-    """128 + the signal, as a shell reports a process a signal ended; 0 for a torchrun worker, which reports to its
-    launcher (`bertpipe launch`) by its --done file, so that torchrun ends cleanly and not with a traceback."""
+    """For a trainer that checkpointed on a stop: 128 + the signal, as a shell reports a process a signal ended; 0 for
+    a torchrun worker, which reports to its launcher (`bertpipe launch`) by its --done file, so that torchrun ends
+    cleanly and not with a traceback."""
     return 0 if "TORCHELASTIC_RUN_ID" in os.environ else 128 + number
 
 
@@ -418,10 +419,10 @@ def main(argv=None) -> int:
     stage = " ".join(filter(None, (args.stage, getattr(args, "step", None))))
     label = getattr(args, args.label) if args.label else None
     target = tracking.target_of(args)
-    run = tracking.Run(target, args.run_name or (f"{stage} {label}" if label else stage), args.stage,
-                       parent_id=target.pipeline_parent(), enabled=getattr(args, "tracked", True))
-    status, times, exit_status = "FAILED", {"stage": 0.0}, 0
+    run, status, times, exit_status = None, "FAILED", {"stage": 0.0}, 0
     try:
+        run = tracking.Run(target, args.run_name or (f"{stage} {label}" if label else stage), args.stage,
+                           parent_id=target.pipeline_parent(), enabled=getattr(args, "tracked", True))
         if run.enabled:
             run.log_params({key: value for key, value in vars(args).items()
                             if key not in ("run", "label", "inputs", "system_metrics", *TRACKING_FLAGS)
@@ -444,13 +445,14 @@ def main(argv=None) -> int:
         status = "KILLED"
         print(f"bertpipe {stage}: stopped by {stop}; its unfinished output was removed and nothing is published: "
               "rerun to do it again", file=sys.stderr)
-        exit_status = _exit_status_of_stop(stop.number)
+        exit_status = 128 + stop.number  # under torchrun too: torchrun then ends the other ranks, which would wait
     finally:
         for number in previous:  # the run's record is finished whatever comes now
             signal.signal(number, signal.SIG_IGN)
-        if args.log_file:
-            run.log_artifact(args.log_file, "logs")
-        run.end(status)
+        if run is not None:
+            if args.log_file:
+                run.log_artifact(args.log_file, "logs")
+            run.end(status)
         if args.log_file:  # a workflow job: its cost, last in its log
             _print_job_usage(stage, time.perf_counter() - started, times["stage"])
         for number, handler in previous.items():

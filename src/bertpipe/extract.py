@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_file
+from bertpipe.stopping import end_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,10 @@ def extract_part(dump, out, processes: int) -> dict:
         command = [sys.executable, "-m", "wikiextractor.WikiExtractor", "--json", "--processes", str(processes),
                    "--quiet", "--output", "-", str(dump)]
         # In a session of its own, so that a stop of this stage ends WikiExtractor and its worker processes with it.
-        process = subprocess.Popen(command, stdout=raw, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        log.info("running %s (pid %d)", " ".join(command), process.pid)
+        process = subprocess.Popen(command, stdout=raw, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                   preexec_fn=end_with_parent)
         try:
+            log.info("running %s (pid %d)", " ".join(command), process.pid)
             _, errors = process.communicate()
         except BaseException:
             with contextlib.suppress(ProcessLookupError):

@@ -17,6 +17,7 @@ file (launch is given its path); launch then exits with STOPPED, so the workflow
 resumes from the checkpoint.
 """
 
+import functools
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from datetime import timedelta
 
 from bertpipe import BertpipeError
 from bertpipe.redaction import redact
+from bertpipe.stopping import end_with_parent
 
 STOPPED = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again to resume
 
@@ -113,12 +115,14 @@ def run(nnodes: int, nproc_per_node: int, command: list, cpus_per_node: int, gpu
 
 
 def _forward(process: subprocess.Popen, number: int) -> None:
-    """Signal `number` to the trainers under torchrun `process` (its children, each in a session of its own), or to
-    torchrun itself while it has started none."""
+    """Signal `number` to the trainers under torchrun `process` (its children, each in a session of its own; not what
+    they start, such as compile workers), or to torchrun itself while it has started none. A hang-up (a closed
+    terminal) reaches them as SIGTERM, on which they checkpoint."""
     import psutil
 
+    number = signal.SIGTERM if number == signal.SIGHUP else number
     try:
-        trainers = psutil.Process(process.pid).children(recursive=True)
+        trainers = psutil.Process(process.pid).children()
     except psutil.NoSuchProcess:
         return
     for target in trainers or [psutil.Process(process.pid)]:
@@ -149,7 +153,10 @@ def supervise(argv: list, done, environ=None, own_session: bool = False) -> int:
     # (Handlers, unlike ignored signals, are reset in the child when it starts.)
     previous = {number: signal.signal(number, handle) for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        process = subprocess.Popen(argv, env=environ, start_new_session=own_session)
+        # Out of the session, torchrun would outlive a launch killed outright: it ends with it (torchrun then hands
+        # the trainers SIGTERM).
+        process = subprocess.Popen(argv, env=environ, start_new_session=own_session,
+                                   preexec_fn=functools.partial(end_with_parent, signal.SIGTERM) if own_session else None)
         if received and own_session:  # a signal that came before the command started
             _forward(process, received[0])
         status = process.wait()

@@ -108,6 +108,18 @@ def _samples(args, tokenizer, phase: PhaseSettings, seed: int) -> tuple:
 
 
 def run(args, tracking_run):
+    from bertpipe.train.distributed import StopRequest
+
+    # From the start: a stop during start-up (imports, hashing, the process group's collectives) is taken at the first
+    # step by every rank together; a rank that left on its own would leave the others waiting in a collective.
+    stop = StopRequest()
+    try:
+        return _train(args, tracking_run, stop)
+    finally:
+        stop.release()
+
+
+def _train(args, tracking_run, stop):
     from bertpipe.hashing import content_hash, described_input
     from bertpipe.memory import fix_mmap_threshold
     from bertpipe.model import BertConfig
@@ -148,12 +160,15 @@ def run(args, tracking_run):
             {"valid_data": described_input(valid_samples.files)} if args.valid_data else {}))
 
     sinks = [ConsoleSink(training.log_interval, phase.train_iters), MetricSink(tracking_run, training.log_interval)]
-    if args.metrics:
-        sinks.append(JsonLinesSink(args.metrics))
+    metrics = JsonLinesSink(args.metrics) if args.metrics else None
+    sinks += [metrics] if metrics else []
     checkpoints = CheckpointManager(args.save, args.load, args.init_from, training.save_interval, training.keep_last,
                                     args.stale_checkpoints)
     flags = {name: getattr(args, name) for name, part in FLAG_PARTS.items() if part == IDENTITY}
-    trainer = Trainer(model_config, training, phase, train_samples, valid_samples, checkpoints, sinks, inputs, flags)
+    trainer = Trainer(model_config, training, phase, train_samples, valid_samples, checkpoints, sinks, inputs, flags,
+                      stop)
+    if metrics and trainer.rank == 0:  # the steps of another run (set aside, or past a checkpoint) are not this one's
+        metrics.keep_until(trainer.iteration)
     started = time.monotonic()
     finished = trainer.train() == "done"
     if trainer.rank != 0:

@@ -32,6 +32,16 @@ def stop_on_signals() -> dict:
     return {number: signal.signal(number, _stop) for number in STOP_SIGNALS}
 
 
+def end_with_parent(number: int = signal.SIGKILL) -> None:
+    """For a child process in a session of its own (Popen's preexec_fn): signal `number` to it once the process that
+    started it ends, however that ends (SIGKILL included), so that it is never left behind, out of reach of the
+    signals a terminal or Slurm sends."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, number)
+
+
 def interruptible(function, *args, **kwargs):
     """`function(*args, **kwargs)`, run in a daemon thread while this thread waits for it, so that a stop signal is
     handled at once; the call is left to end with the process."""

@@ -176,6 +176,14 @@ class Run:
             self._call(self._connect, {"op": "attach"})
             return
         tags = {"bertpipe.stage": stage, **{key: redact(value) for key, value in (tags or {}).items()}}
+        if parent_id and parent_id.startswith("offline-"):
+            parent_id = _replayed_runs(self.folder).get(parent_id, parent_id)
+            if parent_id.startswith("offline-"):
+                # Its pipeline run exists only offline: made online, this run would name a parent MLflow never has;
+                # offline, the replay that makes the pipeline run makes this one under it.
+                self.offline = True
+                log.info("%s is tracked offline in %s with its pipeline run, until a replay sends both", name,
+                         self.offline_file)
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         if target.commit:
@@ -458,7 +466,7 @@ class TrackingUnreachable(BertpipeError):
     """MLflow could not be reached during a replay: what was sent before is saved, the rest waits for the next."""
 
 
-def replay(target: Target) -> dict:
+def replay(target: Target, wait: bool = True) -> dict:
     """Send the offline records of `target`'s tracking folder (offline/*.jsonl) to its tracking URI, each once.
 
     Records are sent in the order they were written, file by file (oldest first), to the runs they belong to: a run
@@ -482,7 +490,8 @@ def replay(target: Target) -> dict:
     counts = dict.fromkeys(("files", "records", "runs_created", "skipped", "refused", "waiting"), 0)
     if not folder.is_dir():
         return counts
-    with exclusive(folder / REPLAY_LOCK):  # two at once would both make a run: the second finds it made
+    # Two at once would both make a run: the second waits, then finds it made (or, `wait=False`, BlockingIOError).
+    with exclusive(folder / REPLAY_LOCK, wait=wait):
         progress_file = folder / REPLAYED
         progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {"files": {}, "runs": {}}
         files = []
@@ -493,6 +502,14 @@ def replay(target: Target) -> dict:
         if files:  # else MLflow is not even imported
             _Replay(target, progress_file, progress, counts).send([(path, lines) for _, path, lines in sorted(files)])
     return counts
+
+
+def _replayed_runs(folder: Path) -> dict:
+    """Offline run id -> the run a replay made of it (offline/replayed.json)."""
+    try:
+        return json.loads((folder / "offline" / REPLAYED).read_text())["runs"]
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 class _RunNotMade(Exception):
@@ -568,7 +585,7 @@ class _Replay:
                 except _RunNotMade as waiting:
                     return _Wait(path, lines, index, waiting.offline_id)
                 except Exception as error:  # noqa: BLE001: whatever MLflow answers holds back this file alone
-                    if _unreachable(error):
+                    if _unreachable(error) and not self._answers():
                         raise
                     self._report_refusal(path, lines, index, record, error)
                     return None
@@ -646,6 +663,15 @@ class _Replay:
                 return None
             self.runs[offline_id] = found[0].info.run_id
         return self.runs[offline_id]
+
+    def _answers(self) -> bool:
+        """Whether MLflow answers a cheap request: a record that failed as if unreachable (retries spent on its 5xx, a
+        timeout of its upload) from a server that answers is that record's fault, not the server's."""
+        try:
+            self.client.search_experiments(max_results=1)
+            return True
+        except Exception:  # noqa: BLE001: no answer, whatever the cause
+            return False
 
     def _report_refusal(self, path: Path, lines: list, index: int, record: dict, error: Exception) -> None:
         later = len(lines) - index - 1
@@ -725,7 +751,10 @@ def replay_before_start(target: Target) -> None:
     if not target.uri or not any((Path(target.folder) / "offline").glob("*.jsonl")):
         return
     try:
-        counts = replay(target)
+        counts = replay(target, wait=False)
+    except BlockingIOError:
+        log.warning("another replay of %s/offline is at work; this pipeline run does not wait for it", target.folder)
+        return
     except Exception as error:  # noqa: BLE001: as every tracking call, the work goes on without it
         log.warning("the offline tracking records in %s/offline were not all replayed (%s); what is left is kept for "
                     "the next run or `bertpipe tracking replay`", target.folder, _reason(error))

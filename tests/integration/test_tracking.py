@@ -246,6 +246,35 @@ def test_the_replay_at_a_pipeline_start_never_stops_it_and_what_it_could_not_sen
     assert run.data.metrics == {"bytes": 10.0} and run.info.status == "FINISHED"
 
 
+def test_a_job_under_a_pipeline_run_made_offline_is_tracked_offline_until_a_replay_makes_both(tmp_path, monkeypatch):
+    """The server was down when the pipeline started and is up for a later job: made online, the job's run would
+    name a parent MLflow never has. It goes offline with its pipeline run, and one replay makes both, the job under
+    the pipeline run."""
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    folder = tmp_path / "mlflow"
+    down = tracking.Target(uri=f"http://127.0.0.1:{free_port()}", folder=str(folder))
+    pipeline = tracking.start_pipeline(down, {"a": 1}, ["snakemake"])
+    assert pipeline.run_id.startswith("offline-")
+    up = tracking.Target(uri=f"sqlite:///{folder}/mlflow.db", folder=str(folder))
+    job = tracking.Run(up, "tokenizer", "tokenizer", parent_id=up.pipeline_parent())
+    job.log_metrics({"vocab_size": 4000})
+    job.end()
+    assert job.offline and job.run_id.startswith("offline-")
+    tracking.replay(up)
+    client = MlflowClient(up.uri)
+    runs = {run.info.run_name: run for run in client.search_runs(
+        [client.get_experiment_by_name(up.experiment).experiment_id])}
+    parent = next(run for name, run in runs.items() if name.startswith("pipeline"))
+    assert runs["tokenizer"].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert runs["tokenizer"].data.metrics == {"vocab_size": 4000.0}
+    # Once made, a later job goes under it online.
+    later = tracking.Run(up, "export", "export", parent_id=up.pipeline_parent())
+    assert not later.offline and client.get_run(later.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
 @pytest.mark.parametrize("rank, uri", [("1", "sqlite"), ("0", None)], ids=["rank-1", "no-uri"])
 def test_nothing_is_tracked_off_rank_zero_or_without_a_tracking_uri(store, monkeypatch, rank, uri):
     monkeypatch.setenv("RANK", rank)

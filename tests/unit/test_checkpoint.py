@@ -88,13 +88,15 @@ def test_the_manager_resumes_from_the_newest_of_save_and_load_and_from_save_on_a
 def test_the_manager_names_every_identity_setting_that_changed_and_only_those():
     other = record(identity={"inputs": {"tokenizer": "t2"}, "world": 1, "model": {"num_layers": 4},
                              "training": {"precision": "bf16", "lr": 9e-4}, "phase": {"seq_length": 512},
-                             "flags": {"split": "98,1,1"}, "initialised_from": {"identity": "abc", "step": 20}},
+                             "flags": {"split": "98,1,1"},
+                             "initialised_from": {"identity": "abc", "step": 20, "state": "0a1b2c3d"}},
                    execution={"training": {"compile": False}})
     assert checkpoint.differences(record()["identity"], record()["identity"]) == []
     assert checkpoint.differences(record()["identity"], other["identity"]) == [
         "inputs.tokenizer t1 -> t2", "flags.split 1000,1,1 -> 98,1,1", "world 2 -> 1", "model.num_layers 2 -> 4",
         "training.precision fp16 -> bf16", "training.lr 0.001 -> 0.0009", "phase.seq_length 128 -> 512",
-        "initialised_from.identity None -> abc", "initialised_from.step None -> 20"]
+        "initialised_from.identity None -> abc", "initialised_from.step None -> 20",
+        "initialised_from.state None -> 0a1b2c3d"]
     # A setting one side does not record is a change too (a checkpoint of an earlier bertpipe, a new setting).
     fewer = record()["identity"]
     del fewer["training"]["lr"]
@@ -174,7 +176,8 @@ def test_the_initial_checkpoint_is_the_newest_of_a_folder_with_the_same_model_an
     source, origin = checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_checkpoint(
         record()["identity"])
     assert source.name == "step-00000005"
-    assert origin == {"identity": checkpoint.identity_digest(record()["identity"]), "step": 5}
+    state_crc = checkpoint.read_meta(source)["state_crc32c"]
+    assert origin == {"identity": checkpoint.identity_digest(record()["identity"]), "step": 5, "state": state_crc}
     assert checkpoint.CheckpointManager().initial_checkpoint(record()["identity"]) is None
     with pytest.raises(BertpipeError, match="no checkpoint there"):
         checkpoint.CheckpointManager(init_from=tmp_path / "empty").initial_checkpoint(record()["identity"])
@@ -189,6 +192,35 @@ def test_the_initial_checkpoint_is_the_newest_of_a_folder_with_the_same_model_an
     _, retrained = checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_checkpoint(
         record()["identity"])
     assert retrained["identity"] != origin["identity"]
+    # So are other weights of the same settings (the phase trained again after its checkpoints were deleted).
+    run = record()
+    checkpoint.save(tmp_path / "again", 5, {"step": torch.tensor(5), "other": torch.ones(3)}, keep_last=1, meta=run)
+    _, again = checkpoint.CheckpointManager(init_from=tmp_path / "again").initial_checkpoint(record()["identity"])
+    assert again["identity"] == origin["identity"] and again["step"] == 5 and again["state"] != origin["state"]
+
+
+def test_a_checkpoint_saved_before_checkpoints_recorded_their_run_still_starts_the_next_phase(tmp_path):
+    """An earlier bertpipe's meta.json held the step alone; its state held the model config and the input hashes."""
+    folder = tmp_path / "phase1/step-00000005"
+    folder.mkdir(parents=True)
+    torch.save({"model_config": {"num_layers": 2}, "inputs": {"tokenizer": "t1"}}, folder / "state.pt")
+    (folder / "meta.json").write_text('{"step": 5}\n')
+    source, origin = checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_checkpoint(
+        record()["identity"])
+    assert source == folder and origin["step"] == 5 and origin["identity"]
+    with pytest.raises(BertpipeError, match="trained with another tokenizer"):
+        checkpoint.CheckpointManager(init_from=tmp_path / "phase1").initial_checkpoint(
+            record(identity={"inputs": {"tokenizer": "t2"}})["identity"])
+
+
+def test_a_checkpoint_without_its_meta_json_is_damaged_not_another_runs(tmp_path):
+    """A partial copy or a deletion, not a run of other settings: the older checkpoints are the run's and stay."""
+    save_run(tmp_path, 3)
+    newest = save_run(tmp_path, 6)
+    (newest / "meta.json").unlink()
+    manager = checkpoint.CheckpointManager(tmp_path, stale="set-aside")
+    assert manager.resume(record()) == tmp_path / "step-00000003"
+    assert [p.name.split(".")[1].split("-")[0] for p in tmp_path.glob("step-00000006.*")] == ["damaged"]
 
 
 def test_no_save_folder_writes_nothing():

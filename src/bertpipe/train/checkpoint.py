@@ -95,13 +95,14 @@ def latest(folder):
     return found[-1] if found else None
 
 
-def read_meta(checkpoint) -> dict:
+def read_meta(checkpoint, required: bool = False) -> dict:
     """A checkpoint's `meta.json`, its state's bytes checked against the size and CRC32C recorded there (a checkpoint
-    saved before they were recorded is only read through). Raises CheckpointDamaged or CheckpointUnreadable."""
+    saved before they were recorded is only read through; one made by hand may have no meta.json, unless
+    `required`: every checkpoint a run saves has one). Raises CheckpointDamaged or CheckpointUnreadable."""
     checkpoint = Path(checkpoint)
     try:
         meta_file = checkpoint / "meta.json"
-        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}  # a checkpoint made by hand has none
+        meta = json.loads(meta_file.read_text()) if required or meta_file.exists() else {}
         size, crc = _crc32c(checkpoint / "state.pt")
     except FileNotFoundError as error:
         raise CheckpointDamaged(f"{error.filename} is missing") from None
@@ -118,7 +119,7 @@ def read_meta(checkpoint) -> dict:
 def load(checkpoint) -> dict:
     """A checkpoint's state, checked against its meta.json first. Raises CheckpointDamaged (the bytes are not what was
     saved, or do not parse) or CheckpointUnreadable (the file system failed)."""
-    read_meta(checkpoint)
+    verified = "state_crc32c" in read_meta(checkpoint)
     try:
         return torch.load(Path(checkpoint) / "state.pt", map_location="cpu", weights_only=True)
     except OSError as error:
@@ -126,6 +127,8 @@ def load(checkpoint) -> dict:
     except Exception as error:  # torch reports a short or damaged file in several ways
         if isinstance(error.__cause__ or error.__context__, OSError):
             raise _unreadable(Path(checkpoint), error.__cause__ or error.__context__) from None
+        if verified:  # its bytes are those saved: reading them again failed, not the file
+            raise _unreadable(Path(checkpoint), OSError(str(error).strip().splitlines()[0])) from None
         raise CheckpointDamaged(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__) \
             from None
 
@@ -154,7 +157,7 @@ def _flat(values: dict, prefix: str = "") -> dict:
 
 
 # What a run's identity records of the checkpoint it started from when it started from initial weights.
-FROM_SCRATCH = {"identity": None, "step": None}
+FROM_SCRATCH = {"identity": None, "step": None, "state": None}
 
 
 def identity_digest(identity: dict) -> str:
@@ -193,7 +196,7 @@ class CheckpointManager:
                       for path in checkpoints(folder)]
         for path, _ in sorted(candidates, key=lambda c: (c[0].name, c[1]), reverse=True):
             try:
-                meta = read_meta(path)
+                meta = read_meta(path, required=True)
             except CheckpointDamaged as error:
                 aside = set_aside(path, "damaged")
                 self.set_aside.append(str(aside))
@@ -231,7 +234,14 @@ class CheckpointManager:
         except CheckpointDamaged as error:
             raise BertpipeError(f"--init-from {source}: the checkpoint is damaged ({error}); train the phase it comes "
                                 "from again") from None
-        theirs = meta.get("identity") or {}
+        theirs = meta.get("identity")
+        if theirs is None:  # saved before checkpoints recorded their run: its state has the model and tokenizer
+            try:
+                state = load(source)
+            except CheckpointDamaged as error:
+                raise BertpipeError(f"--init-from {source}: the checkpoint is damaged ({error}); train the phase it "
+                                    "comes from again") from None
+            theirs = {"model": state.get("model_config"), "inputs": state.get("inputs", {})}
         if theirs.get("model") != identity["model"]:
             raise BertpipeError(f"--init-from {source}: its model config {theirs.get('model')} differs from this "
                                 f"run's {identity['model']}")
@@ -239,7 +249,9 @@ class CheckpointManager:
         if ours and tokenizer != ours:
             raise BertpipeError(f"--init-from {source} was trained with another tokenizer (content hash {tokenizer}, "
                                 f"this run's {ours}): its token ids mean other tokens here; train that phase again")
-        return source, {"identity": identity_digest(theirs), "step": meta["step"]}
+        # Its CRC too: the same settings trained again (a deleted phase, a GPU's rounding) give other weights, which
+        # make this run another, unless they are the same bytes.
+        return source, {"identity": identity_digest(theirs), "step": meta.get("step"), "state": meta.get("state_crc32c")}
 
     def save(self, step: int, state: dict, run: dict):
         """Write the checkpoint of `step` with the record of its run (None without a --save folder)."""

@@ -49,11 +49,12 @@ class Trainer:
     On rank 0 every record of metrics goes to each of `sinks` (train/metrics.py)."""
 
     def __init__(self, model_config: BertConfig, training: TrainingSettings, phase: PhaseSettings, train_samples,
-                 valid_samples=None, checkpoints: CheckpointManager = None, sinks=(), inputs=None, flags=None):
+                 valid_samples=None, checkpoints: CheckpointManager = None, sinks=(), inputs=None, flags=None,
+                 stop: StopRequest = None):
         """`inputs`: content hashes of what this run learns from ({"tokenizer": ..., "train_data": ...}); `flags`:
         the command's other values that are part of the run's identity (how samples are made of the data). Both go
         into its checkpoints' record of the run, so that a resume or an --init-from of another run is caught
-        (rank 0's are checked)."""
+        (rank 0's are checked). `stop`: the stop request to heed (one of its own by default)."""
         self.training, self.phase, self.inputs, self.flags = training, phase, inputs or {}, flags or {}
         self.initialised_from = checkpoint.FROM_SCRATCH  # the --init-from checkpoint's record, part of the identity
         self.checkpoints = checkpoints or CheckpointManager()
@@ -81,7 +82,7 @@ class Trainer:
         self.train_samples, self.valid_samples = train_samples, valid_samples
         self.iteration = 0  # global batches consumed (the data position)
         self.optimizer_steps = 0  # steps taken: the LR schedule's clock, which skipped steps do not advance
-        self.stop = StopRequest()
+        self.stop = stop or StopRequest()
         self.stopped_by = None  # the signal that stopped the run early
         self.telemetry = StepTelemetry(model_config, COMPUTE_DTYPES[training.precision], self.device, self.world)
         self._resume_or_init()

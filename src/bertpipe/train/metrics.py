@@ -35,5 +35,21 @@ class JsonLinesSink:
         with open(self.path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
 
+    def keep_until(self, step: int):
+        """Drop the records of steps after `step`, where a run starts (0 afresh, else the checkpoint it resumed):
+        they are another run's (one set aside) or will be repeated, and a loss curve must show this run alone."""
+        if not self.path.exists():
+            return
+        kept = []
+        with open(self.path, "rb") as f:
+            for line in f:
+                try:
+                    if json.loads(line)["step"] <= step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn line: the curve skips it too
+        with atomic_file(self.path) as temp:
+            temp.write_bytes(b"".join(kept))
+
     def close(self):
         pass
