@@ -39,3 +39,18 @@ def test_a_torn_or_nul_line_in_the_metrics_is_skipped_with_a_warning_and_the_cur
     assert f"{path}, line 2: not a metrics record" in caplog.text and f"{path}, line 3" in caplog.text
     loss_curve(path, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_run_keeps_only_its_own_steps_of_the_metrics_file(tmp_path):
+    """Where a run starts (0 afresh after another run's checkpoints were set aside, else the step it resumed), the
+    records after it are another run's or about to be repeated: a loss curve must show this run alone."""
+    path = tmp_path / "metrics.jsonl"
+    sink = JsonLinesSink(path)
+    for step in range(1, 6):
+        sink({"step": step, "loss": 10.0 - step})
+    with open(path, "a") as f:
+        f.write('{"step": 6, "lo')  # torn by a kill
+    sink.keep_until(3)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    sink.keep_until(0)
+    assert path.read_text() == ""

@@ -4,6 +4,8 @@ and decide what to do with it. The trainer reports to them on rank 0; the MLflow
 import json
 from pathlib import Path
 
+from bertpipe.atomic import atomic_file
+
 
 class ConsoleSink:
     """A log line every `interval` steps and at `last_step`, and one per validation."""
