@@ -24,13 +24,14 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from train_bench import huggingface_model  # noqa: E402  (this script's folder is on sys.path)
+
 from bertpipe.model import BertConfig, BertForPreTraining  # noqa: E402
-from bertpipe.tokenizer import Tokenizer  # noqa: E402
-from bertpipe.records import TFRecordSamples  # noqa: E402
-from bertpipe.train.data import global_batch_indices  # noqa: E402
+from bertpipe.tfrecord_reader import TFRecordSamples  # noqa: E402
+from bertpipe.tokenizer_folder import Tokenizer  # noqa: E402
+from bertpipe.train.batches import global_batch_indices  # noqa: E402
 from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals, forward_sums  # noqa: E402
 from bertpipe.train.optim import adamw, learning_rate  # noqa: E402
-from train_bench import huggingface_model  # noqa: E402  (this script's folder is on sys.path)
 
 SEED = 1234
 
@@ -128,7 +129,8 @@ def main():
         torch.manual_seed(SEED)  # the trainer's initial weights
         model = model_class(model_config)
         for step, loss, nsp_accuracy in train(model, train_samples, valid_batches, recipe, steps):
-            print(f"{name:12s} step {step:6d}: valid masked-LM loss {loss:.3f} ({entropy - loss:.3f} under the entropy, "
+            print(f"{name:12s} step {step:6d}: valid masked-LM loss {loss:.3f} "
+                  f"({entropy - loss:.3f} under the entropy, "
                   f"perplexity x{math.exp(loss - entropy):.2f} of the unigram model's), "
                   f"next-sentence accuracy {nsp_accuracy:.3f}")
         print(f"{name:12s} {time.perf_counter() - started:.0f} s")

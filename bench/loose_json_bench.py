@@ -1,5 +1,5 @@
-"""The loose-json index (train/loose_json.build_lazy) at growing sizes: MB/s, and the peak RSS of the process that
-builds it, which must not grow with the file.
+"""The loose-json index (train/loose_json_samples.build_lazy) at growing sizes: MB/s, and the peak RSS of the process
+that builds it, which must not grow with the file.
 
 The input is generated from the bundled sample: the wikitext of its pages, cut into documents of English
 Wikipedia's mean length (about 3 kB: 20 GB of text in 6.9 million articles) and repeated under new ids until the file
@@ -40,7 +40,7 @@ def write_corpus(path: Path, megabytes: float, document_chars: int) -> int:
 
 
 def index(path: str, results) -> None:
-    from bertpipe.train.loose_json import build_lazy
+    from bertpipe.train.loose_json_samples import build_lazy
 
     started = time.perf_counter()
     build_lazy(path, "text")

@@ -10,7 +10,7 @@ has been read (an epoch of random batches touches them all). Measured against th
 
     .venv/bin/python bench/records_bench.py [--records 100000000] [--files 100] [--folder /tmp/records-bench]
 
-With `--order`, no records are made: it times the training order alone (train.data.global_batch_indices) at 10^9
+With `--order`, no records are made: it times the training order alone (train.batches.global_batch_indices) at 10^9
 samples, one rank's indices of a global batch of 256 x 8 ranks at step 0 and at a step in a later epoch, with the
 seconds and the memory it adds (the process's resident growth, and the peak of numpy's allocations as tracemalloc
 sees them; goal: under 1 s and 50 MB), and the whole-epoch permutation it replaces, timed at 10^7, as the reference.
@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from bertpipe.records import (_HEADER, FEATURES, TFRecordSamples, example_class, index_path,  # noqa: E402
-                              masked_crc)
-from bertpipe.train.data import global_batch_indices  # noqa: E402
+from bertpipe.tfrecord_reader import _HEADER, FEATURES, TFRecordSamples, example_class, index_path, masked_crc  # noqa: E402
+from bertpipe.train.batches import global_batch_indices  # noqa: E402
 
 
 def rss_bytes() -> int:

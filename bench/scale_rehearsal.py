@@ -46,9 +46,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
+from loose_json_bench import index  # noqa: E402
+
 from bertpipe.cli import JOB_USAGE_LINE  # noqa: E402
 from tests.conftest import SAMPLE, DumpServer, copy_workflow, snakemake, split_pages  # noqa: E402
-from loose_json_bench import index  # noqa: E402
 from tests.slurm_cluster import SlurmCluster, install_slurm  # noqa: E402
 
 WIKI, DATE = "enwiki", "20260101"
@@ -226,8 +227,8 @@ def print_table(size: dict, rows: list, runs: int, wall: float) -> None:
 
 
 def loose_json_index(folder: Path) -> dict:
-    """Megatron's loose-json index (train/loose_json.build_lazy) of the run's extracted parts, which are loose json,
-    each built in a fresh process: {mb, seconds, mb_per_s, peak_rss_mb} (RSS: the largest process)."""
+    """Megatron's loose-json index (train/loose_json_samples.build_lazy) of the run's extracted parts, which are loose
+    json, each built in a fresh process: {mb, seconds, mb_per_s, peak_rss_mb} (RSS: the largest process)."""
     context = multiprocessing.get_context("spawn")
     mb = seconds = peak = 0.0
     for path in sorted((folder / "results/extract").glob("*.jsonl")):

@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from bertpipe.settings import CorpusSettings, TokenizerSettings  # noqa: E402
-from bertpipe.corpus import build_part  # noqa: E402
-from bertpipe.extract import extract_part  # noqa: E402
-from bertpipe.records import index_records  # noqa: E402
-from bertpipe.tokenizer import train  # noqa: E402
+from bertpipe.stages.corpus import build_part  # noqa: E402
+from bertpipe.stages.extract import extract_part  # noqa: E402
+from bertpipe.stages.tokenizer import train  # noqa: E402
+from bertpipe.tfrecord_reader import index_records  # noqa: E402
 
 SAMPLE = REPO / "data/mirror/enwiki/latest/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 SETTINGS = {"seq_length": 128, "max_predictions": 20, "dupe_factor": 5}

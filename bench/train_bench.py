@@ -28,9 +28,9 @@ import transformers
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from bertpipe.settings import CorpusSettings, TokenizerSettings  # noqa: E402
 from bertpipe.model import BertConfig, BertForPreTraining, flops_per_sequence, pretraining_loss_sums  # noqa: E402
-from bertpipe.pretrained import huggingface_config  # noqa: E402
+from bertpipe.model_loading import huggingface_config  # noqa: E402
+from bertpipe.settings import CorpusSettings, TokenizerSettings  # noqa: E402
 from bertpipe.train.precision import COMPUTE_DTYPES, autocast, gradients_overflow  # noqa: E402
 from bertpipe.train.telemetry import measured_peak_flops  # noqa: E402
 
@@ -121,7 +121,7 @@ def print_operator_times(model, batch, precision, device, steps=3, top=8):
 def stream_rate(samples, batch_size, workers, seconds) -> float:
     """Samples/s that `rank_batch_stream` delivers to a trainer that takes no time, after its first batch (the
     reader processes' start)."""
-    from bertpipe.train.data import RankBatches, rank_batch_stream
+    from bertpipe.train.batches import RankBatches, rank_batch_stream
 
     stream = rank_batch_stream(RankBatches(samples, batch_size, 1, 0, 1, seed=0), range(10**9), workers)
     next(stream)
@@ -135,10 +135,10 @@ def sample_records(folder: Path, vocab_size: int, spec, shard_max_mb: float = 64
     """The bundled sample made into TFRecords under `folder` as the workflow makes them (extract, one split, corpus
     shards of `shard_max_mb`, a `vocab_size` WordPiece tokenizer in `folder/tokenizer`, instances of `spec`): the
     TFRecord files, one per corpus shard."""
-    from bertpipe.corpus import build_part
-    from bertpipe.extract import extract_part
-    from bertpipe.tfrecords import build_shard
-    from bertpipe.tokenizer import train
+    from bertpipe.stages.corpus import build_part
+    from bertpipe.stages.extract import extract_part
+    from bertpipe.stages.tfrecords import build_shard
+    from bertpipe.stages.tokenizer import train
 
     extract_part(SAMPLE, folder / "articles.jsonl", processes=2)
     build_part(folder / "articles.jsonl", folder / "corpus", CorpusSettings(split="1", shard_max_mb=shard_max_mb))
@@ -153,17 +153,18 @@ def sample_records(folder: Path, vocab_size: int, spec, shard_max_mb: float = 64
 def loader_rates(batch_size, workers=2, seconds=5.0) -> dict:
     """Samples/s of both loaders on the bundled sample at seq 128, in the trainer's process and with `workers`
     reader processes: TFRecords (built here) and loose json (Megatron's path: pairs and masks made per sample)."""
-    from bertpipe.instances import InstanceSpec
-    from bertpipe.tokenizer import Tokenizer
-    from bertpipe.records import TFRecordSamples
-    from bertpipe.train.loose_json import LooseJsonSamples
+    from bertpipe.settings import InstanceSpec
+    from bertpipe.tfrecord_reader import TFRecordSamples
+    from bertpipe.tokenizer_folder import Tokenizer
+    from bertpipe.train.loose_json_samples import LooseJsonSamples
 
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
         records = sample_records(temp, 8000, InstanceSpec(dupe_factor=2))
         loaders = {"TFRecords": TFRecordSamples(records),
-                   "loose json": LooseJsonSamples([temp / "corpus/train/shard-0000.jsonl"], Tokenizer(temp / "tokenizer"),
-                                                  InstanceSpec(), "1", "train", "text", seed=0)}
+                   "loose json": LooseJsonSamples([temp / "corpus/train/shard-0000.jsonl"],
+                                                  Tokenizer(temp / "tokenizer"), InstanceSpec(), "1", "train", "text",
+                                                  seed=0)}
         return {f"{name}, {count} reader processes": stream_rate(samples, batch_size, count, seconds)
                 for name, samples in loaders.items() for count in (0, workers)}
 
@@ -216,7 +217,8 @@ def main():
         utilisation = f"{flops / ours_s / matmul:.0%} of matmul ({matmul / 1e12:.1f} T)"
         if args.gpu:
             peak = args.peak_tflops * 1e12
-            utilisation += f", MFU {flops / ours_s / peak:.0%} of peak {peak / 1e12:.0f} T (HF {flops / hf_s / peak:.0%})"
+            utilisation += (f", MFU {flops / ours_s / peak:.0%} of peak {peak / 1e12:.0f} T "
+                            f"(HF {flops / hf_s / peak:.0%})")
         else:
             utilisation += f" (HF {flops / hf_s / matmul:.0%})"
         print(f"{precision}: ours {batch_size / ours_s:8.1f} samples/s, HF {batch_size / hf_s:8.1f} samples/s, "

@@ -25,15 +25,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bertpipe.instances import InstanceSpec  # noqa: E402
+from train_bench import ours_step, sample_records  # noqa: E402
+
 from bertpipe.model import BertConfig, BertForPreTraining  # noqa: E402
-from bertpipe.records import TFRecordSamples  # noqa: E402
-from bertpipe.settings import PhaseSettings, TrainingSettings  # noqa: E402
-from bertpipe.train.data import RankBatches  # noqa: E402
+from bertpipe.settings import (  # noqa: E402
+    InstanceSpec,  # noqa: E402
+    PhaseSettings,
+    TrainingSettings,
+)
+from bertpipe.tfrecord_reader import TFRecordSamples  # noqa: E402
+from bertpipe.train.batches import RankBatches  # noqa: E402
 from bertpipe.train.loop import Trainer  # noqa: E402
 from bertpipe.train.metrics import ConsoleSink, JsonLinesSink  # noqa: E402
 from bertpipe.train.optim import adamw  # noqa: E402
-from train_bench import ours_step, sample_records  # noqa: E402
 
 PARTS = ("bertpipe.data", "bertpipe.forward_backward", "bertpipe.optimizer")
 WARMUP = 3  # steps before timing: reader processes starting, first allocations

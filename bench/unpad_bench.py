@@ -20,11 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bertpipe.instances import InstanceSpec  # noqa: E402
-from bertpipe.model import BertConfig, BertForPreTraining  # noqa: E402
-from bertpipe.records import TFRecordSamples  # noqa: E402
-from bertpipe.train.optim import adamw  # noqa: E402
 from train_bench import ours_step, sample_records  # noqa: E402
+
+from bertpipe.model import BertConfig, BertForPreTraining  # noqa: E402
+from bertpipe.settings import InstanceSpec  # noqa: E402
+from bertpipe.tfrecord_reader import TFRecordSamples  # noqa: E402
+from bertpipe.train.optim import adamw  # noqa: E402
 
 VOCAB = 4000  # the demo's
 

@@ -242,9 +242,9 @@ SMALL_PIPELINE = {
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory):
     """The bundled sample through extract and corpus (split 8,1,1): the folder of its one part."""
-    from bertpipe.corpus import build_part
     from bertpipe.settings import CorpusSettings
-    from bertpipe.extract import extract_part
+    from bertpipe.stages.corpus import build_part
+    from bertpipe.stages.extract import extract_part
 
     folder = tmp_path_factory.mktemp("corpus")
     extract_part(SAMPLE, folder / "articles.jsonl", processes=2)

@@ -2,7 +2,6 @@
 packages (installed here when missing) and stopped by PID. See ../shared/docs/slurm-on-one-machine.md for why each
 setting is what it is."""
 
-import os
 import shutil
 import signal
 import socket
@@ -101,7 +100,8 @@ class SlurmCluster:
 
     def __init__(self, folder: Path, nodes: int = 1, cpus: int = 2, memory_mb: int = 20000):
         self.folder = folder
-        self.nodes = [socket.gethostname().split(".")[0]] if nodes == 1 else [f"n{index}" for index in range(1, nodes + 1)]
+        self.nodes = ([socket.gethostname().split(".")[0]] if nodes == 1
+                      else [f"n{index}" for index in range(1, nodes + 1)])
         self.cpus, self.memory_mb = cpus, memory_mb
         self.processes = []  # (name, Popen), in start order
         self.saved_conf = None

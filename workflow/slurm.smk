@@ -25,7 +25,7 @@ def slurm_pretrain_job():
     (`mpi`, `nodes`, `tasks`), whose shell runs in the batch step on the first node, where `bertpipe launch` starts
     one srun task per node, each running torchrun.
     SIGURG before the time limit goes to every job step (not to the batch shell); the trainer checkpoints on it and
-    everything else ignores it (see src/bertpipe/launch.py)."""
+    everything else ignores it (see src/bertpipe/stages/launch.py)."""
     job = SLURM["pretrain"]
     nodes = PRETRAIN["nodes"]
     resources = slurm_placement(job["partition"] or SLURM["partition"]) | {

@@ -17,7 +17,6 @@ import socket
 import time
 from pathlib import Path
 
-
 ABANDONED_SECONDS = 3600  # a temporary output from another host untouched this long has lost its writer
 
 

@@ -20,7 +20,7 @@ import typing
 from bertpipe import BertpipeError
 from bertpipe.redaction import credentials_in
 from bertpipe.splits import SPLITS, splits_with_documents
-from bertpipe.tokenizer import SPECIAL_TOKENS
+from bertpipe.tokenizer_folder import SPECIAL_TOKENS
 
 # What any English Wikipedia tokenizer has to hold besides the special tokens: ASCII letters, digits and punctuation.
 ASCII_ALPHABET = {True: 26 + 10 + 32, False: 52 + 10 + 32}  # by `lowercase`

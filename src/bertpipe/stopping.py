@@ -50,7 +50,7 @@ def interruptible(function, *args, **kwargs):
     def call():
         try:
             outcome["value"] = function(*args, **kwargs)
-        except BaseException as error:  # noqa: BLE001: raised again in the waiting thread
+        except BaseException as error:  # raised again in the waiting thread
             outcome["error"] = error
 
     worker = threading.Thread(target=call, name=getattr(function, "__name__", "call"), daemon=True)

@@ -3,8 +3,8 @@
 Where runs go is a `Target`, which every job gets as explicit flags of `bertpipe` (`Target.flags`, which the
 Snakefile's `bertpipe` shell function puts before each rule's stage, so Slurm jobs get it too): the tracking
 URI, the experiment, the workflow's commit, and the tracking folder under the results, which holds
-`pipeline-run.json` (the parent run, written when the pipeline starts) and `offline/` (what could not be logged). A `bertpipe` command without
-`--tracking-uri` (run by hand) is not tracked.
+`pipeline-run.json` (the parent run, written when the pipeline starts) and `offline/` (what could not be logged). A
+`bertpipe` command without `--tracking-uri` (run by hand) is not tracked.
 
 Tracking never stops the work: the first call that fails (server down, database locked, ...) logs one warning, and
 from then on this process appends what it would have logged to `offline/<run>.jsonl` (JSON lines, one per call),
@@ -214,7 +214,7 @@ class Run:
         if not self.offline:
             try:
                 return function(*args)
-            except Exception as error:  # noqa: BLE001: whatever MLflow raises, tracking must not stop the stage
+            except Exception as error:  # whatever MLflow raises, tracking must not stop the stage
                 self.offline = True
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 self.failure = f"{type(error).__name__}: {redact(first_line)}"
@@ -245,7 +245,7 @@ class Run:
 
                 monitor = SystemMetricsMonitor(self.run_id, tracking_uri=self.uri)
                 monitor.start()
-            except Exception as error:  # noqa: BLE001: as _call, the work goes on without it
+            except Exception as error:  # as _call, the work goes on without it
                 log.warning("system metrics of %s are not recorded: %s", self.name, redact(str(error)))
                 monitor = None
         try:
@@ -584,7 +584,7 @@ class _Replay:
                     self.counts[self._send(record, path, lines, index)] += 1
                 except _RunNotMade as waiting:
                     return _Wait(path, lines, index, waiting.offline_id)
-                except Exception as error:  # noqa: BLE001: whatever MLflow answers holds back this file alone
+                except Exception as error:  # whatever MLflow answers holds back this file alone
                     if _unreachable(error) and not self._answers():
                         raise
                     self._report_refusal(path, lines, index, record, error)
@@ -670,7 +670,7 @@ class _Replay:
         try:
             self.client.search_experiments(max_results=1)
             return True
-        except Exception:  # noqa: BLE001: no answer, whatever the cause
+        except Exception:  # no answer, whatever the cause
             return False
 
     def _report_refusal(self, path: Path, lines: list, index: int, record: dict, error: Exception) -> None:
@@ -755,7 +755,7 @@ def replay_before_start(target: Target) -> None:
     except BlockingIOError:
         log.warning("another replay of %s/offline is at work; this pipeline run does not wait for it", target.folder)
         return
-    except Exception as error:  # noqa: BLE001: as every tracking call, the work goes on without it
+    except Exception as error:  # as every tracking call, the work goes on without it
         log.warning("the offline tracking records in %s/offline were not all replayed (%s); what is left is kept for "
                     "the next run or `bertpipe tracking replay`", target.folder, _reason(error))
         return

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bertpipe import BertpipeError
-from bertpipe.download import _origin, download_part, part_name, write_manifest
 from bertpipe.settings import DownloadSettings
+from bertpipe.stages.download import _origin, download_part, part_name, write_manifest
 from tests.conftest import VENV_BIN, DumpServer, bertpipe_in_process, make_dump_tree, run_bertpipe
 
 

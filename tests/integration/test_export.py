@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
-from bertpipe.export import export
 from bertpipe.model import BertConfig, BertForPreTraining
-from bertpipe.tokenizer import Tokenizer, train
-from bertpipe.train import checkpoint
 from bertpipe.settings import TokenizerSettings
+from bertpipe.stages.export import export
+from bertpipe.stages.tokenizer import train
+from bertpipe.tokenizer_folder import Tokenizer
+from bertpipe.train import checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +70,7 @@ def card_metadata(card: str) -> dict:
 
 
 def test_a_model_card_says_what_the_pipeline_recorded_in_huggingfaces_layout(exported):
-    from bertpipe.export import model_card
+    from bertpipe.stages.export import model_card
 
     folder, _, config = exported
     alone = (folder / "hf/README.md").read_text()  # exported by hand: no facts, and it says so

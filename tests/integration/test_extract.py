@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bertpipe import BertpipeError
-from bertpipe.extract import extract_part
+from bertpipe.stages.extract import extract_part
 from tests.conftest import SAMPLE, SAMPLE_ARTICLES, run_bertpipe, split_pages, write_part
 
 
@@ -97,7 +97,7 @@ def test_surrogate_entities_are_repaired_counted_and_the_part_extracts_whole(tmp
 def test_a_record_that_does_not_parse_is_skipped_counted_and_named(caplog):
     """WikiExtractor's output read line by line: a torn record, one without text and one that is not an object are
     skipped and named (page id and title where they can be read); the articles around them are kept."""
-    from bertpipe.extract import write_articles
+    from bertpipe.stages.extract import write_articles
 
     good = json.dumps({"id": "12", "url": "u", "title": "Anarchism", "text": "Anarchism is."}).encode()
     records = [good + b"\n", b'{"id": "25", "url": "u", "title": "Autism", "text": "Autism is a\n',
@@ -111,7 +111,7 @@ def test_a_record_that_does_not_parse_is_skipped_counted_and_named(caplog):
 
 
 def test_surrogates_left_by_any_path_are_joined_or_replaced():
-    from bertpipe.extract import repair_surrogates
+    from bertpipe.stages.extract import repair_surrogates
 
     counts = {"surrogate_pairs_joined": 0, "lone_surrogates_replaced": 0}
     assert repair_surrogates("a\ud83d\ude00b\udc00c\ud800", counts) == "a\U0001F600b\ufffdc\ufffd"

@@ -11,11 +11,11 @@ import subprocess
 
 import pytest
 
-from bertpipe.instances import InstanceSpec
-from bertpipe.tfrecords import build_shard
-from bertpipe.tokenizer import Tokenizer, train
+from bertpipe.settings import InstanceSpec, TokenizerSettings
+from bertpipe.stages.tfrecords import build_shard
+from bertpipe.stages.tokenizer import train
+from bertpipe.tokenizer_folder import Tokenizer
 from bertpipe.train import checkpoint
-from bertpipe.settings import TokenizerSettings
 from tests.conftest import NO_TENSORFLOW, VENV_BIN, bertpipe_in_process
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,8 @@ def in_process(args, capsys):
 
 def environment():
     # One thread: the same kernels and summation order in every run, for bitwise comparisons. TensorFlow cannot be
-    # imported: training reads its TFRecords without it (records.py), in the trainer and in its reader processes.
+    # imported: training reads its TFRecords without it (tfrecord_reader.py), in the trainer and in its reader
+    # processes.
     path = os.pathsep.join(filter(None, (str(NO_TENSORFLOW), os.environ.get("PYTHONPATH"))))
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
@@ -113,7 +114,7 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run_bitwise(tmp_path, re
 
 def test_each_step_reports_real_tokens_per_second_mfu_data_wait_and_padding(records, uninterrupted):
     folder, by_step = uninterrupted
-    from bertpipe.records import TFRecordSamples
+    from bertpipe.tfrecord_reader import TFRecordSamples
 
     train = TFRecordSamples([records[1]])
     padding = 1 - float(train.read(range(len(train)))["input_mask"].float().mean())  # over the whole split
@@ -164,7 +165,7 @@ def test_compiled_training_resumes_bitwise_with_the_loss_scaler_and_its_checkpoi
         for key in ("loss", "mlm_loss", "nsp_loss", "lr", "grad_norm", "loss_scale"):
             assert got[step][key] == expected[step][key], (step, key)
     # The checkpoint holds the plain model's weights: evaluate and export load them into an eager model as they are.
-    from bertpipe.pretrained import load_model
+    from bertpipe.model_loading import load_model
 
     _, _, state = load_model(tmp_path / "resumed/ckpt")
     assert state["iteration"] == 6 and not any(name.startswith("_orig_mod") for name in state["model"])
@@ -309,7 +310,7 @@ def test_a_change_of_any_identity_setting_is_another_run_and_of_an_execution_set
 
     base = command(records, tmp_path, "--train-iters", 2, "--save-interval", 2, "--batch-size", 4, "--num-workers", 0)
     assert in_process(base, capsys)[0] == 0
-    parsed = cli.parser().parse_args(base[1:])
+    parsed = cli.parser(base[1:]).parse_args(base[1:])
     walked = {IDENTITY: [], EXECUTION: []}
     for part, cls in (("model", ModelSettings), ("phase", PhaseSettings), ("training", TrainingSettings)):
         for field in dataclasses.fields(cls):

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from bertpipe.launch import STOPPED
+from bertpipe.stages.launch import STOPPED
 from tests.conftest import SMALL_PIPELINE, copy_workflow, snakemake
 from tests.integration.test_workflow import rules_run
 from tests.slurm_cluster import SlurmCluster, install_slurm
@@ -146,7 +146,8 @@ def test_pretrain_on_two_nodes_matches_one_node_with_the_same_global_batch(start
             assert two_nodes[step][key] == pytest.approx(one_node[step][key], rel=1e-5, abs=1e-6), (step, key)
 
 
-def test_the_time_limit_warning_stops_the_trainer_at_a_checkpoint_and_the_phase_runs_again(start_cluster, slurm_run, tmp_path):
+def test_the_time_limit_warning_stops_the_trainer_at_a_checkpoint_and_the_phase_runs_again(start_cluster, slurm_run,
+                                                                                          tmp_path):
     one_node_run, _, _ = slurm_run
     cluster = start_cluster(1)
     folder = copy_upstream(one_node_run, tmp_path / "wf")

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from bertpipe.settings import TokenizerSettings
-from bertpipe.tokenizer import train
+from bertpipe.stages.tokenizer import train
 from tests.conftest import SAMPLE, VENV_BIN
 
 pytestmark = pytest.mark.slow

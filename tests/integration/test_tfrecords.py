@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 
 from bertpipe import BertpipeError
-from bertpipe.instances import InstanceSpec
-from bertpipe.records import FEATURES, TFRecordSamples, index_path
-from bertpipe.tfrecords import build_shard, feature_spec
-from bertpipe.tokenizer import train
-from bertpipe.settings import TokenizerSettings
+from bertpipe.settings import InstanceSpec, TokenizerSettings
+from bertpipe.stages.tfrecords import build_shard, feature_spec
+from bertpipe.stages.tokenizer import train
+from bertpipe.tfrecord_reader import FEATURES, TFRecordSamples, index_path
 from tests.conftest import bertpipe_in_process, run_bertpipe
 
 pytestmark = pytest.mark.slow
@@ -36,7 +35,7 @@ def parse(path, spec):
                                   InstanceSpec(seq_length=512, max_predictions=80, dupe_factor=2)],
                          ids=["seq128", "seq512"])
 def test_records_parse_with_googles_spec_and_hold_bert_semantics(tmp_path, sample_corpus, tokenizer_dir, spec):
-    from bertpipe.tokenizer import Tokenizer
+    from bertpipe.tokenizer_folder import Tokenizer
 
     tokenizer = Tokenizer(tokenizer_dir)
     out = tmp_path / "shard-0000.tfrecord"
@@ -190,8 +189,8 @@ def test_serialized_examples_are_protobufs_deterministic_bytes():
     import numpy as np
     import tensorflow as tf
 
-    from bertpipe.records import INT_FEATURES
-    from bertpipe.tfrecords import serialize_examples
+    from bertpipe.stages.tfrecords import serialize_examples
+    from bertpipe.tfrecord_reader import INT_FEATURES
 
     rng = np.random.default_rng(0)
     for rows, seq, predictions, vocab in [(7, 128, 20, 30522), (5, 512, 80, 3_000_000), (3, 16, 2, 100), (1, 8, 1, 5)]:

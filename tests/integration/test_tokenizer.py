@@ -5,8 +5,9 @@ import json
 import pytest
 
 from bertpipe import BertpipeError
-from bertpipe.tokenizer import META, SPECIAL_TOKENS, Tokenizer, sample_sentences, train, train_shards
 from bertpipe.settings import TokenizerSettings
+from bertpipe.stages.tokenizer import sample_sentences, train, train_shards
+from bertpipe.tokenizer_folder import META, SPECIAL_TOKENS, Tokenizer
 from tests.conftest import bertpipe_in_process
 
 

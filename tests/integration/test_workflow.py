@@ -23,7 +23,7 @@ def rules_run(output: str) -> Counter:
 
 def unigram_entropy(folder) -> float:
     """Entropy (nats) of the masked tokens' frequencies over the TFRecords under `folder`."""
-    from bertpipe.records import TFRecordSamples
+    from bertpipe.tfrecord_reader import TFRecordSamples
 
     samples = TFRecordSamples([str(folder / "*" / "*.tfrecord")])
     batch = samples.read(range(len(samples)))

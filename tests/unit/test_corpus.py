@@ -7,9 +7,9 @@ import random
 import pytest
 
 from bertpipe import BertpipeError
-from bertpipe.corpus import build_part, sentences_of, summarize
-from bertpipe.splits import SPLITS, parse_split, split_of
 from bertpipe.settings import CorpusSettings
+from bertpipe.splits import SPLITS, parse_split, split_of
+from bertpipe.stages.corpus import build_part, sentences_of, summarize
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 
@@ -90,7 +90,8 @@ def test_split_is_stable_across_input_order_and_parts(tmp_path):
 
 
 def test_sentences_drop_headings_and_normalise_whitespace():
-    text = "Early life.\nShe was born in  Paris\u00a0in 1900. Her teacher was Dr. Smith, who lived in the U.S. for years.\n\n"
+    text = ("Early life.\nShe was born in  Paris\u00a0in 1900. Her teacher was Dr. Smith, who lived in the U.S. "
+            "for years.\n\n")
     assert sentences_of(text, min_paragraph_words=5) == [
         "She was born in Paris in 1900.",
         "Her teacher was Dr. Smith, who lived in the U.S. for years.",

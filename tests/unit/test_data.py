@@ -6,8 +6,7 @@ import signal
 import numpy as np
 import pytest
 
-from bertpipe.train.data import (RankBatches, epoch_order, global_batch_indices, rank_batch_stream,
-                                 rank_micro_batches)
+from bertpipe.train.batches import RankBatches, epoch_order, global_batch_indices, rank_batch_stream, rank_micro_batches
 
 
 class Indices:

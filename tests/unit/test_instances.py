@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from bertpipe import BertpipeError
-from bertpipe.instances import InstanceSpec, TokenizedShard, materialize, pair_spans, token_dtype, truncate_pairs
+from bertpipe.pretraining_instances import (
+    InstanceSpec,
+    TokenizedShard,
+    materialize,
+    pair_spans,
+    token_dtype,
+    truncate_pairs,
+)
 
 PAD, UNK, CLS, SEP, MASK = range(5)
 VOCAB_SIZE = 1000
@@ -136,7 +143,8 @@ def test_whole_word_masking_masks_whole_words():
             if continues_word and position not in (1, la + 2):
                 assert position - 1 in masked, "a word's pieces are masked together"
             following = position + 1
-            if following not in (la + 1, la + 2, la + (b1 - b0) + 2) and not vocabulary.is_word_start[unmasked[following]]:
+            boundaries = (la + 1, la + 2, la + (b1 - b0) + 2)
+            if following not in boundaries and not vocabulary.is_word_start[unmasked[following]]:
                 assert following in masked, "a word's pieces are masked together"
 
 

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from bertpipe import BertpipeError, cli, launch
+from bertpipe import BertpipeError, cli
+from bertpipe.stages import launch
 
 SCONTROL_NODE = """NodeName=n2 Arch=x86_64 CoresPerSocket=1
    CPUAlloc=0 CPUEfctv=2 CPUTot=2 CPULoad=0.00
@@ -61,11 +62,11 @@ def test_several_nodes_outside_a_slurm_job_are_refused_with_what_to_do():
 def test_the_launched_command_gets_the_done_file_the_tracking_flags_and_the_log(monkeypatch):
     launched = {}
 
-    def run(nnodes, nproc_per_node, command, cpus_per_node, gpus_per_node, done):
+    def fake_launch(nnodes, nproc_per_node, command, cpus_per_node, gpus_per_node, done):
         launched.update(nproc_per_node=nproc_per_node, command=command, done=done)
         return 0
 
-    monkeypatch.setattr(launch, "run", run)
+    monkeypatch.setattr(launch, "launch", fake_launch)
     with pytest.raises(SystemExit) as exit:
         cli.main(["--tracking-uri", "sqlite:///m.db", "--tracking-dir", "t", "--log-file", "p.log", "launch",
                   "--nproc-per-node", "2", "--done", "d.json", "pretrain", "--seed", "1"])

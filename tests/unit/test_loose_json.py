@@ -12,10 +12,10 @@ import pytest
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import exclusive
+from bertpipe.settings import InstanceSpec
 from bertpipe.splits import SPLITS, parse_split, split_indices, split_of, split_point
-from bertpipe.instances import InstanceSpec
-from bertpipe.train import loose_json as module
-from bertpipe.train.loose_json import OFFSETS, LooseJsonSamples, build_lazy
+from bertpipe.train import loose_json_samples as module
+from bertpipe.train.loose_json_samples import OFFSETS, LooseJsonSamples, build_lazy
 
 PAD, UNK, CLS, SEP, MASK = range(5)
 

@@ -5,7 +5,7 @@ import torch
 import transformers
 
 from bertpipe.model import BertConfig, BertForPreTraining, pretraining_loss_sums
-from bertpipe.pretrained import huggingface_config
+from bertpipe.model_loading import huggingface_config
 
 CONFIG = BertConfig(vocab_size=300, hidden_size=64, num_layers=3, num_attention_heads=4, intermediate_size=128,
                     max_position_embeddings=64)

@@ -48,7 +48,7 @@ STAGES = sorted(p.stem for p in (REPO / "workflow/rules").glob("*.smk") if p.ste
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_rule_file_has_a_library_module_and_a_cli_stage(stage, capsys):
-    assert (REPO / "src/bertpipe" / f"{stage}.py").is_file()
+    assert (REPO / "src/bertpipe/stages" / f"{stage}.py").is_file()
     status, out, _ = bertpipe_in_process(capsys, stage, "--help")
     assert status == 0 and f"bertpipe {stage}" in out
 

@@ -1,6 +1,7 @@
 """One definition per setting (src/bertpipe/settings.py): config.yaml, the schema, docs/settings.md, every
 `bertpipe` command's defaults and the flags the rules pass all agree with it."""
 
+import argparse
 import dataclasses
 import re
 import shlex
@@ -9,9 +10,23 @@ import pytest
 import yaml
 
 from bertpipe import cli, settings
-from bertpipe.settings import (Config, CorpusSettings, DownloadSettings, DumpSettings, EvaluateSettings,
-                               ExtractSettings, InstanceSpec, MlflowSettings, ModelSettings, PhaseSettings,
-                               PretrainSettings, SlurmPretrain, TFRecordsSettings, TokenizerSettings, TrainingSettings)
+from bertpipe.settings import (
+    Config,
+    CorpusSettings,
+    DownloadSettings,
+    DumpSettings,
+    EvaluateSettings,
+    ExtractSettings,
+    InstanceSpec,
+    MlflowSettings,
+    ModelSettings,
+    PhaseSettings,
+    PretrainSettings,
+    SlurmPretrain,
+    TFRecordsSettings,
+    TokenizerSettings,
+    TrainingSettings,
+)
 from tests.conftest import REPO
 
 
@@ -62,7 +77,8 @@ COMMANDS = {
 
 
 def parse(command: str, *arguments):
-    return cli.parser().parse_args([*command.split(), *arguments])
+    argv = [*command.split(), *arguments]
+    return cli.parser(argv).parse_args(argv)
 
 
 def taken(cls, only) -> list:
@@ -154,7 +170,8 @@ def test_every_setting_and_flag_that_reaches_the_trainer_says_its_part_in_a_run(
     """A setting of the trainer is part of a run's identity (a checkpoint of another value is another run's) or of
     how it is carried out; one that says neither would be compared by no resume, so a new one cannot be left
     unclassified. The same holds for each of `bertpipe pretrain`'s flags that is not a setting."""
-    from bertpipe.pretrain import FLAG_PARTS
+    from bertpipe.stages.pretrain import FLAG_PARTS
+    from bertpipe.stages.pretrain import add_arguments as add_pretrain_arguments
 
     parts = (settings.IDENTITY, settings.EXECUTION)
     defined = {}
@@ -162,8 +179,9 @@ def test_every_setting_and_flag_that_reaches_the_trainer_says_its_part_in_a_run(
         for field in settings.scalar_fields(cls):
             assert field.metadata.get("run") in parts, f"{cls.__name__}.{field.name} says no part in a run"
             defined[field.name] = field.metadata["run"]
-    pretrain = cli.parser()._subparsers._group_actions[0].choices["pretrain"]
-    flags = {action.dest for action in pretrain._actions if action.dest != "help"}
+    parser = argparse.ArgumentParser()
+    add_pretrain_arguments(parser)
+    flags = {action.dest for action in parser._actions if action.dest != "help"}
     unclassified = flags - defined.keys() - FLAG_PARTS.keys()
     assert not unclassified, f"bertpipe pretrain flags with no part in a run: {sorted(unclassified)}"
     assert not FLAG_PARTS.keys() - flags, "FLAG_PARTS names flags that no longer exist"

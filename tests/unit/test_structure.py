@@ -1,19 +1,21 @@
-"""Dependencies run one way: stages use components (model, settings, records, train/...), never the reverse, and no
-stage reaches into another stage for a component."""
+"""Dependencies run one way, by folder: the CLI imports stages (src/bertpipe/stages/); a stage imports components
+(everything else under src/bertpipe/), never another stage; a component imports no stage."""
 
 import ast
+import subprocess
+import sys
 
 import pytest
 
 from tests.conftest import REPO
 
 SOURCE = REPO / "src/bertpipe"
-STAGES = {"download", "extract", "corpus", "tokenizer", "tfrecords", "pretrain", "launch", "evaluate", "export",
-          "register", "cli"}
+STAGES = {f"stages.{path.stem}" for path in (SOURCE / "stages").glob("*.py") if path.stem != "__init__"}
+MODULES = sorted(SOURCE.rglob("*.py"))
 
 
 def imported_modules(path) -> set:
-    """The bertpipe modules `path` imports (anywhere in it, function bodies included)."""
+    """The bertpipe modules `path` imports (anywhere in it, function bodies included), without the `bertpipe.`."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bertpipe"):
@@ -24,34 +26,41 @@ def imported_modules(path) -> set:
     return {name.removeprefix("bertpipe.") for name in found}
 
 
-@pytest.mark.parametrize("path", sorted((SOURCE / "train").glob("*.py")), ids=lambda p: p.name)
-def test_training_components_import_no_stage(path):
-    assert not imported_modules(path) & STAGES, f"{path.name} imports a stage"
+def name_of(path) -> str:
+    return ".".join(path.relative_to(SOURCE).with_suffix("").parts)
 
 
-@pytest.mark.parametrize("component", ["records", "model", "pretrained", "settings", "splits", "hashing",
-                                       "instances", "atomic", "plot", "tracking", "stopping"])
-def test_components_import_no_stage_but_their_own_layer(component):
-    # tracking knows settings only; the others know no stage at all (tokenizer is the one stage components may read:
-    # its special tokens and its files are what every later stage is built on).
-    assert not imported_modules(SOURCE / f"{component}.py") & (STAGES - {"tokenizer"}), component
+def test_every_stage_of_the_pipeline_is_a_module_of_the_stages_folder():
+    assert STAGES == {f"stages.{name}" for name in ("download", "extract", "corpus", "tokenizer", "tfrecords",
+                                                    "pretrain", "launch", "evaluate", "export", "register")}
 
 
-def test_no_stage_imports_evaluate_or_export_for_what_they_hold():
-    for path in SOURCE.rglob("*.py"):
-        if path.name != "cli.py":
-            assert not imported_modules(path) & {"evaluate", "export"}, path
+@pytest.mark.parametrize("path", MODULES, ids=name_of)
+def test_only_the_cli_imports_a_stage_and_no_stage_another(path):
+    name = name_of(path)
+    if name == "cli":
+        return
+    others = imported_modules(path) & (STAGES - {name})
+    assert not others, f"{name} imports {sorted(others)}: move what they share into a component"
+
+
+def test_the_cli_names_every_stage_in_its_registry():
+    from bertpipe import cli
+
+    assert {where.partition(":")[0].removeprefix("bertpipe.") for _, where in cli.COMMANDS.values()} >= STAGES
 
 
 def test_starting_a_command_imports_no_heavy_library():
-    """Every job starts `python -m bertpipe`; its flags come from every stage's module, so those modules import
-    torch, TensorFlow, MLflow and transformers only where a stage runs (each takes seconds to import, and a pipeline
-    starts hundreds of jobs)."""
-    import subprocess
-    import sys
+    """Every job starts `python -m bertpipe`, which imports the module of its command and builds its flags: stages
+    import torch, TensorFlow, MLflow and transformers only where they run (each takes seconds to import, and a
+    pipeline starts hundreds of jobs, most of them a corpus shard's or a TFRecord file's)."""
+    from bertpipe import cli
 
     heavy = ("torch", "tensorflow", "mlflow", "transformers", "matplotlib")
-    result = subprocess.run([sys.executable, "-c", "import sys, bertpipe.cli; bertpipe.cli.parser(); "
-                                                   f"print(*[m for m in {heavy!r} if m in sys.modules])"],
-                            capture_output=True, text=True, check=True)
-    assert result.stdout.split() == [], f"importing bertpipe.cli imports {result.stdout.strip()}"
+    commands = [[name, *(["build"] if name in ("corpus", "tfrecords") else [])] for name in cli.COMMANDS]
+    script = ("import sys, bertpipe.cli\n"
+              f"for command in {commands!r}:\n"
+              "    bertpipe.cli.parser([*command, '--help'])\n"
+              f"print(*[m for m in {heavy!r} if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [], f"building the commands' flags imports {result.stdout.strip()}"

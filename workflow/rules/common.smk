@@ -44,7 +44,7 @@ def corpus_parts():
     return [f"{RESULTS}/corpus/parts/{part}" for part in dump_parts()]
 
 
-INDEX = "tfrecord.index.npy"  # the record index the tfrecords stage writes beside each file (records.index_path)
+INDEX = "tfrecord.index.npy"  # the record index the tfrecords stage writes beside each file (tfrecord_reader.index_path)
 
 
 def tfrecord_files(seq, split, suffix):

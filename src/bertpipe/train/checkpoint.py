@@ -251,7 +251,8 @@ class CheckpointManager:
                                 f"this run's {ours}): its token ids mean other tokens here; train that phase again")
         # Its CRC too: the same settings trained again (a deleted phase, a GPU's rounding) give other weights, which
         # make this run another, unless they are the same bytes.
-        return source, {"identity": identity_digest(theirs), "step": meta.get("step"), "state": meta.get("state_crc32c")}
+        return source, {"identity": identity_digest(theirs), "step": meta.get("step"),
+                        "state": meta.get("state_crc32c")}
 
     def save(self, step: int, state: dict, run: dict):
         """Write the checkpoint of `step` with the record of its run (None without a --save folder)."""

@@ -88,7 +88,7 @@ class StopRequest:
     """SIGTERM or SIGINT (a kill, `scancel`, Ctrl-C), SIGUSR1 or SIGURG (a cluster's preemption or time-limit
     warning) asks the trainer to checkpoint and exit; every rank learns of it at the same step, whichever rank got
     the signal. SIGURG is the Slurm profile's time-limit warning: every other process ignores it by default, so Slurm
-    can signal a whole job step with it (see launch.py)."""
+    can signal a whole job step with it (see stages/launch.py)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGURG)
 

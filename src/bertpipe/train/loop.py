@@ -4,7 +4,7 @@ stops on a preemption signal.
 
 Losses are normalised by the whole global batch (masked-LM by its real predictions, next-sentence by its
 sequences), so one process and N processes with the same global batch compute the same loss and gradients.
-The data position is the step (train/data.py), and every rank's RNG state is in the checkpoint, so a resumed run
+The data position is the step (train/batches.py), and every rank's RNG state is in the checkpoint, so a resumed run
 repeats the uninterrupted one exactly (bitwise on a CPU with deterministic settings).
 """
 
@@ -22,8 +22,8 @@ from bertpipe import BertpipeError
 from bertpipe.model import BertConfig, BertForPreTraining
 from bertpipe.settings import EXECUTION, IDENTITY, PhaseSettings, TrainingSettings, run_part
 from bertpipe.train import checkpoint
+from bertpipe.train.batches import RankBatches, global_batch_indices, rank_batch_stream
 from bertpipe.train.checkpoint import CheckpointDamaged, CheckpointManager, load
-from bertpipe.train.data import RankBatches, global_batch_indices, rank_batch_stream
 from bertpipe.train.distributed import StopRequest, all_sums, decided_on_rank_zero, gather_objects, init
 from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals, forward_sums
 from bertpipe.train.optim import OPTIMIZERS, learning_rate
@@ -45,7 +45,8 @@ def _set_rng_state(state: dict) -> None:
 
 class Trainer:
     """Trains `model_config` with `training` settings through one `phase`. `train_samples` and `valid_samples` (or
-    None) have `len()` and `read(indices) -> batch of tensors` (records.TFRecordSamples, loose_json.LooseJsonSamples).
+    None) have `len()` and `read(indices) -> batch of tensors` (tfrecord_reader.TFRecordSamples,
+    loose_json_samples.LooseJsonSamples).
     On rank 0 every record of metrics goes to each of `sinks` (train/metrics.py)."""
 
     def __init__(self, model_config: BertConfig, training: TrainingSettings, phase: PhaseSettings, train_samples,

@@ -82,7 +82,8 @@ class StepTelemetry:
         of them not padding; `waiting`: the seconds this rank waited for its batches."""
         flops = flops_per_sequence(self.model_config, seq_length, predictions) * sequences
         flops_per_device = flops / self.world / seconds
-        metrics = {"tokens_per_s": real_tokens / seconds, "padding_fraction": 1 - real_tokens / (sequences * seq_length),
+        metrics = {"tokens_per_s": real_tokens / seconds,
+                   "padding_fraction": 1 - real_tokens / (sequences * seq_length),
                    "data_wait_fraction": waiting / seconds, "mfu": flops_per_device / self.peak}
         if self.datasheet_peak:
             metrics["mfu_datasheet"] = flops_per_device / self.datasheet_peak

@@ -1,5 +1,5 @@
-"""Pretraining batches from samples with random access (records.TFRecordSamples, loose_json.LooseJsonSamples): a
-seeded order per epoch, and each rank's disjoint slice of each global batch.
+"""Pretraining batches from samples with random access (tfrecord_reader.TFRecordSamples,
+loose_json_samples.LooseJsonSamples): a seeded order per epoch, and each rank's disjoint slice of each global batch.
 
 The position in the data is the step: global batch `step` is a fixed slice of the endless sequence of epochs, each
 a seeded permutation of the samples, so a resumed run reads exactly what the uninterrupted run would have read, and

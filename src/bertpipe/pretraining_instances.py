@@ -25,7 +25,7 @@ import random
 import numpy as np
 
 from bertpipe import BertpipeError
-from bertpipe.settings import InstanceSpec  # noqa: F401 (the instances' settings, for the modules that make them)
+from bertpipe.settings import InstanceSpec
 
 SPAN_FIELDS = 5  # a_start, a_end, b_start, b_end, is_random_next
 SPAN_TYPECODE = "i"  # array.array's int32: spans index a shard's tokens, fewer than 2**31 (pair_spans checks)

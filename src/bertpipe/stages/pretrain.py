@@ -9,7 +9,7 @@ workflow's first phase does. What differs from Megatron, and why:
 - Defaults: the full-scale config's (BERT-Large, phase 1: batch 32, 900,000 steps, fp16), not Megatron's.
   Precision is `--precision`; Megatron's `--fp16` means `--precision fp16`, and `--bf16` is the modern alternative.
 - Data: `--use-tfrecords` reads the tfrecords stage's files (paths or globs). `--loose-json` reads one JSON
-  document a line, lazily (train/loose_json.py; always lazy, so `--lazy-loader` is accepted and implied), with
+  document a line, lazily (train/loose_json_samples.py; always lazy, so `--lazy-loader` is accepted and implied), with
   train and valid documents chosen by `--split` and a hash of the document's id.
 - Tokenizer: `--tokenizer-path` names the tokenizer stage's folder; a tokenizer named by hub id
   (`--tokenizer-model-type bert-large-uncased`) cannot be fetched here: its files must be local.
@@ -17,7 +17,7 @@ workflow's first phase does. What differs from Megatron, and why:
 - fp16: autocast over float32 master weights; `--fp32-layernorm` and `--fp32-embedding` are always in effect
   (see train/precision.py).
 - `--num-workers`: reader processes, as Megatron's DataLoader workers, but each makes a whole step's batches ahead
-  of the trainer (train/data.py). Loose json, built pair by pair, needs them to feed a GPU (bench/train_bench.py).
+  of the trainer (train/batches.py). Loose json, built pair by pair, needs them to feed a GPU (bench/train_bench.py).
 """
 
 import argparse
@@ -27,11 +27,19 @@ import math
 import time
 
 from bertpipe import BertpipeError, settings
-from bertpipe.settings import (EXECUTION, IDENTITY, STALE_POLICIES, InstanceSpec, ModelSettings, PhaseSettings,
-                               TrainingSettings)
+from bertpipe.settings import (
+    EXECUTION,
+    IDENTITY,
+    STALE_POLICIES,
+    InstanceSpec,
+    ModelSettings,
+    PhaseSettings,
+    TrainingSettings,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
     model = parser.add_argument_group("the model (config model)")
     settings.add_arguments(model, ModelSettings)
     phase = parser.add_argument_group("the phase (an item of config pretrain.phases)")
@@ -78,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ours.add_argument("--loss-curve", help="plot the losses of --metrics into this PNG at the end")
     ours.add_argument("--done", help="write this JSON file (final checkpoint and step) once training is complete; "
                                      "a run stopped by a signal does not, so the workflow reruns and resumes it")
+    # Its input hashes are logged by `run`, which computes them for its checkpoints anyway.
+    parser.set_defaults(run=run, label="save", inputs=(), system_metrics=True)
 
 
 # How each of this command's flags that is not a setting of settings.py bears on the run (the settings say it where
@@ -95,16 +105,16 @@ FLAG_PARTS = {"loose_json": IDENTITY, "use_tfrecords": IDENTITY, "text_key": IDE
 
 def _samples(args, tokenizer, phase: PhaseSettings, seed: int) -> tuple:
     """(train, valid or None) from TFRecords or, Megatron's way, loose json."""
-    from bertpipe.train import sources
+    from bertpipe.train import samples
 
     if args.use_tfrecords:
-        return sources.tfrecord_samples(args.train_data, args.valid_data, phase.seq_length, args.max_preds_per_seq)
+        return samples.tfrecord_samples(args.train_data, args.valid_data, phase.seq_length, args.max_preds_per_seq)
     if not args.loose_json:
         raise BertpipeError("say what --train-data holds: --use-tfrecords (the tfrecords stage's files) or "
                             "--loose-json (one JSON document a line)")
     predictions = args.max_preds_per_seq or math.ceil(phase.seq_length * 0.15 / 10) * 10  # Megatron's default
     spec = InstanceSpec(seq_length=phase.seq_length, max_predictions=predictions)
-    return sources.loose_json_samples(args.train_data, tokenizer, spec, args.split, args.text_key, seed)
+    return samples.loose_json_samples(args.train_data, tokenizer, spec, args.split, args.text_key, seed)
 
 
 def run(args, tracking_run):
@@ -123,7 +133,7 @@ def _train(args, tracking_run, stop):
     from bertpipe.hashing import content_hash, described_input
     from bertpipe.memory import fix_mmap_threshold
     from bertpipe.model import BertConfig
-    from bertpipe.tokenizer import Tokenizer
+    from bertpipe.tokenizer_folder import Tokenizer
     from bertpipe.tracking import MetricSink, Outcome
     from bertpipe.train.checkpoint import CheckpointManager
     from bertpipe.train.distributed import init
@@ -132,8 +142,10 @@ def _train(args, tracking_run, stop):
 
     fix_mmap_threshold()  # the unpadded encoder's varying tensor sizes would fragment the heap (memory.py)
     if not args.tokenizer_path:
-        hint = f" (a hub id such as {args.tokenizer_model_type} cannot be fetched here)" if args.tokenizer_model_type else ""
-        raise BertpipeError(f"--tokenizer-path is required: the tokenizer stage's folder{hint}; its files must be local")
+        hint = (f" (a hub id such as {args.tokenizer_model_type} cannot be fetched here)"
+                if args.tokenizer_model_type else "")
+        raise BertpipeError(f"--tokenizer-path is required: the tokenizer stage's folder{hint}; its files must be "
+                            "local")
     if args.loose_json and args.valid_data:
         raise BertpipeError("--valid-data goes with --use-tfrecords; loose json takes its valid split by --split")
     training = settings.from_args(TrainingSettings, args)

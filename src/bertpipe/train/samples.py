@@ -4,9 +4,9 @@ made into pairs and masks as it trains), each as (train, valid or None) with ran
 import logging
 
 from bertpipe import BertpipeError
-from bertpipe.records import TFRecordSamples
 from bertpipe.settings import InstanceSpec
-from bertpipe.train.loose_json import LooseJsonSamples
+from bertpipe.tfrecord_reader import TFRecordSamples
+from bertpipe.train.loose_json_samples import LooseJsonSamples
 
 log = logging.getLogger(__name__)
 

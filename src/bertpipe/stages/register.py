@@ -19,21 +19,22 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from bertpipe import BertpipeError
+from bertpipe import BertpipeError, settings
 from bertpipe.atomic import atomic_file
+from bertpipe.hashing import content_hash
 from bertpipe.redaction import redact
+from bertpipe.settings import MlflowSettings
+from bertpipe.tracking import Outcome
 
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
-MODEL_CODE = Path(__file__).with_name("fill_mask_model.py")
+MODEL_CODE = Path(__file__).parent.parent / "fill_mask_model.py"
 
 
 def lineage(manifest, tokenizer_dir, train_data, training_done, commit: str = None) -> dict:
     """Where the model comes from: the dump, the tokenizer's and the training data's content hashes, the training
     runs (one per phase) and the code's commit."""
-    from bertpipe.hashing import content_hash
-
     dump = json.loads(Path(manifest).read_text())
     phases = [json.loads(Path(done).read_text()) for done in training_done]
     return {"dump": f"{dump['wiki']}/{dump['date']}", "tokenizer_hash": content_hash(tokenizer_dir),
@@ -108,3 +109,25 @@ def _create_version(client, name, source, run_id, tags):
     for duplicate in duplicates:
         client.delete_model_version(name, duplicate.version)
     return first.version
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="the export stage's folder")
+    settings.add_arguments(parser, MlflowSettings, only=("registered_model", "upload_timeout_seconds"))
+    parser.add_argument("--evaluation", required=True, help="the evaluate stage's metrics")
+    parser.add_argument("--manifest", required=True, help="the dump's manifest.json (lineage)")
+    parser.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder (lineage)")
+    parser.add_argument("--train-data", nargs="+", required=True, help="the TFRecords trained on (lineage)")
+    parser.add_argument("--training-done", nargs="+", required=True, help="each phase's done.json (lineage)")
+    parser.add_argument("--out", required=True, help="what was registered (JSON)")
+    parser.set_defaults(run=run, label="registered_model", inputs=("model",))
+
+
+def run(args, tracking_run) -> Outcome:
+    if not tracking_run.enabled:
+        raise BertpipeError("no MLflow tracking URI: give `bertpipe --tracking-uri URI register ...` (the workflow "
+                            "gives config mlflow.tracking_uri) to register a model")
+    origin = lineage(args.manifest, args.tokenizer, args.train_data, args.training_done, tracking_run.target.commit)
+    record = register(tracking_run, args.model, args.registered_model, origin, args.evaluation, args.out,
+                      args.upload_timeout_seconds)
+    return Outcome(tags={"registered_version": record["version"]})

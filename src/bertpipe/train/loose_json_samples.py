@@ -10,7 +10,7 @@ to take its lock; the others wait on that lock, not in a collective, so no proce
 however long the build takes. Readers memory-map all three files and keep 20 bytes per document of their split.
 
 Sample `i` is a function of `i` and the seed alone: a document drawn with probability proportional to its length,
-a random starting sentence, then Google's pair construction and masking (bertpipe.instances) over just the
+a random starting sentence, then Google's pair construction and masking (bertpipe.pretraining_instances) over just the
 sentences it needs, with a random next segment from another drawn document. Text holds one sentence a line (the
 corpus stage's format); a document without line breaks is one sentence.
 """
@@ -28,8 +28,15 @@ import torch
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_dir, exclusive
-from bertpipe.instances import (SPAN_TYPECODE, InstanceSpec, TokenizedShard, document_pairs, materialize,
-                                span_array, truncate_pairs)
+from bertpipe.pretraining_instances import (
+    SPAN_TYPECODE,
+    InstanceSpec,
+    TokenizedShard,
+    document_pairs,
+    materialize,
+    span_array,
+    truncate_pairs,
+)
 from bertpipe.splits import SPLITS, parse_split, split_indices, split_point
 
 TOKENS_PER_BYTE = 0.25  # for the number of samples an epoch holds: about four bytes of English text per token

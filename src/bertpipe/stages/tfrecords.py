@@ -18,13 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bertpipe import BertpipeError
+from bertpipe import BertpipeError, settings
 from bertpipe.atomic import atomic_file
-from bertpipe.pages import stats_page
-from bertpipe.instances import InstanceSpec, TokenizedShard, materialize, pair_spans, token_dtype
-from bertpipe.tokenizer import Tokenizer
 from bertpipe.hashing import file_hash
-from bertpipe.records import INT_FEATURES, index_path, write_index
+from bertpipe.pages import stats_page
+from bertpipe.pretraining_instances import TokenizedShard, materialize, pair_spans, token_dtype
+from bertpipe.settings import InstanceSpec, TFRecordsSettings
+from bertpipe.stages import add_step
+from bertpipe.tfrecord_reader import INT_FEATURES, index_path, write_index
+from bertpipe.tokenizer_folder import Tokenizer
+from bertpipe.tracking import Outcome
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -184,7 +187,7 @@ def tokenize_shard(path: Path, tokenizer: Tokenizer) -> TokenizedShard:
 
 def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: int) -> dict:
     """Write the instances of one corpus shard to `out` (TFRecord), its record index beside it
-    (records.index_path) and its stats to `stats_out` (JSON).
+    (tfrecord_reader.index_path) and its stats to `stats_out` (JSON).
 
     The random streams are seeded by `seed`, the sequence length and the shard's part/split/name (the last three
     components of its path), so every shard has its own stream, whatever folder the corpus lives in."""
@@ -281,3 +284,41 @@ def summarize(stats_files, out, page) -> dict:
     with atomic_file(out) as temp:
         temp.write_text(json.dumps({**total, "per_shard": per_shard}, indent=2) + "\n")
     return total
+
+
+def add_arguments(parser) -> None:
+    steps = parser.add_subparsers(dest="step", required=True)
+
+    build = add_step(steps, "build", "one corpus shard to one TFRecord file and its stats")
+    build.add_argument("--input", required=True, help="a corpus shard (.jsonl)")
+    build.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder")
+    build.add_argument("--out", required=True, help="the TFRecord file")
+    build.add_argument("--stats", required=True, help="its stats (JSON)")
+    settings.add_arguments(build, InstanceSpec)
+    settings.add_arguments(build, TFRecordsSettings, only=("seed",))
+    # Not a run of its own: English Wikipedia makes thousands of shards. Their figures are the summary's (one run per
+    # sequence length and split, with every shard's stats in its stats.json).
+    build.set_defaults(run=run_build, label=None, inputs=(), tracked=False)
+
+    index = add_step(steps, "index", "index TFRecord files made elsewhere, for pretrain and evaluate to read them")
+    index.add_argument("files", nargs="+", help="TFRecord files; each gets <file>.index.npy beside it")
+    index.set_defaults(run=run_index, label=None, inputs=(), tracked=False)
+
+    summary = add_step(steps, "summarize", "add up the shards' stats")
+    summary.add_argument("stats", nargs="+")
+    summary.add_argument("--out", required=True, help="the totals and every shard's stats (JSON)")
+    summary.add_argument("--page", required=True, help="the totals as a table (HTML), for the report")
+    summary.set_defaults(run=run_summarize, label="out", inputs=("stats",))
+
+
+def run_build(args, _) -> None:
+    build_shard(args.input, args.tokenizer, args.out, args.stats, settings.from_args(InstanceSpec, args), args.seed)
+
+
+def run_index(args, _) -> None:
+    for path in args.files:
+        print(f"{path}: {write_index(path)}")
+
+
+def run_summarize(args, _) -> Outcome:
+    return Outcome(metrics=summarize(args.stats, args.out, args.page), artifacts=[(args.out, None), (args.page, None)])

@@ -7,9 +7,11 @@ import json
 import logging
 
 import numpy as np
-import torch
 
+from bertpipe import settings
 from bertpipe.atomic import atomic_file
+from bertpipe.settings import EvaluateSettings, TrainingSettings
+from bertpipe.tracking import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +21,11 @@ CONTEXT_TOKENS = 16  # shown on each side of the masked token
 
 
 def evaluate(checkpoint_dir, test_data, tokenizer_dir, out, fill_mask_out, batch_size: int, precision: str) -> dict:
-    from bertpipe.pretrained import load_model
-    from bertpipe.records import TFRecordSamples
-    from bertpipe.tokenizer import Tokenizer
+    import torch
+
+    from bertpipe.model_loading import load_model
+    from bertpipe.tfrecord_reader import TFRecordSamples
+    from bertpipe.tokenizer_folder import Tokenizer
     from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals
 
     model, source, state = load_model(checkpoint_dir)
@@ -34,7 +38,8 @@ def evaluate(checkpoint_dir, test_data, tokenizer_dir, out, fill_mask_out, batch
     metrics = {**evaluation_metrics(totals, "test_"), "test_sequences": int(totals["sequences"]),
                "test_predictions": int(totals["predictions"]), "checkpoint": str(source),
                "checkpoint_step": state["iteration"]}
-    rows = fill_mask_rows(model, samples, Tokenizer(tokenizer_dir), device)
+    with torch.no_grad():
+        rows = fill_mask_rows(model, samples, Tokenizer(tokenizer_dir), device)
     with atomic_file(fill_mask_out) as temp:
         temp.write_text(fill_mask_html(rows, f"{source}, step {state['iteration']}"))
     with atomic_file(out) as temp:
@@ -44,12 +49,13 @@ def evaluate(checkpoint_dir, test_data, tokenizer_dir, out, fill_mask_out, batch
     return metrics
 
 
-@torch.no_grad()
 def fill_mask_rows(model, samples, tokenizer, device, count: int = FILL_MASK_EXAMPLES) -> list:
     """What the model fills in, on `count` test records spread over the split (records side by side come from one
     document): each with its true tokens put back and one ordinary token masked, as HuggingFace's fill-mask pipeline
     asks. Rows of {"left", "right": the text around the mask, "true": the token, "predictions": [(token,
     probability)] x TOP_K}."""
+    import torch
+
     special = {tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id}
     spread = np.unique(np.linspace(0, len(samples) - 1, num=min(len(samples), 2 * count)).astype(np.int64))
     batch = samples.read(spread)
@@ -106,3 +112,24 @@ def fill_mask_html(rows: list, model_name: str) -> str:
                       f"{len(rows)} test sentences, one token masked in each; the top {TOP_K} predictions with their "
                       f"probabilities; right at the first guess in {top1:.0%}.",
                       [(None, ["context", "true token", f"top {TOP_K} predictions"], cells)])
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a folder of checkpoints (newest)")
+    parser.add_argument("--test-data", nargs="+", required=True, help="TFRecord files or globs of the test split")
+    parser.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder (to show the fill-mask table)")
+    settings.add_arguments(parser, EvaluateSettings)
+    settings.add_arguments(parser, TrainingSettings, only=("precision",))
+    parser.add_argument("--out", required=True, help="metrics (JSON)")
+    parser.add_argument("--fill-mask", required=True, help="the fill-mask table (HTML) to write")
+    parser.set_defaults(run=run, label="out", inputs=("test_data",), system_metrics=True)
+
+
+def run(args, _) -> Outcome:
+    from bertpipe.memory import fix_mmap_threshold
+
+    fix_mmap_threshold()
+    metrics = evaluate(args.checkpoint, args.test_data, args.tokenizer, args.out, args.fill_mask, args.batch_size,
+                       args.precision)
+    return Outcome(metrics=metrics, tags={"checkpoint": metrics["checkpoint"]},
+                   artifacts=[(args.out, None), (args.fill_mask, None)])

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import blingfire
 
-from bertpipe import BertpipeError
+from bertpipe import BertpipeError, settings
 from bertpipe.atomic import atomic_dir, atomic_file
 from bertpipe.pages import stats_page
+from bertpipe.settings import CorpusSettings
 from bertpipe.splits import SPLITS, parse_split, split_of
+from bertpipe.stages import add_step
+from bertpipe.tracking import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +155,8 @@ def summarize(part_dirs, out, page, split: str) -> dict:
     for name, fraction in zip(SPLITS, fractions):
         if fraction > 0 and total["splits"][name]["documents"] == 0:
             raise BertpipeError(
-                f"split {split!r}: '{name}' got no document of {documents} (expected about {fraction * documents:.1f}); "
+                f"split {split!r}: '{name}' got no document of {documents} "
+                f"(expected about {fraction * documents:.1f}); "
                 "give it a larger weight in corpus.split or use more data"
             )
     with atomic_file(page) as temp:
@@ -161,3 +165,30 @@ def summarize(part_dirs, out, page, split: str) -> dict:
     with atomic_file(out) as temp:
         temp.write_text(json.dumps(total, indent=2) + "\n")
     return total
+
+
+def add_arguments(parser) -> None:
+    steps = parser.add_subparsers(dest="step", required=True)
+
+    build = add_step(steps, "build", "one part's articles into split shards")
+    build.add_argument("--input", required=True, help="loose JSON articles of one part")
+    build.add_argument("--outdir", required=True)
+    settings.add_arguments(build, CorpusSettings)
+    build.set_defaults(run=run_build, label="input", inputs=("input",))
+
+    summary = add_step(steps, "summarize", "add up the parts' stats")
+    summary.add_argument("parts", nargs="+", help="the parts' corpus folders")
+    settings.add_arguments(summary, CorpusSettings, only=("split",))
+    summary.add_argument("--out", required=True, help="the stats (JSON)")
+    summary.add_argument("--page", required=True, help="the stats as tables (HTML), for the report")
+    summary.set_defaults(run=run_summarize, label="out", inputs=("parts",))
+
+
+def run_build(args, _) -> Outcome:
+    stats = build_part(args.input, args.outdir, settings.from_args(CorpusSettings, args))
+    return Outcome(metrics=stats, artifacts=[(Path(args.outdir) / "stats.json", None)])
+
+
+def run_summarize(args, _) -> Outcome:
+    return Outcome(metrics=summarize(args.parts, args.out, args.page, args.split),
+                   artifacts=[(args.out, None), (args.page, None)])

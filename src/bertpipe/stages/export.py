@@ -1,7 +1,7 @@
 """Stage `export`: a checkpoint as a HuggingFace transformers folder (`config.json`, `model.safetensors`, tokenizer
 files) that `AutoModelForPreTraining.from_pretrained` and `AutoTokenizer.from_pretrained` load offline.
 
-The weights map one to one (pretrained.py). The tokenizer becomes a HuggingFace fast tokenizer (`tokenizer.json`)
+The weights map one to one (model_loading.py). The tokenizer becomes a HuggingFace fast tokenizer (`tokenizer.json`)
 that gives the ids our tokenizer gives:
 - SentencePiece: transformers' own SentencePiece conversion (the model's normalizer, dummy prefix and pieces);
 - WordPiece: the same normalizer, pre-tokenizer and vocabulary as our Tokenizer.
@@ -14,16 +14,20 @@ import json
 import logging
 from pathlib import Path
 
+from bertpipe import BertpipeError, settings
 from bertpipe.atomic import atomic_dir
-from bertpipe.pretrained import huggingface_model, load_model
-from bertpipe.tokenizer import SPECIAL_TOKENS, Tokenizer, read_vocab
+from bertpipe.hashing import content_hash
+from bertpipe.settings import MlflowSettings
+from bertpipe.tokenizer_folder import SPECIAL_TOKENS, Tokenizer, read_vocab
+from bertpipe.tracking import Outcome
 
 log = logging.getLogger(__name__)
 
 
 def fast_tokenizer(folder):
     """Our tokenizer folder as a `tokenizers.Tokenizer` with BERT's special tokens and template."""
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer as HFTokenizer
 
     ours = Tokenizer(folder)
     if ours.kind == "sentencepiece":
@@ -150,6 +154,8 @@ def export(checkpoint_dir, tokenizer_dir, out, facts: dict = None) -> dict:
     exported (for the stage's stats)."""
     import transformers
 
+    from bertpipe.model_loading import huggingface_model, load_model
+
     model, source, state = load_model(checkpoint_dir)
     hf_model = huggingface_model(model)
     tokenizer, ours = fast_tokenizer(tokenizer_dir)
@@ -167,3 +173,44 @@ def export(checkpoint_dir, tokenizer_dir, out, facts: dict = None) -> dict:
         (temp / "README.md").write_text(model_card(summary, state["model_config"], facts or {}))
     log.info("%s: step %d of %s as a transformers folder", out, state["iteration"], source)
     return summary
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a folder of checkpoints (newest)")
+    parser.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder")
+    parser.add_argument("--out", required=True, help="the transformers folder to write")
+    card = parser.add_argument_group("the model card's facts (the workflow gives them all; each is optional)")
+    settings.add_arguments(card, MlflowSettings, only=("registered_model",))
+    card.add_argument("--manifest", help="the download stage's manifest.json (the dump)")
+    card.add_argument("--corpus-stats", help="the corpus stage's stats.json (articles and splits)")
+    card.add_argument("--training-done", nargs="+", help="each phase's done.json, in order")
+    card.add_argument("--tfrecords-stats", nargs="+", help="each phase's train TFRecords stats.json, in order")
+    card.add_argument("--evaluation", help="the evaluate stage's metrics.json")
+    parser.set_defaults(run=run, label="out", inputs=("tokenizer",))
+
+
+def run(args, _) -> Outcome:
+    summary = export(args.checkpoint, args.tokenizer, args.out, card_facts(args))
+    return Outcome(metrics=summary, tags={"checkpoint": summary["checkpoint"]},
+                   artifacts=[(Path(args.out) / "config.json", None), (Path(args.out) / "README.md", None)])
+
+
+def card_facts(args) -> dict:
+    """The model card's facts, from the files the earlier stages wrote (each flag optional)."""
+    def read(path):
+        if not path:
+            return None
+        try:
+            return json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise BertpipeError(f"{path}: not a readable JSON file for the model card ({error}); run the stage that "
+                                "writes it, or leave the flag out") from None
+
+    phases = [read(path) for path in args.training_done or []]
+    return {"name": args.registered_model, "dump": read(args.manifest), "corpus": read(args.corpus_stats),
+            "evaluation": read(args.evaluation), "phases": phases,
+            "tfrecords": [read(path) for path in args.tfrecords_stats or []],
+            "lineage": {"tokenizer content hash": content_hash(args.tokenizer),
+                        **({"code commit": args.git_commit} if args.git_commit else {}),
+                        **({"training runs (MLflow)": ", ".join(str(p["mlflow_run_id"]) for p in phases)}
+                           if phases else {})}}

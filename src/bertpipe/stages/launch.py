@@ -17,6 +17,7 @@ file (launch is given its path); launch then exits with STOPPED, so the workflow
 resumes from the checkpoint.
 """
 
+import argparse
 import functools
 import os
 import signal
@@ -24,8 +25,9 @@ import subprocess
 import sys
 from datetime import timedelta
 
-from bertpipe import BertpipeError
+from bertpipe import BertpipeError, settings
 from bertpipe.redaction import redact
+from bertpipe.settings import PretrainSettings, SlurmPretrain
 from bertpipe.stopping import end_with_parent
 
 STOPPED = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again to resume
@@ -95,7 +97,7 @@ def threads_per_process(nproc_per_node: int, cpus_per_node: int, environ, usable
     return max(1, cpus // nproc_per_node)
 
 
-def run(nnodes: int, nproc_per_node: int, command: list, cpus_per_node: int, gpus_per_node: int, done=None) -> int:
+def launch(nnodes: int, nproc_per_node: int, command: list, cpus_per_node: int, gpus_per_node: int, done=None) -> int:
     """Runs `bertpipe <command>` across `nnodes` x `nproc_per_node` processes; returns the exit status, STOPPED
     where it succeeded without writing the file `done` (the trainer's --done)."""
     stores = []  # the rendezvous store lives as long as this call: the nodes' torchruns use it to the end
@@ -155,8 +157,8 @@ def supervise(argv: list, done, environ=None, own_session: bool = False) -> int:
     try:
         # Out of the session, torchrun would outlive a launch killed outright: it ends with it (torchrun then hands
         # the trainers SIGTERM).
-        process = subprocess.Popen(argv, env=environ, start_new_session=own_session,
-                                   preexec_fn=functools.partial(end_with_parent, signal.SIGTERM) if own_session else None)
+        ends_with_launch = functools.partial(end_with_parent, signal.SIGTERM) if own_session else None
+        process = subprocess.Popen(argv, env=environ, start_new_session=own_session, preexec_fn=ends_with_launch)
         if received and own_session:  # a signal that came before the command started
             _forward(process, received[0])
         status = process.wait()
@@ -173,3 +175,25 @@ def supervise(argv: list, done, environ=None, own_session: bool = False) -> int:
               f"checkpoint; run the workflow again to resume from it. Exit status {STOPPED}.", flush=True)
         return STOPPED
     return 0
+
+
+def add_arguments(parser) -> None:
+    parser.description = __doc__
+    settings.add_arguments(parser, PretrainSettings, only=("nodes", "nproc_per_node"))
+    settings.add_arguments(parser, SlurmPretrain, only=("cpus_per_node", "gpus_per_node"))
+    parser.add_argument("--done", help="the launched pretrain's --done file (given to it): a run that ends without it "
+                                       f"stopped early, and launch exits {STOPPED}")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the bertpipe command, e.g. pretrain ...")
+    # Not a run of its own: the command it launches is tracked (by its rank 0).
+    parser.set_defaults(run=run, label=None, inputs=(), tracked=False)
+
+
+def run(args, tracking_run) -> None:
+    if not args.command:
+        raise BertpipeError("name the command to launch, e.g. `bertpipe launch --nodes 2 pretrain ...`")
+    # The launched command is tracked as this one would be, with this job's log.
+    command = [*tracking_run.target.arguments(), *(["--log-file", args.log_file] if args.log_file else []),
+               *(["--run-name", args.run_name] if args.run_name else []), *args.command,
+               *(["--done", args.done] if args.done else [])]
+    raise SystemExit(launch(args.nodes, args.nproc_per_node, command, cpus_per_node=args.cpus_per_node,
+                            gpus_per_node=args.gpus_per_node, done=args.done))

@@ -33,10 +33,12 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from bertpipe import BertpipeError
+from bertpipe import BertpipeError, settings
 from bertpipe.atomic import atomic_file, exclusive, publish_file
 from bertpipe.redaction import redact
-from bertpipe.settings import mirror_credentials_fault
+from bertpipe.settings import DownloadSettings, DumpSettings, mirror_credentials_fault
+from bertpipe.stages import add_step
+from bertpipe.tracking import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +229,8 @@ def resolve_dump(mirror: str, wiki: str, date: str, download) -> tuple:
         except _Unfinished as error:
             unfinished.append(str(error))
     raise BertpipeError(
-        f"{join_url(mirror, wiki)}/: no finished dump among the newest dated folders ({'; '.join(unfinished) or 'none listed'}); "
+        f"{join_url(mirror, wiki)}/: no finished dump among the newest dated folders "
+        f"({'; '.join(unfinished) or 'none listed'}); "
         "set dump.date to a finished dump's YYYYMMDD"
     )
 
@@ -356,25 +359,25 @@ def _fetch_http(url: str, partial: Path, download, bar) -> None:
         raise TransientError(f"{url}: {error}") from error
 
 
-def download_part(manifest_path, part: str, out, settings, mirror: str) -> Path:
+def download_part(manifest_path, part: str, out, download, mirror: str) -> Path:
     """Download one part listed in the manifest from `mirror` to `out`, resuming `<out>.part`, verifying sha1 before
-    publishing; `settings` (settings.DownloadSettings) say how often and how long to retry."""
+    publishing; `download` (settings.DownloadSettings) says how often and how long to retry."""
     manifest = read_manifest(manifest_path)
     if part not in manifest["parts"]:
         raise BertpipeError(f"{manifest_path}: no part named {part!r}; known: {', '.join(manifest['parts'])}")
     entry = manifest["parts"][part]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    check_mirror(mirror, settings)
+    check_mirror(mirror, download)
     with exclusive(out.with_name(out.name + ".lock")):  # another run downloading this part holds it until it is done
         if out.is_file() and entry["sha1"] == sha1_of(out):
             log.info("%s: already downloaded and verified (by another run)", out)
             return out
-        return _download(entry, out, settings, join_url(mirror, entry["path"]))
+        return _download(entry, out, download, join_url(mirror, entry["path"]))
 
 
-def _download(entry: dict, out: Path, settings, url: str) -> Path:
-    retries, backoff = settings.retries, settings.backoff_seconds
+def _download(entry: dict, out: Path, download, url: str) -> Path:
+    retries, backoff = download.retries, download.backoff_seconds
     # The partial file keeps a fixed name, unlike atomic_file's temp names, so that a rerun resumes it.
     partial = out.with_name(out.name + ".part")
     size = entry["size"]
@@ -389,7 +392,7 @@ def _download(entry: dict, out: Path, settings, url: str) -> Path:
                     if source is not None:
                         _copy_local(source, partial, bar)
                     else:
-                        _fetch_http(url, partial, settings, bar)
+                        _fetch_http(url, partial, download, bar)
                 have = partial.stat().st_size
                 if size is not None and have != size:
                     raise TransientError(f"{url}: got {have} of {size} bytes")
@@ -417,3 +420,40 @@ def _download(entry: dict, out: Path, settings, url: str) -> Path:
     partial.with_name(partial.name + ".validator").unlink(missing_ok=True)
     log.info("%s: %d bytes, sha1 verified", out, out.stat().st_size)
     return out
+
+
+def add_arguments(parser) -> None:
+    steps = parser.add_subparsers(dest="step", required=True)
+
+    manifest = add_step(steps, "manifest", "resolve the dump (dumpstatus.json) into manifest.json")
+    settings.add_arguments(manifest, DumpSettings)
+    settings.add_arguments(manifest, DownloadSettings, only=("timeout_seconds", "redirects_to_other_hosts",
+                                                              "token_env"))
+    manifest.add_argument("--out", required=True, help="manifest.json to write")
+    manifest.set_defaults(run=run_manifest, label="out", inputs=())
+
+    part = add_step(steps, "part", "download one part listed in the manifest")
+    part.add_argument("--manifest", required=True)
+    part.add_argument("--part", required=True, help="part name: its file name without .bz2")
+    part.add_argument("--out", required=True)
+    settings.add_arguments(part, DumpSettings, only=("mirror",))
+    settings.add_arguments(part, DownloadSettings)
+    part.set_defaults(run=run_part, label="part", inputs=("manifest",))
+
+
+def run_manifest(args, _) -> Outcome:
+    download = settings.from_args(DownloadSettings, args, retries=DownloadSettings.retries,
+                                   backoff_seconds=DownloadSettings.backoff_seconds)
+    manifest = write_manifest(args.mirror, args.wiki, args.date, args.out, download)
+    return Outcome(metrics={"parts": len(manifest["parts"]),
+                            "bytes": sum(part["size"] or 0 for part in manifest["parts"].values())},
+                   tags={"dump.date": manifest["date"]}, artifacts=[(args.out, None)])
+
+
+def run_part(args, _) -> Outcome:
+    started = time.perf_counter()
+    path = download_part(args.manifest, args.part, args.out, settings.from_args(DownloadSettings, args), args.mirror)
+    seconds = time.perf_counter() - started
+    size = path.stat().st_size
+    return Outcome(metrics={"bytes": size, "seconds": seconds,
+                            "megabytes_per_second": size / 2**20 / max(seconds, 1e-9)})

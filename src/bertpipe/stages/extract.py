@@ -20,11 +20,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from bertpipe import BertpipeError
+from bertpipe import BertpipeError, settings
 from bertpipe.atomic import atomic_file
+from bertpipe.settings import ExtractSettings
 from bertpipe.stopping import end_with_parent
+from bertpipe.tracking import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,8 @@ def check_dump(path) -> None:
         with _open_dump(path) as f:
             head = f.read(HEAD_BYTES)
             if not head:
-                raise BertpipeError(f"{path}: the dump part is empty; download it again (snakemake --forcerun download)")
+                raise BertpipeError(f"{path}: the dump part is empty; download it again "
+                                    "(snakemake --forcerun download)")
             if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
                 raise BertpipeError(
                     f"{path}: the XML is UTF-16 encoded; WikiExtractor reads UTF-8 dumps only: re-encode it "
@@ -75,7 +79,8 @@ def check_dump(path) -> None:
                 pass
     except EOFError as error:
         raise BertpipeError(
-            f"{path}: the bz2 stream ends early (the file is truncated); download it again (snakemake --forcerun download)"
+            f"{path}: the bz2 stream ends early (the file is truncated); download it again "
+            "(snakemake --forcerun download)"
         ) from error
     except OSError as error:
         raise BertpipeError(f"{path}: not a readable bz2 file ({error}); download it again") from error
@@ -140,3 +145,17 @@ def _name_of(line: bytes) -> str:
     found = re.search(rb'"id": "([^"]*)".*?"title": "([^"]*)"', line)
     return f"page {found.group(1).decode(errors='replace')}, {found.group(2).decode(errors='replace')!r}" if found \
         else f"{line[:60]!r}"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--input", required=True, help="a pages-articles dump part (.bz2)")
+    parser.add_argument("--out", required=True, help="JSON lines: id, title, url, text")
+    settings.add_arguments(parser, ExtractSettings)
+    parser.set_defaults(run=run, label="input", inputs=("input",))
+
+
+def run(args, _) -> Outcome:
+    started = time.perf_counter()
+    counts = extract_part(args.input, args.out, processes=args.threads)
+    return Outcome(metrics={**counts, "seconds": time.perf_counter() - started,
+                            "bytes_out": Path(args.out).stat().st_size})
