@@ -18,8 +18,8 @@ demo: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) all --configfile config.demo.yaml
 
 # Two pytest workers, a test file each at a time (a file's tests share their fixtures: a Slurm cluster, a pipeline
-# run): the long tests wait on Slurm, servers and subprocesses as much as they compute. (A third worker on these two
-# cores made every long test slower: the demo's then ran past its 15 minutes.)
+# run): the long tests wait on Slurm, servers and subprocesses as much as they compute, and on a 2-core machine a
+# third worker only slows every long test down (docs/benchmarks.md, "The test suite").
 test: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
@@ -31,15 +31,28 @@ settings: $(VENV)/.installed
 	$(BIN)/bertpipe settings schema > workflow/schemas/config.schema.yaml
 	$(BIN)/bertpipe settings docs > docs/settings.md
 
+# ruff's rules are pyproject.toml's (pycodestyle errors and warnings, pyflakes, the order of imports); Snakemake's
+# linter reads the workflow.
 lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests bench
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint --configfile config.demo.yaml
 
 report: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --report report.html --configfile config.demo.yaml
 
-# The demo's MLflow store (config mlflow.tracking_uri: null); http://127.0.0.1:5000
+# The demo's MLflow store (config mlflow.tracking_uri: null) on http://127.0.0.1:5000, after the URL of its
+# experiment's runs in the model-training view: MLflow 3's UI otherwise opens on its GenAI pages (its mode is kept per
+# browser). The experiment is config.yaml's mlflow.experiment, looked up read-only in the store.
+MLFLOW_STORE := $(abspath results)/mlflow/mlflow.db
+RUNS_VIEW := import sqlite3, sys, yaml; from bertpipe.tracking import runs_view; \
+	name = yaml.safe_load(open("config.yaml"))["mlflow"]["experiment"]; \
+	found = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True).execute( \
+	"SELECT experiment_id FROM experiments WHERE name = ?", (name,)).fetchone(); \
+	print(f"the runs: {runs_view(sys.argv[2], found[0])}" if found else f"no experiment {name} in {sys.argv[1]}")
 mlflow-ui: $(VENV)/.installed
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath results)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+	@test -f $(MLFLOW_STORE) || { echo "no MLflow store at $(MLFLOW_STORE): run make demo first"; exit 1; }
+	@$(BIN)/python -c '$(RUNS_VIEW)' $(MLFLOW_STORE) http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_STORE) --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf results resources logs .snakemake

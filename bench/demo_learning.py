@@ -6,13 +6,12 @@ the same batches in the same order, the same AdamW and schedule, and prints each
 thirds of the run next to two baselines: the unigram entropy of the train split's masked tokens (what the workflow
 test compares with) and the unigram model's cross-entropy on the valid split's masked tokens.
 
-    make demo && .venv/bin/python bench/demo_learning.py               # the demo's recipe, both models
-    .venv/bin/python bench/demo_learning.py --steps 9600 --ours-only  # four times the steps, our model only
+    make demo && .venv/bin/python -m bench.demo_learning               # the demo's recipe, both models
+    .venv/bin/python -m bench.demo_learning --steps 9600 --ours-only  # four times the steps, our model only
 """
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -21,17 +20,14 @@ import torch
 import yaml
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from train_bench import huggingface_model  # noqa: E402  (this script's folder is on sys.path)
-
-from bertpipe.model import BertConfig, BertForPreTraining  # noqa: E402
-from bertpipe.tfrecord_reader import TFRecordSamples  # noqa: E402
-from bertpipe.tokenizer_folder import Tokenizer  # noqa: E402
-from bertpipe.train.batches import global_batch_indices  # noqa: E402
-from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals, forward_sums  # noqa: E402
-from bertpipe.train.optim import adamw, learning_rate  # noqa: E402
+from bench.harness import REPO
+from bench.train_bench import huggingface_model
+from bertpipe.model import BertConfig, BertForPreTraining
+from bertpipe.tfrecord_reader import TFRecordSamples
+from bertpipe.tokenizer_folder import Tokenizer
+from bertpipe.train.batches import global_batch_indices
+from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals, forward_sums
+from bertpipe.train.optim import adamw, learning_rate
 
 SEED = 1234
 
@@ -98,7 +94,8 @@ def train(model, train_samples, valid_batches, recipe: dict, steps: int) -> list
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=".venv/bin/python -m bench.demo_learning", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=REPO / "results", help="the demo's results folder")
     parser.add_argument("--steps", type=int, help="phase-1 steps (default: the demo's)")
     parser.add_argument("--ours-only", action="store_true", help="skip HuggingFace's model")

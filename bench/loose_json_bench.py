@@ -6,7 +6,7 @@ Wikipedia's mean length (about 3 kB: 20 GB of text in 6.9 million articles) and 
 has the size asked for (real text, so json parsing and UTF-8 encoding cost what they cost on Wikipedia). Each size
 is indexed in a fresh process, so that its peak RSS is its own.
 
-    .venv/bin/python bench/loose_json_bench.py --mb 50 500
+    .venv/bin/python -m bench.loose_json_bench --mb 50 500
 """
 
 import argparse
@@ -14,14 +14,11 @@ import bz2
 import json
 import multiprocessing
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-SAMPLE = REPO / "data/mirror/enwiki/latest/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+from bench.harness import SAMPLE
 
 
 def write_corpus(path: Path, megabytes: float, document_chars: int) -> int:
@@ -51,7 +48,8 @@ def index(path: str, results) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=".venv/bin/python -m bench.loose_json_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, nargs="+", default=[50, 500], help="input sizes, MB of json")
     parser.add_argument("--document-chars", type=int, default=3000, help="characters a document (default: %(default)s)")
     args = parser.parse_args()

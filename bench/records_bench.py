@@ -8,30 +8,28 @@ data set, and the resident memory it adds, per record, right after opening and a
 has been read (an epoch of random batches touches them all). Measured against the goal of 16 bytes a record and
 10 s, with the old per-record header scan as the reference, timed on the first file and scaled.
 
-    .venv/bin/python bench/records_bench.py [--records 100000000] [--files 100] [--folder /tmp/records-bench]
+    .venv/bin/python -m bench.records_bench [--records 100000000] [--files 100] [--folder /tmp/records-bench]
 
 With `--order`, no records are made: it times the training order alone (train.batches.global_batch_indices) at 10^9
 samples, one rank's indices of a global batch of 256 x 8 ranks at step 0 and at a step in a later epoch, with the
 seconds and the memory it adds (the process's resident growth, and the peak of numpy's allocations as tracemalloc
 sees them; goal: under 1 s and 50 MB), and the whole-epoch permutation it replaces, timed at 10^7, as the reference.
 
-    .venv/bin/python bench/records_bench.py --order
+    .venv/bin/python -m bench.records_bench --order
 """
 
 import argparse
 import resource
 import shutil
 import struct
-import sys
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from bertpipe.tfrecord_reader import _HEADER, FEATURES, TFRecordSamples, example_class, index_path, masked_crc  # noqa: E402
-from bertpipe.train.batches import global_batch_indices  # noqa: E402
+from bertpipe.tfrecord_reader import _HEADER, FEATURES, TFRecordSamples, example_class, index_path, masked_crc
+from bertpipe.train.batches import global_batch_indices
 
 
 def rss_bytes() -> int:
@@ -113,7 +111,8 @@ def order_bench(samples: int = 10**9, per_rank: int = 256, world: int = 8, refer
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=".venv/bin/python -m bench.records_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=100_000_000)
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--folder", default="/tmp/records-bench")

@@ -3,10 +3,11 @@ generated multi-part dump of real text served over HTTP on 127.0.0.1, at several
 prints wall time, CPU seconds per input MB, peak RSS per job, output MB per input MB, jobs, and tracking's runs and
 seconds per job.
 
-    .venv/bin/python bench/scale_rehearsal.py [--sizes-mb 15 150 1500] [--part-mb 150] [--out DIR] [--json FILE]
+    .venv/bin/python -m bench.scale_rehearsal [--sizes-mb 15 150 1500] [--part-mb 150] [--out DIR] [--json FILE]
 
-Needs root and Debian's Slurm (installed when missing), as the Slurm tests: the cluster is tests/slurm_cluster.py's,
-two nodes of 2 CPUs each on this machine, the HTTP mirror tests/conftest.py's DumpServer.
+Needs root and Debian's Slurm (installed when missing), as the Slurm tests: the cluster is
+bench/harness/slurm_cluster.py's, two nodes of 2 CPUs each on this machine, the HTTP mirror
+bench/harness/mirror.py's DumpServer.
 
 The dump: the bundled sample's pages repeated under new page ids and titles until the XML reaches the size, cut into
 parts of `--part-mb` MB of XML (bz2, with their dumpstatus.json and sha1). Each copy but the first keeps about 85% of
@@ -34,23 +35,18 @@ import random
 import re
 import shutil
 import sqlite3
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "bench"))
-
-from loose_json_bench import index  # noqa: E402
-
-from bertpipe.cli import JOB_USAGE_LINE  # noqa: E402
-from tests.conftest import SAMPLE, DumpServer, copy_workflow, snakemake, split_pages  # noqa: E402
-from tests.slurm_cluster import SlurmCluster, install_slurm  # noqa: E402
+from bench.harness import SAMPLE
+from bench.harness.mirror import DumpServer, split_pages
+from bench.harness.slurm_cluster import SlurmCluster, install_slurm
+from bench.harness.workflow import copy_workflow, snakemake
+from bench.loose_json_bench import index
+from bertpipe.cli import JOB_USAGE_LINE
 
 WIKI, DATE = "enwiki", "20260101"
 ID_STRIDE = 10_000_000  # a copy's page ids: the sample's (below 40,000) plus copy x this
@@ -262,12 +258,13 @@ def rehearse(size_mb: float, part_mb: float, out: Path, cluster: SlurmCluster) -
     return {"size": size, "wall_s": wall, "tracking_runs": runs, "stages": rows, "loose_json_index": loose_json}
 
 
-# English Wikipedia, for the projection: the sizes issue 13 of this project gives (over 20 GB of bz2, about 100 GB of
-# XML), not measured here; a real dump's dumpstatus.json lists its parts' sizes.
+# English Wikipedia, for the projection: its dump's sizes (over 20 GB of bz2, about 100 GB of XML), not measured here; a
+# real dump's dumpstatus.json lists its parts' sizes.
 WIKIPEDIA_XML_MB, WIKIPEDIA_BZ2_MB, WIKIPEDIA_PARTS = 100 * 1024, 22 * 1024, 60
 NODE_CORES = 64  # config.yaml's slurm.pretrain.cpus_per_node, a typical node
-# The training step of BERT-Large on one H200 (README, bench/train_bench.py --gpu --batch 256 --compile,
-# 2026-11-28): sequences/s at seq 128, bf16; the trainer made 97% of its bench step on a CPU (trainer_bench.py).
+# The training step of BERT-Large on one H200, an input of the projection (docs/benchmarks.md: `python -m
+# bench.train_bench --gpu --batch 256 --compile`, 2026-11-28): sequences/s at seq 128, bf16; the trainer made 97% of
+# its bench step on a CPU (trainer_bench.py).
 H200_SEQ128_PER_S, TRAINER_SHARE = 1719, 0.97
 
 
@@ -317,7 +314,8 @@ def project(result: dict) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=".venv/bin/python -m bench.scale_rehearsal", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes-mb", type=float, nargs="+", default=[15, 150, 1500], help="MB of XML")
     # 150 MB of XML make about 67 MB of text: from this size on, a part fills a 64 MB corpus shard (the default
     # corpus.shard_max_mb), as English Wikipedia's parts of about 4 GB of XML do.

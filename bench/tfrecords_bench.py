@@ -2,7 +2,7 @@
 the same run, and how our memory scales with the input.
 
     .venv/bin/pip install bert-tensorflow==1.0.4   # Google's script (bench only; it runs on TF 2 via compat.v1)
-    .venv/bin/python bench/tfrecords_bench.py [--google-mb 16 64] [--base-mb 16] [--scales 1 4 16] [--jobs 2]
+    .venv/bin/python -m bench.tfrecords_bench [--google-mb 16 64] [--base-mb 16] [--scales 1 4 16] [--jobs 2]
 
 Input: the bundled sample's articles (extracted and cleaned by our own stages), repeated with new ids until the
 corpus reaches the size asked for (so sentences repeat; generated input, not more Wikipedia). Settings: Google's
@@ -27,16 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from bench.harness import REPO, SAMPLE
+from bertpipe.settings import CorpusSettings, TokenizerSettings
+from bertpipe.stages.corpus import build_part
+from bertpipe.stages.extract import extract_part
+from bertpipe.stages.tokenizer import train
+from bertpipe.tfrecord_reader import index_records
 
-from bertpipe.settings import CorpusSettings, TokenizerSettings  # noqa: E402
-from bertpipe.stages.corpus import build_part  # noqa: E402
-from bertpipe.stages.extract import extract_part  # noqa: E402
-from bertpipe.stages.tokenizer import train  # noqa: E402
-from bertpipe.tfrecord_reader import index_records  # noqa: E402
-
-SAMPLE = REPO / "data/mirror/enwiki/latest/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 SETTINGS = {"seq_length": 128, "max_predictions": 20, "dupe_factor": 5}
 
 
@@ -138,7 +135,8 @@ def against_google(documents: list, temp: Path, tokenizer: Path, sizes_mb: list)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=".venv/bin/python -m bench.tfrecords_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-mb", type=float, default=16.0, help="input at x1 and the size of each corpus shard")
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--jobs", type=int, default=2)

@@ -2,9 +2,9 @@
 same config, batch and thread count, in one run; and how fast each loader feeds it, with and without reader
 processes (`--num-workers`).
 
-    .venv/bin/python bench/train_bench.py                 # CPU: a small BERT, float32 and bf16 autocast
-    python bench/train_bench.py --gpu [--compile]         # CUDA: BERT-Large, seq 128, fp16 and bf16
-    .venv/bin/python bench/train_bench.py --profile       # and each step's operators by self time
+    .venv/bin/python -m bench.train_bench                    # CPU: a small BERT, float32 and bf16 autocast
+    .venv/bin/python -m bench.train_bench --gpu [--compile]  # CUDA: BERT-Large, seq 128, fp16 and bf16
+    .venv/bin/python -m bench.train_bench --profile          # and each step's operators by self time
 
 Prints samples/s of each model, our rate over HuggingFace's, and achieved model FLOP/s as a fraction of a plain
 matmul's FLOP/s measured in the same run and, on a GPU, of its datasheet peak (`--peak-tflops`, default the
@@ -17,7 +17,6 @@ HuggingFace's step has none, so the comparison favours HuggingFace there.
 import argparse
 import math
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,17 +24,14 @@ from pathlib import Path
 import torch
 import transformers
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from bertpipe.model import BertConfig, BertForPreTraining, flops_per_sequence, pretraining_loss_sums  # noqa: E402
-from bertpipe.model_loading import huggingface_config  # noqa: E402
-from bertpipe.settings import CorpusSettings, TokenizerSettings  # noqa: E402
-from bertpipe.train.precision import COMPUTE_DTYPES, autocast, gradients_overflow  # noqa: E402
-from bertpipe.train.telemetry import measured_peak_flops  # noqa: E402
+from bench.harness import SAMPLE
+from bertpipe.model import BertConfig, BertForPreTraining, flops_per_sequence, pretraining_loss_sums
+from bertpipe.model_loading import huggingface_config
+from bertpipe.settings import CorpusSettings, TokenizerSettings
+from bertpipe.train.precision import COMPUTE_DTYPES, autocast, gradients_overflow
+from bertpipe.train.telemetry import measured_peak_flops
 
 LOSS_SCALE = 2.0**16
-SAMPLE = REPO / "data/mirror/enwiki/latest/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
 
 def huggingface_model(config: BertConfig):
@@ -170,7 +166,8 @@ def loader_rates(batch_size, workers=2, seconds=5.0) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=".venv/bin/python -m bench.train_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", action="store_true", help="BERT-Large on CUDA, fp16 and bf16")
     parser.add_argument("--batch", type=int, help="default: 32 on CPU, 64 on GPU")
     parser.add_argument("--seq", type=int, default=128)

@@ -3,7 +3,7 @@ sample, in the training process and with reader processes, against the bare trai
 forward, backward, AdamW) of the same model on batches of the same records, same batch, precision and threads, in
 one run; and where the trainer's step time goes, from torch.profiler's record of its named parts.
 
-    .venv/bin/python bench/trainer_bench.py [--steps 20] [--rounds 3] [--batch 32]
+    .venv/bin/python -m bench.trainer_bench [--steps 20] [--rounds 3] [--batch 32]
 
 Prints samples/s of the bare step and of the trainer with 0 and 2 reader processes (the median of `rounds` rounds,
 the three taking turns, as this machine's speed drifts), their ratio, and the trainer's step broken into data wait,
@@ -13,7 +13,6 @@ sinks: a log line and metrics.jsonl).
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,23 +20,14 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "bench"))
-
-from train_bench import ours_step, sample_records  # noqa: E402
-
-from bertpipe.model import BertConfig, BertForPreTraining  # noqa: E402
-from bertpipe.settings import (  # noqa: E402
-    InstanceSpec,  # noqa: E402
-    PhaseSettings,
-    TrainingSettings,
-)
-from bertpipe.tfrecord_reader import TFRecordSamples  # noqa: E402
-from bertpipe.train.batches import RankBatches  # noqa: E402
-from bertpipe.train.loop import Trainer  # noqa: E402
-from bertpipe.train.metrics import ConsoleSink, JsonLinesSink  # noqa: E402
-from bertpipe.train.optim import adamw  # noqa: E402
+from bench.train_bench import ours_step, sample_records
+from bertpipe.model import BertConfig, BertForPreTraining
+from bertpipe.settings import InstanceSpec, PhaseSettings, TrainingSettings
+from bertpipe.tfrecord_reader import TFRecordSamples
+from bertpipe.train.batches import RankBatches
+from bertpipe.train.loop import Trainer
+from bertpipe.train.metrics import ConsoleSink, JsonLinesSink
+from bertpipe.train.optim import adamw
 
 PARTS = ("bertpipe.data", "bertpipe.forward_backward", "bertpipe.optimizer")
 WARMUP = 3  # steps before timing: reader processes starting, first allocations
@@ -89,7 +79,8 @@ def bare_rate(config, batches) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=".venv/bin/python -m bench.trainer_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)

@@ -2,30 +2,24 @@
 sample, with the encoder on real tokens only (the model's default) and with padding computed like real tokens (as
 under torch.compile), on the same batches, in one run, alternating.
 
-    .venv/bin/python bench/unpad_bench.py [--batch 16] [--repeats 5]
+    .venv/bin/python -m bench.unpad_bench [--batch 16] [--repeats 5]
 
 Prints the batches' padding fraction, each variant's seconds per step and their ratio.
 """
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "bench"))
-
-from train_bench import ours_step, sample_records  # noqa: E402
-
-from bertpipe.model import BertConfig, BertForPreTraining  # noqa: E402
-from bertpipe.settings import InstanceSpec  # noqa: E402
-from bertpipe.tfrecord_reader import TFRecordSamples  # noqa: E402
-from bertpipe.train.optim import adamw  # noqa: E402
+from bench.train_bench import ours_step, sample_records
+from bertpipe.model import BertConfig, BertForPreTraining
+from bertpipe.settings import InstanceSpec
+from bertpipe.tfrecord_reader import TFRecordSamples
+from bertpipe.train.optim import adamw
 
 VOCAB = 4000  # the demo's
 
@@ -40,7 +34,8 @@ def seq512_batches(folder: Path, batch_size: int, count: int) -> list:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=".venv/bin/python -m bench.unpad_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5, help="timed steps of each variant")
     args = parser.parse_args()

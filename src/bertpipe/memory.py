@@ -4,9 +4,9 @@ glibc serves an allocation above its mmap threshold (128 KiB at start) with a ma
 system when freed; but each time such a block is freed it raises the threshold to that block's size (up to 32 MiB),
 so that later blocks below it come from the heap, where freed space of the wrong sizes stays resident. The unpadded
 encoder's tensors change size with every batch (its tokens are the batch's real ones), so the heap fragments and a
-process's resident memory keeps growing with the batches it has run: evaluate's peak RSS went from 1.5 to 3.1 GB
-as the test split grew a hundredfold (docs/scale.md). With the threshold fixed at 128 KiB, 150 batches of that test
-split peaked at 0.93 GB against 1.67 GB, flat from the 50th batch on, about 10% slower on a CPU.
+process's resident memory keeps growing with the batches it has run. With the threshold fixed, every large tensor
+gets a mapping of its own, returned when freed, and peak RSS stays flat in the number of batches, at some CPU
+time spent on page faults (docs/benchmarks.md, "The heap's mmap threshold").
 """
 
 import ctypes

@@ -272,9 +272,10 @@ class TrainingSettings:
                                minimum=0, run=EXECUTION)
     deterministic: bool = setting(False, "deterministic kernels (bitwise resume on a CPU), slower on a GPU",
                                   run=EXECUTION)
-    compile: bool = setting(True, "train the model under torch.compile (the bench's BERT-Large step on an H200, "
-                                  "batch 256 without padding: 1.2 to 1.3 times eager; compiled, the encoder computes "
-                                  "the padding); checkpoints hold the plain model's weights either way", run=EXECUTION)
+    compile: bool = setting(True, "train the model under torch.compile: faster on a GPU, slower on a CPU, where "
+                                  "compiling costs more than it saves; compiled, the encoder computes the padding "
+                                  "(the real-token count changes every batch and would recompile it); checkpoints "
+                                  "hold the plain model's weights either way", run=EXECUTION)
     dist_timeout_minutes: float = setting(30.0, "how long a process waits in a collective for the others (a rank "
                                                 "that hangs or is lost) before the run fails", exclusiveMinimum=0,
                                           run=EXECUTION)
@@ -312,6 +313,12 @@ class MlflowSettings:
     experiment: str = setting("bertpipe", "the MLflow experiment of every run", minLength=1)
     registered_model: str = setting("bertpipe-bert", "the Model Registry name each pipeline run adds a version to",
                                     pattern="^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # An MLflow alias: letters, digits, _ and -, but not latest (models:/<name>/latest is the highest version) nor
+    # v1, v2, ... (models:/<name>@v1 is version 1), which MLflow refuses.
+    registered_alias: str = setting(
+        "newest", "the alias the newest registered version gets (moved from the version before): load it as "
+                  "models:/<registered_model>@<alias>; MLflow keeps latest and v<number> for itself",
+        pattern="^(?![Ll][Aa][Tt][Ee][Ss][Tt]$)(?![Vv][0-9]+$)[A-Za-z0-9_-]{1,255}$")
     upload_timeout_seconds: int = setting(3600, "seconds for each request of the model's upload (a BERT-Large folder "
                                                 "is 1.3 GB); API calls keep MLflow's short timeout", minimum=1)
 

@@ -309,19 +309,11 @@ class Run:
             return
 
         def send():
-            timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
-            if timeout_seconds:  # MLflow reads it at each request
-                os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_seconds)
-            try:
+            with request_timeout(timeout_seconds):
                 if path.is_dir():
                     self.client.log_artifacts(self.run_id, str(path), artifact_path)
                 else:
                     self.client.log_artifact(self.run_id, str(path), artifact_path)
-            finally:
-                if timeout is None:
-                    os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT", None)
-                else:
-                    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = timeout
 
         self._call(send, {"op": "artifact", "path": str(path.resolve()), "artifact_path": artifact_path})
 
@@ -335,6 +327,22 @@ class Run:
 
     def end(self, status: str = "FINISHED"):
         self._call(lambda: self.client.set_terminated(self.run_id, status), {"op": "end", "status": status})
+
+
+@contextlib.contextmanager
+def request_timeout(seconds: int = None):
+    """While the block runs, each MLflow HTTP request may take `seconds` (None: MLflow's, HTTP_DEFAULTS): for the
+    uploads of large files, which MLflow's one request timeout, sized for API calls, would cut off."""
+    timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
+    if seconds:  # MLflow reads it at each request
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(seconds)
+    try:
+        yield
+    finally:
+        if timeout is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = timeout
 
 
 def _dataset_inputs(records: list) -> list:
@@ -392,6 +400,13 @@ def experiment(client, name: str, folder: Path) -> str:
     if EXPERIMENT_KIND_TAG not in found.tags:  # an experiment made before (a kind set in the UI is kept)
         client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND[EXPERIMENT_KIND_TAG])
     return found.experiment_id
+
+
+def runs_view(server: str, experiment_id) -> str:
+    """The URL of an experiment's runs in the MLflow UI at `server`, in its model-training view: MLflow 3's UI keeps
+    its mode per browser and starts in GenAI (traces, judges, prompts) whatever the experiment's kind; the
+    workflowType parameter sets it. (The UI's route of an experiment's runs tab is /experiments/:experimentId/runs.)"""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 class MetricSink:

@@ -4,7 +4,7 @@ any job, with a message naming the keys."""
 import pytest
 import yaml
 
-from tests.conftest import copy_workflow, snakemake
+from bench.harness.workflow import copy_workflow, snakemake
 
 pytestmark = pytest.mark.slow
 

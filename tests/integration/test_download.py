@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness.mirror import DumpServer
 from bertpipe import BertpipeError
 from bertpipe.settings import DownloadSettings
 from bertpipe.stages.download import _origin, download_part, part_name, write_manifest
-from tests.conftest import VENV_BIN, DumpServer, bertpipe_in_process, make_dump_tree, run_bertpipe
+from tests.conftest import VENV_BIN, bertpipe_in_process, make_dump_tree, run_bertpipe
 
 
 def manifest_for(tmp_path, server, date="20260101"):

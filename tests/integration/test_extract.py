@@ -6,9 +6,11 @@ import json
 
 import pytest
 
+from bench.harness import SAMPLE
+from bench.harness.mirror import split_pages
 from bertpipe import BertpipeError
 from bertpipe.stages.extract import extract_part
-from tests.conftest import SAMPLE, SAMPLE_ARTICLES, run_bertpipe, split_pages, write_part
+from tests.conftest import SAMPLE_ARTICLES, run_bertpipe, write_part
 
 
 def test_sample_yields_every_article_without_revid(tmp_path):

@@ -1,5 +1,6 @@
-"""The demo pipeline against a real `mlflow server` on 127.0.0.1: runs found through its REST API; and a server that
-stops mid-run, after which the pipeline still completes, with a warning and the local fallback files."""
+"""The demo pipeline against a real `mlflow server` on 127.0.0.1: runs found through its REST API, the registered
+version's LoggedModel, the model loaded and served by its alias, the runs view as a browser shows it; and a server
+that stops mid-run, after which every stage but register completes, with a warning and the local fallback files."""
 
 import json
 import os
@@ -12,7 +13,10 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import SMALL_PIPELINE, VENV_BIN, copy_workflow
+from bench.harness.workflow import copy_workflow
+from bertpipe.tracking import runs_view
+from tests.browser import install_chromium, page_script_value
+from tests.conftest import SMALL_PIPELINE, VENV_BIN
 from tests.integration.test_tracking import free_port
 
 pytestmark = pytest.mark.slow
@@ -75,12 +79,13 @@ PIPELINE = ("--cores", "2", "all", "--configfile", "config.demo.yaml", "small.ya
 PHASES = [SMALL_PIPELINE["pretrain"]["phases"][0],
           {"seq_length": 128, "batch_size": 8, "gradient_accumulation_steps": 1, "train_iters": 10, "lr": 1.0e-4}]
 TWO_PHASES = {**SMALL_PIPELINE, "pretrain": {**SMALL_PIPELINE["pretrain"], "phases": PHASES}}
+NEWEST = "models:/bertpipe-bert@newest"  # the version that config mlflow.registered_alias marks
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """The small pipeline run against a real server: (workflow folder, the server). The tests share it: the second
-    trains again and stops the server on the way."""
+    """The small pipeline run against a real server: (workflow folder, the server). The tests share it, in file
+    order: the last trains again and stops the server on the way."""
     workflow_dir = copy_workflow(tmp_path_factory.mktemp("server") / "wf")
     mlflow_server = MlflowServer(workflow_dir.parent)
     try:
@@ -95,6 +100,8 @@ def served(tmp_path_factory):
 
 
 def test_demo_against_a_tracking_server_is_found_through_its_rest_api(served):
+    from mlflow import MlflowClient
+
     workflow_dir, mlflow_server = served
     assert not (workflow_dir / "results/mlflow/mlflow.db").exists(), "the server is the store, not a local file"
     assert not (workflow_dir / "results/mlflow/offline").exists()
@@ -120,14 +127,26 @@ def test_demo_against_a_tracking_server_is_found_through_its_rest_api(served):
     (version,) = versions["model_versions"]
     register = next(run for run, tag in children if tag["bertpipe.stage"] == "register")
     assert version["run_id"] == register["info"]["run_id"]
-    assert version["source"] == f"{register['info']['artifact_uri']}/model"
-    def listed(path):
-        return {f["path"] for f in requests.get(f"{mlflow_server.url}/api/2.0/mlflow/artifacts/list", timeout=30,
-                                                params={"run_id": version["run_id"], "path": path}).json()["files"]}
-
-    assert "model/MLmodel" in listed("model")
-    assert {f"model/artifacts/huggingface/{name}" for name in ("config.json", "model.safetensors", "tokenizer.json")
-            } <= listed("model/artifacts/huggingface")
+    # Its source is the register run's LoggedModel (MLflow 3's models:/<model id>; the open-source registry keeps no
+    # model_id of its own): the run's output, with the model's files, evaluate's test metrics and the version it
+    # became, which the alias marks as the newest.
+    model_id = version["source"].removeprefix("models:/")
+    assert model_id.startswith("m-")
+    assert [output["model_id"] for output in register["outputs"]["model_outputs"]] == [model_id]
+    client = MlflowClient(mlflow_server.url)
+    model = client.get_logged_model(model_id)
+    assert model.source_run_id == register["info"]["run_id"] and str(model.status) == "READY"
+    evaluation = json.loads((workflow_dir / "results/evaluate/metrics.json").read_text())
+    tested = {key: value for key, value in evaluation.items() if key.startswith("test_")}
+    assert {"test_perplexity", "test_mlm_accuracy", "test_nsp_accuracy"} <= tested.keys()
+    assert {metric.key: metric.value for metric in model.metrics} == pytest.approx(tested)
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": "bertpipe-bert", "version": 1}]
+    assert client.get_model_version_by_alias("bertpipe-bert", "newest").version == "1"
+    registered = json.loads((workflow_dir / "results/register/model-version.json").read_text())
+    assert (registered["version"], registered["model_id"], registered["uri"]) == ("1", model_id, NEWEST)
+    assert "MLmodel" in {f.path for f in client.list_logged_model_artifacts(model_id)}
+    assert {f"artifacts/huggingface/{name}" for name in ("config.json", "model.safetensors", "tokenizer.json")} <= {
+        f.path for f in client.list_logged_model_artifacts(model_id, "artifacts/huggingface")}
 
 
 SENTENCES = ["The capital of France is [MASK].", "He was born in [MASK] and studied at the university."]
@@ -140,7 +159,7 @@ def test_the_registered_version_fills_masks_through_pyfunc_and_served_over_http(
     offline = {"MLFLOW_TRACKING_URI": mlflow_server.url, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     for key, value in offline.items():
         monkeypatch.setenv(key, value)
-    model = mlflow.pyfunc.load_model("models:/bertpipe-bert/1")
+    model = mlflow.pyfunc.load_model(NEWEST)  # version 1, the only one
     predicted = model.predict(SENTENCES)
     assert [(row["sentence"], row["rank"]) for row in predicted] == [(s, r) for s in SENTENCES for r in range(1, 6)]
     for sentence in SENTENCES:
@@ -153,7 +172,7 @@ def test_the_registered_version_fills_masks_through_pyfunc_and_served_over_http(
     # `mlflow models serve` of the same version on 127.0.0.1, with no network: the same answer over HTTP.
     port = free_port()
     served_model = ListeningProcess(
-        [str(VENV_BIN / "mlflow"), "models", "serve", "-m", "models:/bertpipe-bert/1", "--env-manager", "local",
+        [str(VENV_BIN / "mlflow"), "models", "serve", "-m", NEWEST, "--env-manager", "local",
          "--host", "127.0.0.1", "--port", str(port)], env=offline)
     try:
         response = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": SENTENCES}, timeout=60)
@@ -168,18 +187,85 @@ def test_the_registered_version_fills_masks_through_pyfunc_and_served_over_http(
         served_model.stop()
 
 
+# Run in the page of the runs view: the pipeline run's row, and once it is unfolded as a person's click does, its
+# register run's row, read from the DOM; then the register run's model link followed to the version's page, whose links
+# are read too. It waits for each with the browser's own observer of the page's changes.
+RUNS_VIEW_SCRIPT = """
+async ({pipeline, register}) => {
+  const until = find => new Promise(resolve => {
+    const look = () => {
+      const found = find();
+      if (found) {
+        observer.disconnect();
+        resolve(found);
+      }
+    };
+    const observer = new MutationObserver(look);
+    observer.observe(document.body, {childList: true, subtree: true, characterData: true});
+    look();
+  });
+  const links = within => [...within.querySelectorAll("a[href]")].map(
+    a => ({href: a.getAttribute("href"), text: a.innerText.replace(/\\s+/g, " ").trim()}));
+  // A cell of a run's row in the runs table (AG Grid: a row's cells are spread over several containers).
+  const cell = (runId, column) => document.querySelector(
+    `[role=row][row-id="${runId}"] [role=gridcell][col-id="attributes.\\`${column}\\`"]`);
+  const row = runId => ({name: links(cell(runId, "Run Name")), models: links(cell(runId, "Models"))});
+  await until(() => cell(pipeline, "Run Name") && cell(pipeline, "Models"));
+  const pipelineRow = row(pipeline);
+  cell(pipeline, "Run Name").querySelector("button").click();  // its stage runs are nested under it, folded
+  await until(() => cell(register, "Models") && cell(register, "Models").querySelector("a[href]"));
+  const registerRow = row(register);
+  location.hash = registerRow.models[0].href;
+  const version = await until(() => document.querySelector('a[href*="/models/m-"]') && links(document));
+  return {pipeline: pipelineRow, register: registerRow, version};
+}
+"""
+
+
+def test_the_runs_view_shows_the_pipeline_run_and_its_register_runs_model_linked_both_ways(served):
+    """`make mlflow-ui`'s URL (tracking.runs_view) on the server, in headless Chromium: the experiment's runs in the
+    model-training view, whatever mode the browser last used. The pipeline run's row is there; unfolded, its register
+    run's row links to the version its LoggedModel became, and the version's page to that LoggedModel and the run."""
+    workflow_dir, mlflow_server = served
+    install_chromium()
+    experiment = mlflow_server.api("GET", "experiments/get-by-name",
+                                   params={"experiment_name": "bertpipe"})["experiment"]["experiment_id"]
+    pipeline = json.loads((workflow_dir / "results/mlflow/pipeline-run.json").read_text())["run_id"]
+    pipeline_name = mlflow_server.api("GET", "runs/get", params={"run_id": pipeline})["run"]["info"]["run_name"]
+    registered = json.loads((workflow_dir / "results/register/model-version.json").read_text())
+    shown = page_script_value(runs_view(mlflow_server.url, experiment), f"({RUNS_VIEW_SCRIPT})("
+                              f"{json.dumps({'pipeline': pipeline, 'register': registered['run_id']})})")
+    assert shown["pipeline"]["name"] == [{"href": f"#/experiments/{experiment}/runs/{pipeline}",
+                                          "text": pipeline_name}]
+    assert shown["register"]["name"] == [{"href": f"#/experiments/{experiment}/runs/{registered['run_id']}",
+                                          "text": "register"}]
+    assert shown["register"]["models"] == [{"href": "#/models/bertpipe-bert/versions/1", "text": "bertpipe-bert v1"}]
+    assert {"href": f"#/experiments/{experiment}/models/{registered['model_id']}", "text": "bertpipe-bert"} in shown[
+        "version"], "the version's source model: the LoggedModel, by its name"
+    assert {"href": f"#/experiments/{experiment}/runs/{registered['run_id']}", "text": "register"} in shown["version"]
+
+
 def registered_weights(server) -> dict:
-    """{version: the bytes of its model.safetensors}, read through the server."""
+    """{version: the bytes of its model.safetensors}, read through the server from the version's LoggedModel."""
     versions = server.api("GET", "model-versions/search", params={"filter": "name='bertpipe-bert'"})
-    return {v["version"]: requests.get(f"{server.url}/get-artifact", timeout=60, params={
-        "run_id": v["run_id"], "path": "model/artifacts/huggingface/model.safetensors"}).content
-        for v in versions["model_versions"]}
+    weights = {}
+    for version in versions["model_versions"]:
+        model_id = version["source"].removeprefix("models:/")
+        response = requests.get(f"{server.url}/ajax-api/2.0/mlflow/logged-models/{model_id}/artifacts/files",
+                                params={"artifact_file_path": "artifacts/huggingface/model.safetensors"}, timeout=60)
+        response.raise_for_status()
+        weights[version["version"]] = response.content
+    return weights
 
 
-def test_a_change_of_phase_1s_learning_rate_retrains_both_phases_and_registers_other_weights(served):
+def test_a_changed_learning_rate_retrains_both_phases_the_server_stops_and_register_fails_until_it_is_back(served):
     """A changed training setting never ships the old model: phase 1's learning rate alone changes; phase 1 trains
-    afresh, phase 2 follows it (its checkpoints started from the other phase-1 weights), and the new version holds
-    other weights. Run again with nothing changed, the workflow has nothing to do."""
+    afresh (its checkpoints set aside, not resumed), phase 2 follows it (its checkpoints started from the other
+    phase-1 weights). The server stops once the pipeline run is open on it and Snakemake starts the training jobs:
+    every stage goes on without it but register, which fails naming the server. Back, it gets what the jobs kept
+    offline; a plain rerun registers exactly one version, of other weights; then the workflow has nothing to do."""
+    from mlflow import MlflowClient
+
     workflow_dir, mlflow_server = served
     (first,) = registered_weights(mlflow_server).values()
     changed = [{**PHASES[0], "lr": 9.0e-4}, PHASES[1]]
@@ -187,57 +273,39 @@ def test_a_change_of_phase_1s_learning_rate_retrains_both_phases_and_registers_o
         **TWO_PHASES, "pretrain": {**TWO_PHASES["pretrain"], "phases": changed},
         "mlflow": {"tracking_uri": mlflow_server.url}}))
     process = snakemake_process(workflow_dir, *PIPELINE)
-    output = process.stdout.read()
-    assert process.wait() == 0, output
+    output = []
+    for line in process.stdout:  # Snakemake's own log, line by line as it runs
+        output.append(line)
+        if re.match(r"(local)?rule pretrain:", line):
+            mlflow_server.stop()
+    output = "".join(output)
+    assert process.wait() != 0, output
+    assert mlflow_server.process.poll() is not None, "the server was stopped mid-run"
     finished = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output)
-    assert sorted(finished) == ["all", "evaluate", "export", "pretrain", "pretrain", "register"], finished
+    assert sorted(finished) == ["evaluate", "export", "pretrain", "pretrain"], finished
+    assert "Error in rule register" in output
+    assert f"model bertpipe-bert was not registered: MLflow at {mlflow_server.url} could not be reached" in (
+        workflow_dir / "logs/register.log").read_text()
+    assert not (workflow_dir / "results/register/model-version.json").exists()
+    assert (workflow_dir / "results/export/huggingface/model.safetensors").is_file(), "earlier outputs are kept"
     phase1, phase2 = ((workflow_dir / f"logs/pretrain/phase{n}.log").read_text() for n in (1, 2))
     assert "phase.lr 0.001 -> 0.0009" in phase1 and "moved its checkpoints to" in phase1
     assert "initialised_from.identity" in phase2 and "phase.lr" not in phase2 and "moved its checkpoints to" in phase2
     assert "resumed from" not in phase1 + phase2
     for log, steps in ((phase1, 40), (phase2, 10)):
         assert "step 1 loss" in log and f"step {steps} loss" in log, "trained from the first step to the last"
-    weights = registered_weights(mlflow_server)
-    assert sorted(weights) == ["1", "2"] and weights["1"] == first and weights["2"] != first
-    dry = snakemake_process(workflow_dir, "-n", *PIPELINE)
-    assert "Nothing to be done" in dry.stdout.read() and dry.wait() == 0
-
-
-def test_new_training_data_retrain_afresh_the_server_stops_and_register_fails_until_it_is_back(served):
-    workflow_dir, mlflow_server = served
-    # Another TFRecords seed (other masks and pairs): the TFRecords, training, evaluate, export and register run
-    # again. The finished phase's checkpoints, trained on the old records, are set aside, not resumed. (A tokenizer
-    # seed would not do: on this sample it gives the same tokenizer, byte for byte, and the same records, which the
-    # checkpoints may rightly resume on.) The server stops once the pipeline run is open on it and Snakemake starts
-    # the training job: every stage goes on without it but register, which fails naming the server.
-    (workflow_dir / "seed.yaml").write_text(yaml.safe_dump({"tfrecords": {"seed": 4321}}))
-    process = snakemake_process(workflow_dir, *PIPELINE, "seed.yaml")
-    output = []
-    for line in process.stdout:  # Snakemake's own log, line by line as it runs
-        output.append(line)
-        if re.match(r"(local)?rule pretrain:", line):
-            mlflow_server.stop()
-    assert process.wait() != 0, "".join(output)
-    assert mlflow_server.process.poll() is not None, "the server was stopped mid-run"
-    assert "Error in rule register" in "".join(output)
-    assert f"model bertpipe-bert was not registered: MLflow at {mlflow_server.url} could not be reached" in (
-        workflow_dir / "logs/register.log").read_text()
-    assert not (workflow_dir / "results/register/model-version.json").exists()
-    assert (workflow_dir / "results/export/huggingface/model.safetensors").is_file(), "earlier outputs are kept"
-    phase1 = workflow_dir / "results/pretrain/phase1"
-    stale = sorted(phase1.glob("checkpoints.stale-*"))[-1]  # the newest: this test's
-    assert (stale / "step-00000040/state.pt").is_file() and (phase1 / "checkpoints/step-00000040/state.pt").is_file()
+    checkpoints = workflow_dir / "results/pretrain/phase1"
+    stale = sorted(checkpoints.glob("checkpoints.stale-*"))[-1]  # the newest: this test's
+    assert (stale / "step-00000040/state.pt").is_file()
+    assert (checkpoints / "checkpoints/step-00000040/state.pt").is_file()
 
     # Before the stop: the pipeline run opened on the server. After it: a clear warning in each job's log, and the
     # local file.
     parent = json.loads((workflow_dir / "results/mlflow/pipeline-run.json").read_text())["run_id"]
     assert not parent.startswith("offline-")
     warning = f"MLflow tracking at {mlflow_server.url} failed"
-    pretrain_log = (workflow_dir / "logs/pretrain/phase1.log").read_text()
-    assert warning in pretrain_log and "goes on without it" in pretrain_log
-    assert "inputs.train_data" in pretrain_log and "moved its checkpoints to" in pretrain_log
-    assert "resumed from" not in pretrain_log
-    assert warning in "".join(output), "Snakemake's own output warns when the pipeline run cannot be closed"
+    assert warning in phase1 and "goes on without it" in phase1
+    assert warning in output, "Snakemake's own output warns when the pipeline run cannot be closed"
     offline = list((workflow_dir / "results/mlflow/offline").glob("*.jsonl"))
     records = [json.loads(line) for path in offline for line in path.read_text().splitlines()]
     pretrain_steps = [m for r in records if r["op"] == "metrics" and r["run"] == "pretrain phase 1"
@@ -255,26 +323,32 @@ def test_new_training_data_retrain_afresh_the_server_stops_and_register_fails_un
         second = after_replay[parent]
         assert second["status"] == "FAILED", "the pipeline run that failed at register is closed as it ended"
         children = {run["name"]: run for run in after_replay.values() if run["parent"] == parent}
-        assert {"pretrain phase 1", "evaluate", "export", "register"} <= set(children)
+        assert {"pretrain phase 1", "pretrain phase 2", "evaluate", "export", "register"} <= set(children)
         offline_phase1 = children["pretrain phase 1"]
         assert offline_phase1["status"] == "FINISHED" and offline_phase1["offline_id"].startswith("offline-")
         assert offline_phase1["loss_steps"] == list(range(1, 41)), "every step, once"
         assert offline_phase1["params"]["input_hash.train_data"], "its params and inputs too"
-        # A plain rerun replays nothing again, and runs register alone, which adds exactly one version.
-        process = snakemake_process(workflow_dir, *PIPELINE, "seed.yaml")
+        # A plain rerun replays nothing again, and runs register alone, which adds exactly one version, of the
+        # retrained weights, and moves the alias to it.
+        process = snakemake_process(workflow_dir, *PIPELINE)
         output = process.stdout.read()
         assert process.wait() == 0, output
         assert re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output) == ["register", "all"]
         registered = json.loads((workflow_dir / "results/register/model-version.json").read_text())
-        versions = restarted.api("GET", "model-versions/search", params={"filter": "name='bertpipe-bert'"})
-        assert sorted(v["version"] for v in versions["model_versions"]) == ["1", "2", "3"] == [
-            "1", "2", registered["version"]]
+        weights = registered_weights(restarted)
+        assert sorted(weights) == ["1", "2"] == ["1", registered["version"]]
+        assert weights["1"] == first and weights["2"] != first
+        client = MlflowClient(restarted.url)
+        assert client.get_model_version_by_alias("bertpipe-bert", "newest").version == "2"
+        assert client.get_logged_model(registered["model_id"]).source_run_id == registered["run_id"]
         after_rerun = runs_on(restarted)
         assert {run_id: after_rerun[run_id] for run_id in after_replay} == after_replay
         assert len(after_rerun) == len(after_replay) + 2, "the rerun's pipeline run and its register run"
         again = subprocess.run(replay, capture_output=True, text=True)
         assert again.returncode == 0 and "replayed 0 records of 0 files" in again.stdout, again
         assert runs_on(restarted) == after_rerun
+        dry = snakemake_process(workflow_dir, "-n", *PIPELINE)
+        assert "Nothing to be done" in dry.stdout.read() and dry.wait() == 0
     finally:
         restarted.stop()
 

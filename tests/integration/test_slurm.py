@@ -1,4 +1,4 @@
-"""The workflow on a real Slurm cluster that the tests start on this machine (tests/slurm_cluster.py; Debian's
+"""The workflow on a real Slurm cluster that the tests start on this machine (bench/harness/slurm_cluster.py; Debian's
 packages are installed when missing): `snakemake --profile slurm` runs every job as a Slurm job (but the stats
 sums, local rules) and gets a local run's results, pretrain spans two nodes, a time limit leaves a checkpoint that
 the next run resumes from, and a failed job is reported with its Slurm log."""
@@ -12,15 +12,19 @@ from collections import Counter
 import pytest
 import yaml
 
+from bench.harness.slurm_cluster import SlurmCluster, install_slurm
+from bench.harness.workflow import copy_workflow, snakemake
 from bertpipe.stages.launch import STOPPED
-from tests.conftest import SMALL_PIPELINE, copy_workflow, snakemake
+from tests.conftest import SMALL_PIPELINE
 from tests.integration.test_workflow import rules_run
-from tests.slurm_cluster import SlurmCluster, install_slurm
 
 pytestmark = pytest.mark.slow
 
 CONFIGS = ("--configfile", "config.demo.yaml", "small.yaml")
 SLURM = ("--profile", "slurm")
+# The test cluster answers at once: the executor's first status check after 1 s rather than the profile's 5 s, and
+# its back-off from there, only shortens the waits for jobs that end in seconds.
+SLURM_POLLED_SOONER = (*SLURM, "--slurm-init-seconds-before-status-checks", "1")
 PHASE1 = "results/pretrain/phase1/done.json"
 
 
@@ -76,7 +80,7 @@ def slurm_run(tmp_path_factory, slurm_installed):
     write_yaml(folder / "small.yaml", SMALL_PIPELINE)
     cluster = SlurmCluster(folder.parent / "slurm-1-node", nodes=1).start()
     try:
-        result = snakemake(folder, *SLURM, "all", *CONFIGS)
+        result = snakemake(folder, *SLURM_POLLED_SOONER, "all", *CONFIGS)
         return folder, result.stderr, cluster.job_records()
     finally:
         cluster.stop()
@@ -129,7 +133,7 @@ def test_pretrain_on_two_nodes_matches_one_node_with_the_same_global_batch(start
     halves = {**phase, "batch_size": phase["batch_size"] // 2, "train_iters": 10,
               "lr_decay_iters": phase["train_iters"]}
     write_yaml(folder / "two-nodes.yaml", {"pretrain": {"nodes": 2, "phases": [halves]}})
-    result = snakemake(folder, *SLURM, PHASE1, *CONFIGS, "two-nodes.yaml")
+    result = snakemake(folder, *SLURM_POLLED_SOONER, PHASE1, *CONFIGS, "two-nodes.yaml")
 
     assert rules_run(result.stderr) == {"pretrain": 1}
     (job,) = slurm_jobs(result.stderr)
@@ -187,7 +191,7 @@ def test_a_failed_job_is_reported_with_its_slurm_log_without_waiting(start_clust
     folder = copy_workflow(tmp_path / "wf")
     write_yaml(folder / "no-mirror.yaml", {"dump": {"mirror": "no-such-mirror"}})
     started = time.monotonic()
-    result = snakemake(folder, *SLURM, "all", "--configfile", "config.demo.yaml", "no-mirror.yaml",
+    result = snakemake(folder, *SLURM_POLLED_SOONER, "all", "--configfile", "config.demo.yaml", "no-mirror.yaml",
                        check=False)
     # Status from squeue, without Slurm accounting: the failure is seen and Snakemake stops by itself.
     assert result.returncode != 0 and time.monotonic() - started < 300

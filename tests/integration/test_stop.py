@@ -8,9 +8,10 @@ import subprocess
 import psutil
 import pytest
 
+from bench.harness import SAMPLE
 from bertpipe.settings import TokenizerSettings
 from bertpipe.stages.tokenizer import train
-from tests.conftest import SAMPLE, VENV_BIN
+from tests.conftest import VENV_BIN
 
 pytestmark = pytest.mark.slow
 

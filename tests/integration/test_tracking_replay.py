@@ -32,7 +32,22 @@ def down(tmp_path, monkeypatch) -> tracking.Target:
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     return tracking.Target(uri=f"http://127.0.0.1:{free_port()}", folder=str(tmp_path / "mlflow"),
-                           experiment="tests", commit="0123abcd")
+                           experiment=tmp_path.name, commit="0123abcd")
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """A server for the tests whose scenario does not need it down at first on the jobs' own port: each sends its
+    records there, to an experiment of its own (`up`)."""
+    server = MlflowServer(tmp_path_factory.mktemp("shared-server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def up(down, shared_server) -> tracking.Target:
+    """`down`'s records and experiment (of this test's alone), sent to the shared server."""
+    return tracking.Target(uri=shared_server.url, folder=down.folder, experiment=down.experiment, commit=down.commit)
 
 
 def serve(where: tracking.Target, folder) -> MlflowServer:
@@ -126,54 +141,47 @@ def test_jobs_run_while_the_server_was_down_arrive_once_under_their_pipeline_run
         server.stop()
 
 
-def test_a_run_deleted_in_the_ui_holds_back_its_records_alone_at_each_replay_until_it_is_restored(tmp_path, down,
-                                                                                                caplog):
+def test_a_run_deleted_in_the_ui_holds_back_its_records_alone_at_each_replay_until_it_is_restored(down, up, caplog):
     from mlflow import MlflowClient
 
-    (tmp_path / "server").mkdir()
-    server = MlflowServer(tmp_path / "server")  # on a port of its own: `down` stays unreachable
-    try:
-        up = tracking.Target(uri=server.url, folder=down.folder, experiment=down.experiment)
-        client = MlflowClient(up.uri)
-        tracking.start_pipeline(up, {}, ["snakemake"])
-        deleted = stage_run(up, "pretrain phase 1", "pretrain")
-        deleted.log_metric_history([(1, {"loss": 2.0})])
-        client.delete_run(deleted.run_id)  # in the UI, while the job works: the job goes on offline
-        deleted.log_metric_history([(2, {"loss": 1.0})])
-        deleted.end()
-        assert deleted.offline
-        other = stage_run(down, "evaluate", "evaluate")  # a later job, whose node could not reach the server
-        other.log_params({"batch": 8})
-        other.log_metrics({"accuracy": 0.5})
-        other.end()
+    client = MlflowClient(up.uri)
+    tracking.start_pipeline(up, {}, ["snakemake"])
+    deleted = stage_run(up, "pretrain phase 1", "pretrain")
+    deleted.log_metric_history([(1, {"loss": 2.0})])
+    client.delete_run(deleted.run_id)  # in the UI, while the job works: the job goes on offline
+    deleted.log_metric_history([(2, {"loss": 1.0})])
+    deleted.end()
+    assert deleted.offline
+    other = stage_run(down, "evaluate", "evaluate")  # a later job, whose node could not reach the server
+    other.log_params({"batch": 8})
+    other.log_metrics({"accuracy": 0.5})
+    other.end()
 
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="bertpipe.tracking"):
-            assert tracking.replay(up) == {"files": 1, "records": 5, "runs_created": 1, "skipped": 0, "refused": 1,
-                                           "waiting": 1}
-        (warning,) = [r.getMessage() for r in caplog.records if r.name == "bertpipe.tracking"]
-        assert f"{deleted.offline_file}: line 1 (metrics of run 'pretrain phase 1', {deleted.run_id})" in warning
-        assert "must be in the 'active' state" in warning and "the other files go on" in warning
-        assert f"mlflow runs restore --run-id {deleted.run_id}" in warning
-        assert runs_of(up)["evaluate"].data.metrics == {"accuracy": 0.5}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bertpipe.tracking"):
+        assert tracking.replay(up) == {"files": 1, "records": 5, "runs_created": 1, "skipped": 0, "refused": 1,
+                                       "waiting": 1}
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "bertpipe.tracking"]
+    assert f"{deleted.offline_file}: line 1 (metrics of run 'pretrain phase 1', {deleted.run_id})" in warning
+    assert "must be in the 'active' state" in warning and "the other files go on" in warning
+    assert f"mlflow runs restore --run-id {deleted.run_id}" in warning
+    assert runs_of(up)["evaluate"].data.metrics == {"accuracy": 0.5}
 
-        # Every replay tries it again and says so; `bertpipe tracking replay` ends with status 1.
-        again = subprocess.run(replay_command(up), capture_output=True, text=True)
-        assert again.returncode == 1 and "replayed 0 records of 0 files" in again.stdout, again
-        assert f"{deleted.offline_file}: line 1 (metrics of run 'pretrain phase 1'" in again.stderr
-        assert "1 records were refused by MLflow and 1 more wait behind them" in again.stderr
-        assert loss_steps(up, runs_of(up)["pretrain phase 1"]) == [1]
+    # Every replay tries it again and says so; `bertpipe tracking replay` ends with status 1.
+    again = subprocess.run(replay_command(up), capture_output=True, text=True)
+    assert again.returncode == 1 and "replayed 0 records of 0 files" in again.stdout, again
+    assert f"{deleted.offline_file}: line 1 (metrics of run 'pretrain phase 1'" in again.stderr
+    assert "1 records were refused by MLflow and 1 more wait behind them" in again.stderr
+    assert loss_steps(up, runs_of(up)["pretrain phase 1"]) == [1]
 
-        client.restore_run(deleted.run_id)
-        assert tracking.replay(up) == {"files": 1, "records": 2, "runs_created": 0, "skipped": 0, "refused": 0,
-                                       "waiting": 0}
-        runs = runs_of(up)
-        assert loss_steps(up, runs["pretrain phase 1"]) == [1, 2]
-        assert runs["pretrain phase 1"].info.status == "FINISHED"
-        assert len(runs) == 3
-        assert tracking.replay(up)["records"] == 0
-    finally:
-        server.stop()
+    client.restore_run(deleted.run_id)
+    assert tracking.replay(up) == {"files": 1, "records": 2, "runs_created": 0, "skipped": 0, "refused": 0,
+                                   "waiting": 0}
+    runs = runs_of(up)
+    assert loss_steps(up, runs["pretrain phase 1"]) == [1, 2]
+    assert runs["pretrain phase 1"].info.status == "FINISHED"
+    assert len(runs) == 3
+    assert tracking.replay(up)["records"] == 0
 
 
 def offline_jobs(where: tracking.Target, names, cut_at=None) -> dict:
@@ -192,24 +200,20 @@ def offline_jobs(where: tracking.Target, names, cut_at=None) -> dict:
     return runs
 
 
-def test_two_replays_at_once_make_each_run_once(tmp_path, down):
+def test_two_replays_at_once_make_each_run_once(down, up):
     names = [f"pretrain shard {shard}" for shard in range(4)]
     offline_jobs(down, names)
-    server = serve(down, tmp_path / "server")
-    try:
-        replays = [subprocess.Popen(replay_command(down), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                   for _ in range(2)]
-        outputs = [replay.communicate() for replay in replays]
-        assert [replay.returncode for replay in replays] == [0, 0], outputs
-        printed = sorted(stdout for stdout, _ in outputs)
-        # One sends everything; the other waits for it, then finds nothing left.
-        assert "replayed 0 records of 0 files" in printed[0] and "of 6 files (5 runs created" in printed[1]
-        runs = runs_of(down)
-        pipelines = [name for name in runs if name.startswith("pipeline ")]
-        assert len(pipelines) == 1 and set(runs) == {*names, *pipelines}
-        assert all(loss_steps(down, runs[name]) == [1, 2, 3] for name in names)
-    finally:
-        server.stop()
+    replays = [subprocess.Popen(replay_command(up), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outputs = [replay.communicate() for replay in replays]
+    assert [replay.returncode for replay in replays] == [0, 0], outputs
+    printed = sorted(stdout for stdout, _ in outputs)
+    # One sends everything; the other waits for it, then finds nothing left.
+    assert "replayed 0 records of 0 files" in printed[0] and "of 6 files (5 runs created" in printed[1]
+    runs = runs_of(up)
+    pipelines = [name for name in runs if name.startswith("pipeline ")]
+    assert len(pipelines) == 1 and set(runs) == {*names, *pipelines}
+    assert all(loss_steps(up, runs[name]) == [1, 2, 3] for name in names)
 
 
 @contextlib.contextmanager
@@ -264,17 +268,13 @@ def replay_the_rest_once(where: tracking.Target, cut, fifo):
     assert_each_run_and_metric_once(where)
 
 
-def test_a_replay_killed_mid_way_then_run_again_sends_every_run_and_metric_once(tmp_path, cut_replay):
-    where, cut, fifo = cut_replay
-    server = serve(where, tmp_path / "server")
-    try:
-        replay = subprocess.Popen(replay_command(where), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        with fifo_read_by(fifo, replay):
-            replay.send_signal(signal.SIGKILL)  # in the middle of the second job's artifact
-            replay.communicate()
-        replay_the_rest_once(where, cut, fifo)
-    finally:
-        server.stop()
+def test_a_replay_killed_mid_way_then_run_again_sends_every_run_and_metric_once(cut_replay, up):
+    _, cut, fifo = cut_replay
+    replay = subprocess.Popen(replay_command(up), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with fifo_read_by(fifo, replay):
+        replay.send_signal(signal.SIGKILL)  # in the middle of the second job's artifact
+        replay.communicate()
+    replay_the_rest_once(up, cut, fifo)
 
 
 def test_a_server_that_stops_mid_replay_stops_it_and_the_next_replay_sends_the_rest_once(tmp_path, cut_replay):

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.harness import SAMPLE
+from bench.harness.workflow import snakemake
 from tests.browser import install_chromium, shown_results
-from tests.conftest import SAMPLE, SAMPLE_ARTICLES, snakemake
+from tests.conftest import SAMPLE_ARTICLES
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +57,11 @@ STEP_METRICS = {"loss", "mlm_loss", "nsp_loss", "lr", "loss_scale", "skipped", "
 
 def check_mlflow_store(folder):
     """One parent run, a finished child run per job of every stage, with params, input hashes, metrics by step,
-    artifacts, and a registered model version whose source is the exported folder."""
+    artifacts, and a registered model version made from the register run's LoggedModel (the exported folder, with
+    the test metrics), which the alias marks and which fills in a mask."""
+    import os
+    import subprocess
+    import sys
     from urllib.parse import urlparse
 
     from mlflow import MlflowClient
@@ -121,16 +127,37 @@ def check_mlflow_store(folder):
     register = by_stage["register"][0]
     versions = client.search_model_versions("name='bertpipe-bert'")
     assert len(versions) == 1 and versions[0].run_id == register.info.run_id
-    version = versions[0]
-    assert version.source == f"{register.info.artifact_uri}/model"
-    logged = Path(urlparse(version.source).path)  # an MLflow model (MLmodel) holding the transformers folder
+    version = client.get_model_version("bertpipe-bert", versions[0].version)  # with its aliases
+    # Its source: the register run's LoggedModel (MLflow 3's models:/<model id>), the run's output, with evaluate's
+    # test metrics and the version it became; the alias marks the version as the newest.
+    model_id = version.source.removeprefix("models:/")
+    assert model_id.startswith("m-") and version.aliases == ["newest"]
+    assert [output.model_id for output in client.get_run(register.info.run_id).outputs.model_outputs] == [model_id]
+    model = client.get_logged_model(model_id)
+    assert model.source_run_id == register.info.run_id and str(model.status) == "READY"
+    tested = {key: value for key, value in json.loads((folder / "results/evaluate/metrics.json").read_text()).items()
+              if key.startswith("test_")}
+    assert {metric.key: metric.value for metric in model.metrics} == pytest.approx(tested)
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": "bertpipe-bert", "version": 1}]
+    logged = Path(urlparse(model.artifact_location).path)  # an MLflow model (MLmodel) holding the transformers folder
     assert (logged / "MLmodel").is_file() and {"config.json", "model.safetensors", "tokenizer.json"} <= {
         p.name for p in (logged / "artifacts/huggingface").iterdir()}
     training_runs = {r.info.run_id for r in by_stage["pretrain"]}
     assert set(version.tags["lineage.training_run_ids"].split(",")) == training_runs
     assert version.tags["lineage.dump"] == "enwiki/latest" and "evaluation.test_perplexity" in version.tags
+    assert model.tags["lineage.dump"] == "enwiki/latest"
     record = json.loads((folder / "results/register/model-version.json").read_text())
-    assert record["registered"] and record["version"] == version.version
+    assert record["registered"] and record["version"] == version.version and record["model_id"] == model_id
+    # The version by its alias, as the README loads it: MLflow alone, no network, fills in the mask.
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import json, mlflow.pyfunc; model = mlflow.pyfunc.load_model(%r); "
+         "print(json.dumps(model.predict(['The capital of France is [MASK].'])))" % record["uri"]],
+        capture_output=True, text=True, cwd=folder, env={
+            **os.environ, "MLFLOW_TRACKING_URI": client.tracking_uri, "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1"})
+    assert loaded.returncode == 0 and record["uri"] == "models:/bertpipe-bert@newest", loaded.stderr[-3000:]
+    predicted = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert [row["rank"] for row in predicted] == [1, 2, 3, 4, 5] and all(row["token"] for row in predicted)
 
 
 def check_report(folder):
@@ -191,7 +218,7 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     assert "initialised from the weights of results/pretrain/phase1/checkpoints/step-00002400" in phase2_log
     # The model learnt: its validation masked-LM loss is below the unigram entropy of the masked tokens (the loss of
     # a model that knows only the tokens' frequencies) by 0.4 nats, a perplexity at most 0.67 times the unigram
-    # model's. It gets 0.50, as HuggingFace's BertForPreTraining does with the same recipe (README, Benchmarks).
+    # model's, as HuggingFace's BertForPreTraining reaches with the same recipe (docs/benchmarks.md).
     valid = [json.loads(line) for line in open(workflow_dir / "results/pretrain/phase1/metrics.jsonl")]
     valid = [m for m in valid if "valid_mlm_loss" in m]
     assert [m["step"] for m in valid] == [800, 1600, 2400]

@@ -5,8 +5,9 @@ import json
 import pytest
 import yaml
 
+from bench.harness.workflow import snakemake
 from bertpipe.splits import parse_split, split_of
-from tests.conftest import SAMPLE_ARTICLES, snakemake
+from tests.conftest import SAMPLE_ARTICLES
 from tests.integration.test_workflow import rules_run
 
 pytestmark = pytest.mark.slow

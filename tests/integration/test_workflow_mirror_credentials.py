@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import snakemake
+from bench.harness.workflow import snakemake
 from tests.integration.test_download import mirror_credentials
 
 pytestmark = pytest.mark.slow

@@ -72,7 +72,8 @@ COMMANDS = {
                   (lambda c: c["pretrain"], TrainingSettings, ("precision",))]),
     "register": (["--model", "m", "--evaluation", "e", "--manifest", "m", "--tokenizer", "t", "--train-data", "r",
                   "--training-done", "d", "--out", "o"],
-                 [(lambda c: c["mlflow"], MlflowSettings, ("registered_model", "upload_timeout_seconds"))]),
+                 [(lambda c: c["mlflow"], MlflowSettings, ("registered_model", "registered_alias",
+                                                             "upload_timeout_seconds"))]),
 }
 
 

@@ -1,5 +1,6 @@
-# Stage `register`: the exported folder as a new version of config mlflow.registered_model, with its lineage and
-# evaluation as tags.
+# Stage `register`: the exported folder as a LoggedModel of the register run and a new version of config
+# mlflow.registered_model, which gets alias mlflow.registered_alias; its lineage as tags, its evaluation as the
+# LoggedModel's metrics.
 
 
 rule register:
@@ -15,7 +16,9 @@ rule register:
     output:
         report(f"{RESULTS}/register/model-version.json", caption="../report/register.rst", category="Model"),
     params:
-        name=settings_flags(MlflowSettings, config["mlflow"], only=("registered_model", "upload_timeout_seconds")),
+        name=settings_flags(
+            MlflowSettings, config["mlflow"], only=("registered_model", "registered_alias", "upload_timeout_seconds")
+        ),
     resources:
         **slurm_job("register"),
     conda:

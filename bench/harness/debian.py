@@ -1,5 +1,5 @@
-"""Debian packages the tests need (Slurm, a headless Chromium), installed with apt-get when their commands are
-missing: CI starts from a bare Debian 12, as root."""
+"""Debian packages the tests and the scale rehearsal need (Slurm, a headless Chromium), installed with apt-get when
+their commands are missing: CI starts from a bare Debian 12, as root."""
 
 import fcntl
 import os

@@ -1,6 +1,6 @@
-"""A real Slurm cluster on this machine for the tests: munge, slurmctld and one slurmd per node, started from Debian's
-packages (installed here when missing) and stopped by PID. See ../shared/docs/slurm-on-one-machine.md for why each
-setting is what it is."""
+"""A real Slurm cluster on this machine for the Slurm tests and the scale rehearsal: munge, slurmctld and one slurmd
+per node, started from Debian's packages (installed here when missing) and stopped by PID. See
+../shared/docs/slurm-on-one-machine.md for why each setting is what it is."""
 
 import shutil
 import signal
@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.debian import apt_install
+from bench.harness.debian import apt_install
 
 # The plugin's job step drops SLURM_* variables (SLURM_CONF included) before it calls srun, so the configuration must
 # be where every Slurm command looks by default.
