@@ -42,16 +42,11 @@ report: $(VENV)/.installed
 
 # The demo's MLflow store (config mlflow.tracking_uri: null) on http://127.0.0.1:5000, after the URL of its
 # experiment's runs in the model-training view: MLflow 3's UI otherwise opens on its GenAI pages (its mode is kept per
-# browser). The experiment is config.yaml's mlflow.experiment, looked up read-only in the store.
+# browser).
 MLFLOW_STORE := $(abspath results)/mlflow/mlflow.db
-RUNS_VIEW := import sqlite3, sys, yaml; from bertpipe.tracking import runs_view; \
-	name = yaml.safe_load(open("config.yaml"))["mlflow"]["experiment"]; \
-	found = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True).execute( \
-	"SELECT experiment_id FROM experiments WHERE name = ?", (name,)).fetchone(); \
-	print(f"the runs: {runs_view(sys.argv[2], found[0])}" if found else f"no experiment {name} in {sys.argv[1]}")
 mlflow-ui: $(VENV)/.installed
 	@test -f $(MLFLOW_STORE) || { echo "no MLflow store at $(MLFLOW_STORE): run make demo first"; exit 1; }
-	@$(BIN)/python -c '$(RUNS_VIEW)' $(MLFLOW_STORE) http://127.0.0.1:5000
+	@echo "the runs: $$($(BIN)/bertpipe --tracking-uri sqlite:///$(MLFLOW_STORE) tracking runs-view --ui http://127.0.0.1:5000)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_STORE) --host 127.0.0.1 --port 5000
 
 clean:

@@ -1,5 +1,6 @@
 """The commands that serve the pipeline without being a stage of it: `bertpipe tracking replay` sends what tracking
-could not send when it was written; `bertpipe settings` writes the files derived from settings.py."""
+could not send when it was written; `bertpipe tracking runs-view` prints where the UI shows the experiment's runs;
+`bertpipe settings` writes the files derived from settings.py."""
 
 import sys
 
@@ -21,6 +22,13 @@ def add_tracking_arguments(parser) -> None:
                                   "http://127.0.0.1:5000 --tracking-dir results/mlflow tracking replay")
     replay.set_defaults(run=replay_offline_records, label=None, inputs=(), tracked=False)
 
+    view = add_step(steps, "runs-view", "print the URL of the experiment's runs in MLflow's UI",
+                    description="The experiment's runs in the UI's model-training view (MLflow 3's UI keeps its mode "
+                                "per browser and otherwise opens on its GenAI pages). E.g. bertpipe --tracking-uri "
+                                "sqlite:///$PWD/results/mlflow/mlflow.db tracking runs-view --ui http://127.0.0.1:5000")
+    view.add_argument("--ui", help="the UI's address (default: the tracking URI, when it is a server's)")
+    view.set_defaults(run=print_runs_view, label=None, inputs=(), tracked=False)
+
 
 def replay_offline_records(args, _) -> None:
     from bertpipe import tracking
@@ -36,6 +44,22 @@ def replay_offline_records(args, _) -> None:
         raise BertpipeError(f"{counts['refused']} records were refused by MLflow and {counts['waiting']} more wait "
                             f"behind them or for their run: they are kept in {args.tracking_dir}/offline for the next "
                             "replay; the warnings above say which and what to do")
+
+
+def print_runs_view(args, _) -> None:
+    from mlflow import MlflowClient
+
+    from bertpipe import tracking
+
+    server = args.tracking_uri and args.tracking_uri.startswith(("http:", "https:"))
+    if not args.tracking_uri or not (args.ui or server):
+        raise BertpipeError("give the tracking URI (bertpipe --tracking-uri URI tracking runs-view) and, for a "
+                            "database, the address of the UI that serves it (--ui http://127.0.0.1:5000)")
+    experiment = MlflowClient(args.tracking_uri).get_experiment_by_name(args.experiment)
+    if experiment is None:
+        raise BertpipeError(f"no experiment {args.experiment!r} at {redact(args.tracking_uri)}: run the pipeline "
+                            "first, or name the experiment with --experiment")
+    print(tracking.runs_view(args.ui or args.tracking_uri, experiment.experiment_id))
 
 
 def add_settings_arguments(parser) -> None:

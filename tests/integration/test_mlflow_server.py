@@ -14,7 +14,6 @@ import requests
 import yaml
 
 from bench.harness.workflow import copy_workflow
-from bertpipe.tracking import runs_view
 from tests.browser import install_chromium, page_script_value
 from tests.conftest import SMALL_PIPELINE, VENV_BIN
 from tests.integration.test_tracking import free_port
@@ -223,9 +222,10 @@ async ({pipeline, register}) => {
 
 
 def test_the_runs_view_shows_the_pipeline_run_and_its_register_runs_model_linked_both_ways(served):
-    """`make mlflow-ui`'s URL (tracking.runs_view) on the server, in headless Chromium: the experiment's runs in the
-    model-training view, whatever mode the browser last used. The pipeline run's row is there; unfolded, its register
-    run's row links to the version its LoggedModel became, and the version's page to that LoggedModel and the run."""
+    """The URL `bertpipe tracking runs-view` prints (as `make mlflow-ui` does) for the server, in headless Chromium: the
+    experiment's runs in the model-training view, whatever mode the browser last used. The pipeline run's row is
+    there; unfolded, its register run's row links to the version its LoggedModel became, and the version's page to
+    that LoggedModel and the run."""
     workflow_dir, mlflow_server = served
     install_chromium()
     experiment = mlflow_server.api("GET", "experiments/get-by-name",
@@ -233,7 +233,10 @@ def test_the_runs_view_shows_the_pipeline_run_and_its_register_runs_model_linked
     pipeline = json.loads((workflow_dir / "results/mlflow/pipeline-run.json").read_text())["run_id"]
     pipeline_name = mlflow_server.api("GET", "runs/get", params={"run_id": pipeline})["run"]["info"]["run_name"]
     registered = json.loads((workflow_dir / "results/register/model-version.json").read_text())
-    shown = page_script_value(runs_view(mlflow_server.url, experiment), f"({RUNS_VIEW_SCRIPT})("
+    printed = subprocess.run([str(VENV_BIN / "bertpipe"), "--tracking-uri", mlflow_server.url, "tracking", "runs-view"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert printed == f"{mlflow_server.url}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+    shown = page_script_value(printed, f"({RUNS_VIEW_SCRIPT})("
                               f"{json.dumps({'pipeline': pipeline, 'register': registered['run_id']})})")
     assert shown["pipeline"]["name"] == [{"href": f"#/experiments/{experiment}/runs/{pipeline}",
                                           "text": pipeline_name}]

@@ -22,9 +22,6 @@ pytestmark = pytest.mark.slow
 
 CONFIGS = ("--configfile", "config.demo.yaml", "small.yaml")
 SLURM = ("--profile", "slurm")
-# The test cluster answers at once: the executor's first status check after 1 s rather than the profile's 5 s, and
-# its back-off from there, only shortens the waits for jobs that end in seconds.
-SLURM_POLLED_SOONER = (*SLURM, "--slurm-init-seconds-before-status-checks", "1")
 PHASE1 = "results/pretrain/phase1/done.json"
 
 
@@ -80,7 +77,7 @@ def slurm_run(tmp_path_factory, slurm_installed):
     write_yaml(folder / "small.yaml", SMALL_PIPELINE)
     cluster = SlurmCluster(folder.parent / "slurm-1-node", nodes=1).start()
     try:
-        result = snakemake(folder, *SLURM_POLLED_SOONER, "all", *CONFIGS)
+        result = snakemake(folder, *SLURM, "all", *CONFIGS)
         return folder, result.stderr, cluster.job_records()
     finally:
         cluster.stop()
@@ -133,7 +130,7 @@ def test_pretrain_on_two_nodes_matches_one_node_with_the_same_global_batch(start
     halves = {**phase, "batch_size": phase["batch_size"] // 2, "train_iters": 10,
               "lr_decay_iters": phase["train_iters"]}
     write_yaml(folder / "two-nodes.yaml", {"pretrain": {"nodes": 2, "phases": [halves]}})
-    result = snakemake(folder, *SLURM_POLLED_SOONER, PHASE1, *CONFIGS, "two-nodes.yaml")
+    result = snakemake(folder, *SLURM, PHASE1, *CONFIGS, "two-nodes.yaml")
 
     assert rules_run(result.stderr) == {"pretrain": 1}
     (job,) = slurm_jobs(result.stderr)
@@ -191,7 +188,7 @@ def test_a_failed_job_is_reported_with_its_slurm_log_without_waiting(start_clust
     folder = copy_workflow(tmp_path / "wf")
     write_yaml(folder / "no-mirror.yaml", {"dump": {"mirror": "no-such-mirror"}})
     started = time.monotonic()
-    result = snakemake(folder, *SLURM_POLLED_SOONER, "all", "--configfile", "config.demo.yaml", "no-mirror.yaml",
+    result = snakemake(folder, *SLURM, "all", "--configfile", "config.demo.yaml", "no-mirror.yaml",
                        check=False)
     # Status from squeue, without Slurm accounting: the failure is seen and Snakemake stops by itself.
     assert result.returncode != 0 and time.monotonic() - started < 300
