@@ -18,8 +18,8 @@ demo: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) all --configfile config.demo.yaml
 
 # Two pytest workers, a test file each at a time (a file's tests share their fixtures: a Slurm cluster, a pipeline
-# run): the long tests wait on Slurm, servers and subprocesses as much as they compute, and on a 2-core machine a
-# third worker only slows every long test down (docs/benchmarks.md, "The test suite").
+# run). On a 2-core machine more workers gain little and stretch every long test (docs/benchmarks.md, "The test
+# suite").
 test: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
