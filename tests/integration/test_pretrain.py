@@ -337,6 +337,10 @@ def test_a_change_of_any_identity_setting_is_another_run_and_of_an_execution_set
     assert {"compile", "num_workers", "save_interval"} <= set(walked[EXECUTION])
     status, _, err = in_process([*base, "--vocab-size", 4000], capsys)
     assert status == 1 and "model.vocab_size 2000 -> 4000" in err
+    # What the run reads is part of it too: other TFRecords (the valid split's, as train data) are another run.
+    _, train_data, valid_data = records
+    status, _, err = in_process([valid_data if word == train_data else word for word in base], capsys)
+    assert status == 1 and "inputs.train_data" in err and "resumed from" not in err
 
 
 def test_init_from_is_chosen_on_rank_0_whose_failure_stops_every_rank_at_once(tmp_path, records):
