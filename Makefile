@@ -46,7 +46,8 @@ report: $(VENV)/.installed
 MLFLOW_STORE := $(abspath results)/mlflow/mlflow.db
 mlflow-ui: $(VENV)/.installed
 	@test -f $(MLFLOW_STORE) || { echo "no MLflow store at $(MLFLOW_STORE): run make demo first"; exit 1; }
-	@echo "the runs: $$($(BIN)/bertpipe --tracking-uri sqlite:///$(MLFLOW_STORE) tracking runs-view --ui http://127.0.0.1:5000)"
+	@url=$$($(BIN)/bertpipe --tracking-uri sqlite:///$(MLFLOW_STORE) tracking runs-view --ui http://127.0.0.1:5000) \
+		&& echo "the runs: $$url"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_STORE) --host 127.0.0.1 --port 5000
 
 clean:

@@ -3,6 +3,7 @@ could not send when it was written; `bertpipe tracking runs-view` prints where t
 `bertpipe settings` writes the files derived from settings.py."""
 
 import sys
+from pathlib import Path
 
 from bertpipe import BertpipeError, settings
 from bertpipe.redaction import redact
@@ -48,6 +49,7 @@ def replay_offline_records(args, _) -> None:
 
 def print_runs_view(args, _) -> None:
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     from bertpipe import tracking
 
@@ -55,7 +57,13 @@ def print_runs_view(args, _) -> None:
     if not args.tracking_uri or not (args.ui or server):
         raise BertpipeError("give the tracking URI (bertpipe --tracking-uri URI tracking runs-view) and, for a "
                             "database, the address of the UI that serves it (--ui http://127.0.0.1:5000)")
-    experiment = MlflowClient(args.tracking_uri).get_experiment_by_name(args.experiment)
+    store = args.tracking_uri.removeprefix("sqlite:///")
+    if args.tracking_uri.startswith("sqlite:///") and not Path(store).is_file():
+        raise BertpipeError(f"no MLflow store at {store}: run the pipeline first")
+    try:
+        experiment = MlflowClient(args.tracking_uri).get_experiment_by_name(args.experiment)
+    except MlflowException as error:
+        raise BertpipeError(f"MLflow at {redact(args.tracking_uri)} could not answer ({error}); is it up?") from None
     if experiment is None:
         raise BertpipeError(f"no experiment {args.experiment!r} at {redact(args.tracking_uri)}: run the pipeline "
                             "first, or name the experiment with --experiment")

@@ -156,8 +156,8 @@ def pair_spans(shard: TokenizedShard, spec: InstanceSpec, rng: random.Random) ->
 def materialize(tokens: np.ndarray, spans: np.ndarray, spec: InstanceSpec, vocab, gen: np.random.Generator) -> dict:
     """Google's features for a batch of spans, masked: arrays of shape (batch, seq_length) or (batch, max_predictions).
 
-    `vocab` is a tokenizer.Tokenizer, or anything with its cls_id, sep_id, mask_id, pad_id, ordinary_ids (the ids a
-    random replacement may take) and is_word_start (per id, for whole-word masking).
+    `vocab` is a tokenizer_folder.Tokenizer, or anything with its cls_id, sep_id, mask_id, pad_id, ordinary_ids (the
+    ids a random replacement may take) and is_word_start (per id, for whole-word masking).
 
     Also returns `masked_lm_kind` (0 [MASK], 1 kept, 2 random, -1 padding) for the stats."""
     batch, length, predictions = len(spans), spec.seq_length, spec.max_predictions

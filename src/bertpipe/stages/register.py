@@ -145,10 +145,11 @@ def _create_version(client, name, source, run_id, tags, model_id=None, alias=Non
     first, *duplicates = ours()
     for duplicate in duplicates:
         client.delete_model_version(name, duplicate.version)
-    if model_id:
-        _list_version(client, model_id, name, first.version, [duplicate.version for duplicate in duplicates])
-    if alias:
+    if alias:  # next to the version's making: a failure between the two would leave a version the rerun cannot find
         client.set_registered_model_alias(name, alias, first.version)
+    if model_id:
+        with contextlib.suppress(MlflowException):  # the UI's list of the model's versions: no cause to fail for
+            _list_version(client, model_id, name, first.version, [duplicate.version for duplicate in duplicates])
     return first.version
 
 
@@ -156,18 +157,18 @@ def _create_version(client, name, source, run_id, tags, model_id=None, alias=Non
 def _registry_store_finds(client, source):
     """MLflow's database registry looks a `models:/<model id>` source up with a client of the global tracking URI (a
     server sets it to its own store): with a database as the store, it is set to the client's while the version is
-    made, and set back after (the environment variable that setting it writes too)."""
-    import mlflow
+    made. MLflow's own context for that (private: no public one puts back an unset URI) restores the global; the
+    environment variable, which setting the URI writes, is restored here."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     if not source.startswith("models:/") or client.tracking_uri.startswith(("http:", "https:")):
         yield
         return
-    before, environment = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(client.tracking_uri)
+    environment = os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        yield
+        with _use_tracking_uri(client.tracking_uri):
+            yield
     finally:
-        mlflow.set_tracking_uri(before)
         if environment is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
