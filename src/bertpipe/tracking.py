@@ -333,16 +333,23 @@ class Run:
 def request_timeout(seconds: int = None):
     """While the block runs, each MLflow HTTP request may take `seconds` (None: MLflow's, HTTP_DEFAULTS): for the
     uploads of large files, which MLflow's one request timeout, sized for API calls, would cut off."""
-    timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
-    if seconds:  # MLflow reads it at each request
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(seconds)
+    with environment_restored("MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        if seconds:  # MLflow reads it at each request
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(seconds)
+        yield
+
+
+@contextlib.contextmanager
+def environment_restored(name: str):
+    """The environment variable `name` as it was before the block, whatever the block set or unset."""
+    before = os.environ.get(name)
     try:
         yield
     finally:
-        if timeout is None:
-            os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT", None)
+        if before is None:
+            os.environ.pop(name, None)
         else:
-            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = timeout
+            os.environ[name] = before
 
 
 def _dataset_inputs(records: list) -> list:

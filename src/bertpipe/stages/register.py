@@ -17,7 +17,6 @@ have created the version twice, so the versions of this run and source are looke
 import contextlib
 import json
 import logging
-import os
 import tempfile
 import time
 from importlib.metadata import version
@@ -28,7 +27,7 @@ from bertpipe.atomic import atomic_file
 from bertpipe.hashing import content_hash
 from bertpipe.redaction import redact
 from bertpipe.settings import MlflowSettings
-from bertpipe.tracking import Outcome, numeric, request_timeout
+from bertpipe.tracking import Outcome, environment_restored, numeric, request_timeout
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +163,8 @@ def _registry_store_finds(client, source):
     if not source.startswith("models:/") or client.tracking_uri.startswith(("http:", "https:")):
         yield
         return
-    environment = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        with _use_tracking_uri(client.tracking_uri):
-            yield
-    finally:
-        if environment is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = environment
+    with environment_restored("MLFLOW_TRACKING_URI"), _use_tracking_uri(client.tracking_uri):
+        yield
 
 
 def _list_version(client, model_id, name, kept, deleted):
