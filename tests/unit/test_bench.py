@@ -17,7 +17,6 @@ SOURCES = sorted(BENCH.rglob("*.py"))
 
 def test_the_benches_are_the_modules_of_the_bench_folder():
     assert {"records_bench", "scale_rehearsal", "train_bench"} <= set(BENCHES)
-    assert "harness" not in BENCHES  # a subpackage: what benches and tests share, no bench of its own
 
 
 @pytest.mark.parametrize("name", BENCHES)
