@@ -27,6 +27,7 @@ from bertpipe.tfrecord_reader import TFRecordSamples
 from bertpipe.tokenizer_folder import Tokenizer
 from bertpipe.train.batches import global_batch_indices
 from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals, forward_sums
+from bertpipe.train.objectives import Bert2019
 from bertpipe.train.optim import adamw, learning_rate
 
 SEED = 1234
@@ -77,9 +78,9 @@ def train(model, train_samples, valid_batches, recipe: dict, steps: int) -> list
     device, results = torch.device("cpu"), []
     model.train()
     for step in range(steps):
-        batch = train_samples.read(global_batch_indices(step, recipe["batch_size"], len(train_samples), SEED))
-        _, _, _, (mlm, nsp) = forward_sums(model, batch, device, "fp32")
-        (mlm / batch["masked_lm_weights"].sum() + nsp / len(batch["input_ids"])).backward()
+        batch = train_samples.read(*global_batch_indices(step, recipe["batch_size"], len(train_samples), SEED))
+        batch, _, sums = forward_sums(Bert2019, model, batch, device, "fp32")
+        (sums["mlm"] / batch["masked_lm_weights"].sum() + sums["nsp"] / len(batch["input_ids"])).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["clip_grad"])
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, recipe["lr"], steps, recipe["warmup"], recipe["lr_decay_style"])
@@ -87,7 +88,7 @@ def train(model, train_samples, valid_batches, recipe: dict, steps: int) -> list
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % max(1, steps // 3) == 0:
             model.eval()
-            metrics = evaluation_metrics(evaluation_totals(model, valid_batches, device, "fp32"), "valid_")
+            metrics = evaluation_metrics(evaluation_totals(Bert2019, model, valid_batches, device, "fp32"), "valid_")
             model.train()
             results.append((step + 1, metrics["valid_mlm_loss"], metrics["valid_nsp_accuracy"]))
     return results
@@ -111,7 +112,7 @@ def main():
     valid_samples = TFRecordSamples([folder / "valid/*/*.tfrecord"])
     model_config = BertConfig(vocab_size=Tokenizer(args.results / "tokenizer").vocab_size, **config["model"])
     # The trainer's validation batches: the first eval_iters global batches of the seeded valid order.
-    valid_batches = [valid_samples.read(global_batch_indices(i, phase["batch_size"], len(valid_samples), seed=0))
+    valid_batches = [valid_samples.read(*global_batch_indices(i, phase["batch_size"], len(valid_samples), seed=0))
                      for i in range(config["pretrain"]["eval_iters"])]
     entropy, cross_entropy = unigram_baselines(train_samples, valid_samples, model_config.vocab_size)
 

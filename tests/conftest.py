@@ -84,12 +84,13 @@ def workflow_dir(tmp_path):
 
 
 # For the tests whose point is where the workflow runs (Slurm, a tracking server), not what it learns: the demo with
-# one shard per split, one sequence length and one phase of 40 steps, every step's losses logged. Every rule still
-# runs (16 jobs, the demo's 27); two phases run in test_workflow.py.
+# one shard per split, one sequence length, the text masked once (less to write and to evaluate) and one phase of 40
+# steps, every step's losses logged. Every rule still runs (16 jobs, the demo's 27); two phases run in
+# test_workflow.py.
 SMALL_PIPELINE = {
     "slurm": {"pretrain": {"cpus_per_node": 1}},  # one thread: the suite's other worker has the second core
     "corpus": {"shard_max_mb": 16},
-    "tfrecords": {"phases": [{"seq_length": 128, "max_predictions": 20}]},
+    "tfrecords": {"dupe_factor": 1, "phases": [{"seq_length": 128, "max_predictions": 20}]},
     "pretrain": {"save_interval": 20, "eval_interval": 20, "log_interval": 1, "phases": [
         {"seq_length": 128, "batch_size": 8, "gradient_accumulation_steps": 1, "train_iters": 40, "lr": 1.0e-3}]}}
 

@@ -28,12 +28,12 @@ def described_input(paths, digest: str = None) -> tuple:
     """An input of a run as tracking.Run.log_inputs takes it: (paths, content hash, records, feature names); the
     records and features of TFRecords (from their stats files), None for other files. `digest`: the content hash,
     where the caller has it already."""
-    from bertpipe.tfrecord_reader import FEATURES, dataset_rows
+    from bertpipe.tfrecord_reader import dataset_features, dataset_rows
 
     paths = [str(path) for path in paths]
     tfrecords = all(path.endswith(".tfrecord") for path in paths)
     return (paths, digest or content_hash(*paths), dataset_rows(paths) if tfrecords else None,
-            list(FEATURES) if tfrecords else None)
+            dataset_features(paths) if tfrecords else None)
 
 
 def file_hash(path) -> str:

@@ -1,18 +1,22 @@
-"""Our BERT from a checkpoint, and as HuggingFace transformers' BertForPreTraining: the mapping lives here, beside
-the model, for the export stage, the tests and the benches alike.
+"""Our model from a checkpoint (either recipe's), and as HuggingFace transformers' model of the same architecture
+(BertForPreTraining, ModernBertForMaskedLM): the mapping lives here, beside the models, for the export stage, the
+tests and the benches alike.
 
-The weights need no conversion: our parameter names are `transformers.BertForPreTraining`'s (model.py)."""
+The weights need no conversion: our parameter names are transformers' (model.py, modern_model.py)."""
 
 from pathlib import Path
 
 from bertpipe import BertpipeError
 from bertpipe.model import BertConfig, BertForPreTraining
+from bertpipe.modern_model import ModernBertConfig, ModernBertForMaskedLM, to_transformers_config
 from bertpipe.train import checkpoint
+from bertpipe.train.objectives import OBJECTIVES
 
 
 def load_model(checkpoint_dir) -> tuple:
-    """(our BERT in eval mode, the checkpoint folder read, its state) from a checkpoint folder or the newest
-    checkpoint under a `checkpoints` folder."""
+    """(our model in eval mode, the checkpoint folder read, its state) from a checkpoint folder or the newest
+    checkpoint under a `checkpoints` folder. The state's `recipe` says which model (bert2019 for checkpoints
+    that predate the modern recipe)."""
     source = Path(checkpoint_dir)
     if not (source / "state.pt").is_file():
         source = checkpoint.latest(source)
@@ -23,7 +27,8 @@ def load_model(checkpoint_dir) -> tuple:
     except checkpoint.CheckpointDamaged as error:
         raise BertpipeError(f"{source} does not load ({error}): the final checkpoint is damaged; train the phase "
                             "again (snakemake --forcerun pretrain), or name an older checkpoint folder") from None
-    model = BertForPreTraining(BertConfig(**state["model_config"]))
+    objective = OBJECTIVES[state.get("recipe", "bert2019")]
+    model = objective.model_class(objective.config_class(**state["model_config"]))
     model.load_state_dict(state["model"])
     return model.eval(), source, state
 
@@ -51,4 +56,23 @@ def huggingface_model(model: BertForPreTraining):
     allowed = {"cls.predictions.decoder.bias", "bert.embeddings.position_ids", "bert.embeddings.token_type_ids"}
     if unexpected or set(missing) - allowed:
         raise RuntimeError(f"parameter names differ from transformers': missing {missing}, unexpected {unexpected}")
+    return hf_model.eval()
+
+
+def huggingface_modern_config(config: ModernBertConfig, tokenizer, **extra):
+    """transformers.ModernBertConfig of our `config`, with the special ids of `tokenizer` (tokenizer_folder)."""
+    import transformers
+
+    return transformers.ModernBertConfig(
+        **to_transformers_config(config, pad_token_id=tokenizer.pad_id, cls_token_id=tokenizer.cls_id,
+                                 sep_token_id=tokenizer.sep_id),
+        architectures=["ModernBertForMaskedLM"], **extra)
+
+
+def huggingface_modern_model(model: ModernBertForMaskedLM, tokenizer, **extra):
+    """transformers.ModernBertForMaskedLM holding our model's weights: the same names, one to one."""
+    import transformers
+
+    hf_model = transformers.ModernBertForMaskedLM(huggingface_modern_config(model.config, tokenizer, **extra))
+    hf_model.load_state_dict(model.state_dict(), strict=True)
     return hf_model.eval()

@@ -35,7 +35,8 @@ def loss_curve(metrics_file, out, title: str = "") -> None:
     figure, axis = pyplot.subplots(figsize=(8, 4.5), dpi=100)
     steps = [r["step"] for r in train]
     for key, label in (("loss", "loss"), ("mlm_loss", "masked-LM loss"), ("nsp_loss", "next-sentence loss")):
-        axis.plot(steps, [r[key] for r in train], label=label, linewidth=1)
+        if train and key in train[0]:  # the modern recipe has no next-sentence loss
+            axis.plot(steps, [r[key] for r in train], label=label, linewidth=1)
     if valid:
         axis.plot([r["step"] for r in valid], [r["valid_mlm_loss"] for r in valid], "o-",
                   label="valid masked-LM loss")

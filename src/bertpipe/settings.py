@@ -212,7 +212,7 @@ class TFRecordsSettings(InstanceSettings):
 
 @dataclasses.dataclass
 class ModelSettings:
-    """The BERT encoder (BERT-Large by default)."""
+    """The encoder's sizes (BERT-Large's by default): BERT's under the bert2019 recipe, ModernBERT's under modern."""
 
     num_layers: int = setting(24, "transformer layers", minimum=1, run=IDENTITY)
     hidden_size: int = setting(1024, "a multiple of num_attention_heads", minimum=1, run=IDENTITY)
@@ -223,7 +223,26 @@ class ModelSettings:
                                     maximum=1, run=IDENTITY)
     attention_dropout: float = setting(0.1, "dropout of the attention probabilities", minimum=0, maximum=1,
                                        run=IDENTITY)
-    layernorm_epsilon: float = setting(1e-12, "LayerNorm's epsilon (BERT's)", exclusiveMinimum=0, run=IDENTITY)
+    layernorm_epsilon: float = setting(1e-12, "LayerNorm's epsilon (BERT's; ModernBERT's is 1e-5)", exclusiveMinimum=0,
+                                       run=IDENTITY)
+
+
+@dataclasses.dataclass
+class ModernSettings:
+    """The modern recipe's own settings (ModernBERT's attention and rotary positions, the masks drawn as it trains);
+    its sizes are model's. The bert2019 recipe reads none of them."""
+
+    local_attention: int = setting(128, "the local layers' sliding window (keys up to half of it away on either "
+                                        "side)", minimum=2, run=IDENTITY)
+    global_attn_every_n_layers: int = setting(3, "every n-th layer, from the first, attends to the whole document; "
+                                                 "the others are local", minimum=1, run=IDENTITY)
+    global_rope_theta: float = setting(160000.0, "the rotary base of the global layers", exclusiveMinimum=0,
+                                       run=IDENTITY)
+    local_rope_theta: float = setting(10000.0, "the rotary base of the local layers", exclusiveMinimum=0,
+                                      run=IDENTITY)
+    mask_rate: float = setting(0.3, "the share of a packed sequence's tokens masked as it trains (ModernBERT's and "
+                                    "MosaicBERT's 30%)", exclusiveMinimum=0, maximum=1, run=IDENTITY)
+    whole_word_mask: bool = setting(False, "mask every piece of a word together", run=IDENTITY)
 
 
 @dataclasses.dataclass
@@ -258,10 +277,14 @@ class TrainingSettings:
                              run=IDENTITY)
     weight_decay: float = setting(0.01, "decoupled, not on biases and LayerNorm", minimum=0, run=IDENTITY)
     clip_grad: float = setting(1.0, "gradient norm clipping; 0: none", minimum=0, run=IDENTITY)
-    lr_decay_style: str = setting("linear", "the LR schedule after warmup",
-                                  enum=["linear", "cosine", "exponential", "constant"], run=IDENTITY)
+    lr_decay_style: str = setting("linear", "the LR schedule after warmup; wsd: warmup-stable-decay, the peak LR "
+                                            "until the last decay_fraction of the steps, then 1 - sqrt decay to 0 "
+                                            "(ModernBERT's trapezoid)",
+                                  enum=["linear", "cosine", "exponential", "constant", "wsd"], run=IDENTITY)
+    decay_fraction: float = setting(0.1, "wsd: the share of the decay steps taken by the final decay", minimum=0,
+                                    maximum=1, run=IDENTITY)
     warmup: float = setting(0.01, "fraction of the LR decay steps spent warming up", minimum=0, maximum=1, run=IDENTITY)
-    seed: int = setting(1234, "initial weights, data order and dropout", run=IDENTITY)
+    seed: int = setting(1234, "initial weights, data order, dropout and (modern) masks", run=IDENTITY)
     save_interval: int = setting(2000, "steps between checkpoints", minimum=1, run=EXECUTION)
     keep_last: int = setting(2, "checkpoints kept", minimum=1, run=EXECUTION)
     eval_interval: int = setting(2000, "steps between validations", minimum=1, run=EXECUTION)
@@ -329,6 +352,10 @@ class Config:
 
     results: str = setting("results", "every stage's outputs", minLength=1)
     resources: str = setting("resources", "downloaded dump parts", minLength=1)
+    recipe: str = setting("bert2019", "bert2019: BERT as published (next-sentence pairs, masks written dupe_factor "
+                                      "times into the TFRecords); modern: ModernBERT's encoder, masked-LM only, "
+                                      "documents packed into full sequences, masks drawn as it trains",
+                          enum=["bert2019", "modern"])
     slurm: SlurmSettings = setting(SlurmSettings(), SlurmSettings.__doc__)
     dump: DumpSettings = setting(DumpSettings(), DumpSettings.__doc__)
     download: DownloadSettings = setting(DownloadSettings(), DownloadSettings.__doc__)
@@ -337,6 +364,7 @@ class Config:
     tokenizer: TokenizerSettings = setting(TokenizerSettings(), TokenizerSettings.__doc__)
     tfrecords: TFRecordsSettings = setting(TFRecordsSettings(), TFRecordsSettings.__doc__)
     model: ModelSettings = setting(ModelSettings(), ModelSettings.__doc__)
+    modern: ModernSettings = setting(ModernSettings(), ModernSettings.__doc__)
     pretrain: PretrainSettings = setting(PretrainSettings(), PretrainSettings.__doc__)
     evaluate: EvaluateSettings = setting(EvaluateSettings(), EvaluateSettings.__doc__)
     mlflow: MlflowSettings = setting(MlflowSettings(), MlflowSettings.__doc__)
@@ -546,7 +574,7 @@ def add_arguments(parser, cls, skip=(), only=None) -> None:
             continue
         kind, nullable = _base(field.type)
         default = _default(field)
-        help_text = f"{field.metadata['help']} (default: {_inline(default)})"
+        help_text = f"{field.metadata['help']} (default: {_inline(default)})".replace("%", "%%")  # argparse formats
         flag = _flag(field.name)
         if kind is bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
@@ -639,6 +667,13 @@ def check(config: Config) -> list:
     if model.hidden_size % model.num_attention_heads:
         errors.append(f"model.hidden_size {model.hidden_size} is not divisible by model.num_attention_heads "
                       f"{model.num_attention_heads}")
+    elif config.recipe == "modern" and (model.hidden_size // model.num_attention_heads) % 2:
+        errors.append(f"model.hidden_size {model.hidden_size} / model.num_attention_heads "
+                      f"{model.num_attention_heads}: recipe modern's rotary positions turn pairs of a head's "
+                      "dimensions; give each head an even width")
+    if config.recipe == "modern" and config.pretrain.compile:
+        errors.append("pretrain.compile: recipe modern's model attends within each packed document, whose lengths "
+                      "change every batch, and is not compiled; set pretrain.compile to false")
 
     for index, phase in enumerate(config.pretrain.phases):
         if phase.seq_length > model.max_position_embeddings:

@@ -127,16 +127,29 @@ def expand_files(patterns) -> list:
     return files
 
 
+def _stats(path: Path):
+    """The stats the tfrecords stage wrote beside TFRecord file `path` (`<name>.stats.json`), or None."""
+    stats = path.with_name(path.name.removesuffix(".tfrecord") + ".stats.json")
+    return json.loads(stats.read_text()) if path.suffix == ".tfrecord" and stats.is_file() else None
+
+
 def dataset_rows(files) -> int:
-    """The records in TFRecord `files`, from the stats the tfrecords stage wrote beside each (`<name>.stats.json`),
-    or None where one is missing (files made elsewhere)."""
+    """The records in TFRecord `files`, from the stats the tfrecords stage wrote beside each, or None where one is
+    missing (files made elsewhere)."""
     rows = 0
     for path in map(Path, files):
-        stats = path.with_name(path.name.removesuffix(".tfrecord") + ".stats.json")
-        if path.suffix != ".tfrecord" or not stats.is_file():
+        stats = _stats(path)
+        if stats is None:
             return None
-        rows += json.loads(stats.read_text())["instances"]
+        rows += stats["instances"]
     return rows
+
+
+def dataset_features(files) -> list:
+    """The feature names of TFRecord `files`: those their stats name (the tfrecords stage's build or pack), else
+    google-research/bert's (files made elsewhere)."""
+    stats = _stats(Path(files[0])) if files else None
+    return list(stats.get("features", FEATURES) if stats else FEATURES)
 
 
 def _open_index(path: str) -> np.ndarray:
@@ -157,8 +170,10 @@ def _open_index(path: str) -> np.ndarray:
     return index
 
 
-class TFRecordSamples:
-    """Random access to every record of a list of TFRecord files, through their indexes."""
+class IndexedRecords:
+    """Random access to the records of a list of TFRecord files, through their indexes: the data of each record asked
+    for, its checksums verified. The samples of either recipe are made of them (TFRecordSamples here,
+    packed_sequences.PackedSamples)."""
 
     def __init__(self, files):
         self.files = expand_files(files)
@@ -166,16 +181,6 @@ class TFRecordSamples:
         self.starts = np.cumsum([0] + [len(index) for index in self.indexes])  # global index of each file's first
         if not len(self):
             raise BertpipeError(f"no records in {', '.join(self.files)}")
-        # (sequence length, predictions): the same in every file, or batches could not be stacked
-        shapes = {}
-        for file_id, start in enumerate(self.starts[:-1]):
-            if len(self.indexes[file_id]):
-                first = self.read([int(start)])
-                shapes[self.files[file_id]] = (first["input_ids"].shape[1], first["masked_lm_ids"].shape[1])
-        if len(set(shapes.values())) > 1:
-            raise BertpipeError("records of different shapes (length, predictions) in one data set: "
-                                + ", ".join(f"{path} {shape}" for path, shape in shapes.items()))
-        self.shape = next(iter(shapes.values()))
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -197,29 +202,55 @@ class TFRecordSamples:
                                 "file is damaged; delete it and its index and rebuild them (the tfrecords stage)")
         return chunk[_HEADER:-4]
 
-    def read(self, indices) -> dict:
-        """The records at `indices` as a batch of torch tensors (int64, masked_lm_weights float32)."""
+    def records(self, indices):
+        """(file's position in `files`, record's number in its file, the record's data) of each of `indices`, in
+        their order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and not 0 <= indices.min() <= indices.max() < len(self):
+            raise IndexError(f"records {indices.min()} to {indices.max()} of a data set of {len(self)}")
+        file_ids = np.searchsorted(self.starts, indices, side="right") - 1
+        handles = {}
+        try:
+            for file_id, record in zip(file_ids.tolist(), (indices - self.starts[file_ids]).tolist()):
+                if file_id not in handles:
+                    handles[file_id] = open(self.files[file_id], "rb")
+                yield file_id, record, self._record(handles[file_id], file_id, record)
+        finally:
+            for handle in handles.values():
+                handle.close()
+
+
+class TFRecordSamples(IndexedRecords):
+    """google-research/bert's pretraining records (the 2019 recipe's), read by index."""
+
+    def __init__(self, files):
+        super().__init__(files)
+        # (sequence length, predictions): the same in every file, or batches could not be stacked
+        shapes = {}
+        for file_id, start in enumerate(self.starts[:-1]):
+            if len(self.indexes[file_id]):
+                first = self.read([int(start)])
+                shapes[self.files[file_id]] = (first["input_ids"].shape[1], first["masked_lm_ids"].shape[1])
+        if len(set(shapes.values())) > 1:
+            raise BertpipeError("records of different shapes (length, predictions) in one data set: "
+                                + ", ".join(f"{path} {shape}" for path, shape in shapes.items()))
+        self.shape = next(iter(shapes.values()))
+
+    def read(self, indices, epochs=None) -> dict:
+        """The records at `indices` as a batch of torch tensors (int64, masked_lm_weights float32). `epochs` is
+        not used: the masks are in the records (read by the trainer as it reads PackedSamples)."""
         import torch  # here, not above: the tfrecords stage indexes its files with this module and needs no torch
 
         example = example_class()
         columns = {name: [] for name in FEATURES}
-        handles = {}
-        try:
-            indices = np.asarray(indices, dtype=np.int64)
-            file_ids = np.searchsorted(self.starts, indices, side="right") - 1
-            for file_id, record in zip(file_ids.tolist(), (indices - self.starts[file_ids]).tolist()):
-                if file_id not in handles:
-                    handles[file_id] = open(self.files[file_id], "rb")
-                feature = example.FromString(self._record(handles[file_id], file_id, record)).features.feature
-                for name in FEATURES:
-                    if name not in feature:
-                        raise BertpipeError(f"{self.files[file_id]}: record {record} has no feature {name!r}: not "
-                                            "a BERT pretraining record (google-research/bert's features)")
-                    values = feature[name]
-                    columns[name].append(values.float_list.value if name == "masked_lm_weights"
-                                         else values.int64_list.value)
-        finally:
-            for handle in handles.values():
-                handle.close()
+        for file_id, record, data in self.records(indices):
+            feature = example.FromString(data).features.feature
+            for name in FEATURES:
+                if name not in feature:
+                    raise BertpipeError(f"{self.files[file_id]}: record {record} has no feature {name!r}: not "
+                                        "a BERT pretraining record (google-research/bert's features)")
+                values = feature[name]
+                columns[name].append(values.float_list.value if name == "masked_lm_weights"
+                                     else values.int64_list.value)
         return {name: torch.tensor(np.asarray(values, dtype=np.float32 if name == "masked_lm_weights" else np.int64))
                 for name, values in columns.items()}

@@ -18,24 +18,24 @@ class Indices:
     def __len__(self):
         return self.size
 
-    def read(self, indices):
-        return {"input_ids": np.asarray(indices)}
+    def read(self, indices, epochs):
+        return {"input_ids": np.asarray(indices), "epochs": np.asarray(epochs)}
 
 
 def test_an_epoch_is_a_permutation_and_batches_cross_epochs_in_order():
-    batches = [global_batch_indices(step, 4, 10, seed=3) for step in range(5)]  # 20 samples: two epochs
+    batches = [global_batch_indices(step, 4, 10, seed=3)[0] for step in range(5)]  # 20 samples: two epochs
     flat = np.concatenate(batches)
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
     assert not np.array_equal(flat[:10], flat[10:]), "each epoch has its own order"
-    assert np.array_equal(global_batch_indices(2, 4, 10, seed=3), batches[2]), "a function of the step alone"
-    assert not np.array_equal(global_batch_indices(0, 4, 10, seed=4), batches[0])
+    assert np.array_equal(global_batch_indices(2, 4, 10, seed=3)[0], batches[2]), "a function of the step alone"
+    assert not np.array_equal(global_batch_indices(0, 4, 10, seed=4)[0], batches[0])
 
 
 @pytest.mark.parametrize("samples", [1, 2, 3, 7, 64, 1000, 4097])
 def test_each_epoch_is_a_permutation_even_when_a_batch_spans_several(samples):
     batch = 64  # above the smallest sizes: one batch then holds several whole epochs
     steps = -(-3 * samples // batch)
-    flat = np.concatenate([global_batch_indices(step, batch, samples, seed=11) for step in range(steps)])
+    flat = np.concatenate([global_batch_indices(step, batch, samples, seed=11)[0] for step in range(steps)])
     for epoch in range(3):
         order = flat[epoch * samples:(epoch + 1) * samples]
         assert np.array_equal(np.sort(order), np.arange(samples))
@@ -52,8 +52,8 @@ def test_epochs_and_seeds_give_different_orders():
 
 def test_no_samples_is_an_error_and_one_sample_is_always_itself():
     with pytest.raises(ValueError):
-        global_batch_indices(0, 4, 0, seed=0)
-    assert np.array_equal(global_batch_indices(3, 4, 1, seed=0), np.zeros(4))
+        global_batch_indices(0, 4, 0, seed=0)[0]
+    assert np.array_equal(global_batch_indices(3, 4, 1, seed=0)[0], np.zeros(4))
 
 
 def test_the_order_has_no_visible_structure():
@@ -72,19 +72,19 @@ def test_the_order_has_no_visible_structure():
 @pytest.mark.parametrize("samples", [5, 100, 1000])
 def test_a_slice_of_a_global_batch_is_that_slice_of_the_whole(samples):
     for step in (0, 3, 17):
-        whole = global_batch_indices(step, 24, samples, seed=2)
+        whole = global_batch_indices(step, 24, samples, seed=2)[0]
         assert len(whole) == 24
         for start, count in [(0, 24), (0, 1), (5, 7), (23, 1), (8, 16)]:
-            part = global_batch_indices(step, 24, samples, seed=2, start=start, count=count)
+            part = global_batch_indices(step, 24, samples, seed=2, start=start, count=count)[0]
             assert np.array_equal(part, whole[start:start + count])
-        assert np.array_equal(global_batch_indices(step, 24, samples, seed=2, start=10), whole[10:])
+        assert np.array_equal(global_batch_indices(step, 24, samples, seed=2, start=10)[0], whole[10:])
     with pytest.raises(ValueError):
-        global_batch_indices(0, 24, samples, seed=2, start=20, count=5)
+        global_batch_indices(0, 24, samples, seed=2, start=20, count=5)[0]
 
 
 def test_a_batch_of_a_huge_data_set_costs_a_batch():
     samples = 10**15  # a whole permutation would take 8 PB
-    indices = global_batch_indices(10**9, 256, samples, seed=3)
+    indices = global_batch_indices(10**9, 256, samples, seed=3)[0]
     assert len(set(indices.tolist())) == 256 and indices.min() >= 0 and indices.max() < samples
 
 
@@ -95,14 +95,25 @@ def test_ranks_share_each_global_batch_disjointly_and_completely():
                   for rank in range(4)]
         taken = np.concatenate([b["input_ids"] for share in shares for b in share])
         assert len(shares[0]) == 3 and all(len(b["input_ids"]) == 2 for share in shares for b in share)
-        assert np.array_equal(taken, global_batch_indices(step, 24, 100, seed=1)), "rank r's share is the r-th"
+        assert np.array_equal(taken, global_batch_indices(step, 24, 100, seed=1)[0]), "rank r's share is the r-th"
         assert len(set(taken.tolist())) == 24
+
+
+def test_each_sample_is_read_with_its_epoch_across_ranks_and_micro_batches():
+    # 10 samples, global batches of 8: step 1 holds positions 8-15, the last two of epoch 0 and six of epoch 1.
+    data = Indices(10)
+    shares = [rank_micro_batches(1, data, micro_batch=2, accumulation=2, rank=rank, world=2, seed=5)
+              for rank in range(2)]
+    epochs = np.concatenate([b["epochs"] for share in shares for b in share])
+    assert epochs.tolist() == [0, 0, 1, 1, 1, 1, 1, 1]
+    indices, _ = global_batch_indices(1, 8, 10, seed=5)
+    assert sorted(indices[2:].tolist()) == sorted(set(indices[2:].tolist())), "epoch 1's part has no repeats"
 
 
 class ReaderPids(Indices):
     """Record i is i, and says which process read it and how that process treats SIGTERM."""
 
-    def read(self, indices):
+    def read(self, indices, epochs):
         return {"input_ids": np.asarray(indices), "pid": os.getpid(),
                 "ignores_sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_IGN}
 

@@ -17,13 +17,22 @@ def test_warmup_is_a_fraction_of_the_decay_iterations():
 
 
 @pytest.mark.parametrize("style, end", [("linear", 0.0), ("cosine", 0.0), ("exponential", math.exp(-0.693)),
-                                        ("constant", 1.0)])
+                                        ("constant", 1.0), ("wsd", 0.0)])
 def test_decay_styles(style, end):
     lr = [learning_rate(step, 1.0, 100, 0.1, style) for step in range(0, 131)]
     assert lr[10] == pytest.approx(1.0)
     assert lr[110] == pytest.approx(end, abs=1e-9)
     after_warmup = lr[10:111]
     assert all(a >= b for a, b in zip(after_warmup, after_warmup[1:]))
+
+
+def test_wsd_holds_the_peak_then_decays_as_one_minus_sqrt_over_its_last_fraction():
+    # 10 warmup steps, then 100 decay steps of which the last 20% decay: steps 10 to 90 at the peak.
+    lr = [learning_rate(step, 2.0, 100, 0.1, "wsd", decay_fraction=0.2) for step in range(0, 131)]
+    assert lr[5] == pytest.approx(1.0) and all(value == 2.0 for value in lr[10:91])
+    assert lr[95] == pytest.approx(2.0 * (1 - math.sqrt(0.25)))  # a quarter of the decay done: 1 - sqrt drops fast
+    assert lr[110] == pytest.approx(0.0, abs=1e-12) and lr[130] == 0.0
+    assert learning_rate(50, 2.0, 100, 0.0, "wsd", decay_fraction=0.0) == 2.0, "no decay phase: constant"
 
 
 def test_unknown_style_is_refused():

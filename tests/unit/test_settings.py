@@ -20,6 +20,7 @@ from bertpipe.settings import (
     InstanceSpec,
     MlflowSettings,
     ModelSettings,
+    ModernSettings,
     PhaseSettings,
     PretrainSettings,
     SlurmPretrain,
@@ -61,7 +62,9 @@ COMMANDS = {
     "tfrecords build": (["--input", "s.jsonl", "--tokenizer", "t", "--out", "r", "--stats", "s"],
                         [(TFRECORDS_PHASE, InstanceSpec, None),
                          (lambda c: c["tfrecords"], TFRecordsSettings, ("seed",))]),
-    "pretrain": (["--train-data", "r"], [(lambda c: c["model"], ModelSettings, None),
+    "pretrain": (["--train-data", "r"], [(lambda c: c, Config, ("recipe",)),
+                                         (lambda c: c["modern"], ModernSettings, None),
+                                         (lambda c: c["model"], ModelSettings, None),
                                          (FIRST_PHASE, PhaseSettings, None),
                                          (lambda c: c["pretrain"], TrainingSettings, None)]),
     "launch": ([], [(lambda c: c["pretrain"], PretrainSettings, ("nodes", "nproc_per_node")),
@@ -176,7 +179,7 @@ def test_every_setting_and_flag_that_reaches_the_trainer_says_its_part_in_a_run(
 
     parts = (settings.IDENTITY, settings.EXECUTION)
     defined = {}
-    for cls in (ModelSettings, PhaseSettings, TrainingSettings, PretrainSettings):
+    for cls in (ModelSettings, ModernSettings, PhaseSettings, TrainingSettings, PretrainSettings):
         for field in settings.scalar_fields(cls):
             assert field.metadata.get("run") in parts, f"{cls.__name__}.{field.name} says no part in a run"
             defined[field.name] = field.metadata["run"]

@@ -23,11 +23,12 @@ def test_the_measured_peak_is_a_matmul_rate_of_the_runs_dtype_in_about_a_second_
 
 
 def test_step_figures_from_what_the_step_did():
-    telemetry = StepTelemetry(CONFIG, torch.float32, torch.device("cpu"), world=2)
+    telemetry = StepTelemetry(torch.float32, torch.device("cpu"), world=2)
     # 16 sequences of 128 tokens with 20 prediction slots over both ranks, 1536 of the 2048 tokens real, in 0.5 s,
     # 0.1 s of it waiting for data.
-    figures = telemetry(sequences=16, seq_length=128, predictions=20, real_tokens=1536, seconds=0.5, waiting=0.1)
+    flops = flops_per_sequence(CONFIG, 128, 20) * 16
+    figures = telemetry(flops, sequences=16, seq_length=128, real_tokens=1536, seconds=0.5, waiting=0.1)
     assert figures["tokens_per_s"] == 3072 and figures["padding_fraction"] == 0.25
     assert figures["data_wait_fraction"] == pytest.approx(0.2)
-    per_device = flops_per_sequence(CONFIG, 128, 20) * 16 / 2 / 0.5
+    per_device = flops / 2 / 0.5
     assert figures["mfu"] == pytest.approx(per_device / telemetry.peak) and "mfu_datasheet" not in figures

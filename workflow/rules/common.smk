@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from bertpipe.settings import (
+    Config,
     CorpusSettings,
     DownloadSettings,
     DumpSettings,
@@ -11,6 +12,7 @@ from bertpipe.settings import (
     InstanceSpec,
     MlflowSettings,
     ModelSettings,
+    ModernSettings,
     PhaseSettings,
     PretrainSettings,
     SlurmPretrain,

@@ -34,6 +34,8 @@ rule pretrain:
         ),
         settings=lambda wildcards: " ".join(
             (
+                settings_flags(Config, config, only=("recipe",)),
+                settings_flags(ModernSettings, config["modern"]) if config["recipe"] == "modern" else "",
                 settings_flags(ModelSettings, config["model"]),
                 settings_flags(PhaseSettings, pretrain_phase(wildcards)),
                 settings_flags(TrainingSettings, PRETRAIN),

@@ -1,6 +1,21 @@
-# Stage `tfrecords`: masked-LM + next-sentence instances, one job per corpus shard and sequence length.
+# Stage `tfrecords`: one job per corpus shard and sequence length, of the recipe's kind: bert2019's masked-LM +
+# next-sentence instances (`tfrecords build`, dupe_factor masked copies), or modern's packed sequences (`tfrecords
+# pack`, once, masked as it trains). A change of recipe changes the command, so Snakemake rebuilds them.
 
 PHASE_OF_LENGTH = {phase["seq_length"]: phase for phase in config["tfrecords"]["phases"]}
+
+
+def tfrecords_command(wildcards):
+    """The step and its flags for the recipe."""
+    if config["recipe"] == "modern":
+        return f"pack --seq-length {int(wildcards.seq)}"
+    return " ".join(
+        (
+            "build",
+            settings_flags(InstanceSpec, {**config["tfrecords"], **PHASE_OF_LENGTH[int(wildcards.seq)]}),
+            settings_flags(TFRecordsSettings, config["tfrecords"], only=("seed",)),
+        )
+    )
 
 
 rule tfrecords:
@@ -12,10 +27,7 @@ rule tfrecords:
         index=f"{RESULTS}/tfrecords/seq{{seq}}/{{split}}/{{part}}/shard-{{shard}}.{INDEX}",
         stats=f"{RESULTS}/tfrecords/seq{{seq}}/{{split}}/{{part}}/shard-{{shard}}.stats.json",
     params:
-        instances=lambda wildcards: settings_flags(
-            InstanceSpec, {**config["tfrecords"], **PHASE_OF_LENGTH[int(wildcards.seq)]}
-        ),
-        seed=settings_flags(TFRecordsSettings, config["tfrecords"], only=("seed",)),
+        command=tfrecords_command,
     priority: training_priority
     resources:
         **slurm_job("tfrecords"),
@@ -24,10 +36,9 @@ rule tfrecords:
     log:
         f"{LOGS}/tfrecords/seq{{seq}}/{{split}}/{{part}}/shard-{{shard}}.log",
     shell:
-        "bertpipe --log-file {log:q} tfrecords build"
+        "bertpipe --log-file {log:q} tfrecords {params.command}"
         " --input {input.corpus:q}/{wildcards.split}/shard-{wildcards.shard}.jsonl"
-        " --tokenizer {input.tokenizer:q} --out {output.records:q} --stats {output.stats:q}"
-        " {params.instances} {params.seed} 2> {log:q}"
+        " --tokenizer {input.tokenizer:q} --out {output.records:q} --stats {output.stats:q} 2> {log:q}"
 
 
 rule tfrecords_stats:

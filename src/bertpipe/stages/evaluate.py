@@ -1,6 +1,7 @@
 """Stage `evaluate`: masked-LM perplexity and accuracy (MLPerf's masked-LM accuracy: argmax at the masked positions)
-and next-sentence accuracy of a checkpoint, over every record of the test split; and what the model fills in, for a
-person to read: a table of masked test sentences with the true token and the model's top predictions."""
+and, under bert2019, next-sentence accuracy of a checkpoint, over every record of the test split (under modern, its
+packed sequences under one fixed 15% mask); and what the model fills in, for a person to read: a table of masked
+test sentences with the true token and the model's top predictions."""
 
 import html
 import json
@@ -18,55 +19,102 @@ log = logging.getLogger(__name__)
 FILL_MASK_EXAMPLES = 12
 TOP_K = 5
 CONTEXT_TOKENS = 16  # shown on each side of the masked token
+# The modern recipe's test set: its packed test sequences under one fixed mask of 15% (BERT's rate), the same for every
+# model, whatever rate it trained with.
+TEST_MASK_RATE, TEST_MASK_SEED = 0.15, 20260101
 
 
 def evaluate(checkpoint_dir, test_data, tokenizer_dir, out, fill_mask_out, batch_size: int, precision: str) -> dict:
     import torch
 
     from bertpipe.model_loading import load_model
+    from bertpipe.packed_sequences import PackedSamples
     from bertpipe.tfrecord_reader import TFRecordSamples
     from bertpipe.tokenizer_folder import Tokenizer
     from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals
+    from bertpipe.train.objectives import OBJECTIVES
 
     model, source, state = load_model(checkpoint_dir)
+    objective = OBJECTIVES[state.get("recipe", "bert2019")]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    samples = TFRecordSamples(test_data)
-    batches = (samples.read(list(range(begin, min(begin + batch_size, len(samples)))))
+    tokenizer = Tokenizer(tokenizer_dir)
+    modern = objective.name == "modern"
+    samples = (PackedSamples(test_data, tokenizer, TEST_MASK_RATE, TEST_MASK_SEED) if modern
+               else TFRecordSamples(test_data))
+    batches = (samples.read(list(range(begin, min(begin + batch_size, len(samples)))), 0)
                for begin in range(0, len(samples), batch_size))
-    totals = evaluation_totals(model, batches, device, precision)
+    totals = evaluation_totals(objective, model, batches, device, precision)
     metrics = {**evaluation_metrics(totals, "test_"), "test_sequences": int(totals["sequences"]),
-               "test_predictions": int(totals["predictions"]), "checkpoint": str(source),
+               "test_predictions": int(totals["mlm_count"]), "checkpoint": str(source),
                "checkpoint_step": state["iteration"]}
+    examples = packed_examples(model, samples, device) if modern else record_examples(model, samples, device)
     with torch.no_grad():
-        rows = fill_mask_rows(model, samples, Tokenizer(tokenizer_dir), device)
+        rows = fill_mask_rows(examples, tokenizer)
     with atomic_file(fill_mask_out) as temp:
         temp.write_text(fill_mask_html(rows, f"{source}, step {state['iteration']}"))
     with atomic_file(out) as temp:
         temp.write_text(json.dumps(metrics, indent=2) + "\n")
-    log.info("%s: perplexity %.3f, masked-LM accuracy %.4f, next-sentence accuracy %.4f", source,
-             metrics["test_perplexity"], metrics["test_mlm_accuracy"], metrics["test_nsp_accuracy"])
+    log.info("%s: perplexity %.3f, masked-LM accuracy %.4f%s", source, metrics["test_perplexity"],
+             metrics["test_mlm_accuracy"], f", next-sentence accuracy {metrics['test_nsp_accuracy']:.4f}"
+             if "test_nsp_accuracy" in metrics else "")
     return metrics
 
 
-def fill_mask_rows(model, samples, tokenizer, device, count: int = FILL_MASK_EXAMPLES) -> list:
-    """What the model fills in, on `count` test records spread over the split (records side by side come from one
-    document): each with its true tokens put back and one ordinary token masked, as HuggingFace's fill-mask pipeline
-    asks. Rows of {"left", "right": the text around the mask, "true": the token, "predictions": [(token,
-    probability)] x TOP_K}."""
+def _spread(samples, count: int):
+    """Indices of `count` samples spread over the split (samples side by side come from one document)."""
+    return np.unique(np.linspace(0, len(samples) - 1, num=min(len(samples), count)).astype(np.int64))
+
+
+def record_examples(model, samples, device, count: int = 2 * FILL_MASK_EXAMPLES):
+    """bert2019's fill-mask examples: test records with their true tokens put back, (ids, real length, the
+    positions its mask predicts, predict(ids, position) -> logits)."""
     import torch
 
-    special = {tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id}
-    spread = np.unique(np.linspace(0, len(samples) - 1, num=min(len(samples), 2 * count)).astype(np.int64))
+    spread = _spread(samples, count)
     batch = samples.read(spread)
-    rows = []
     for record in range(len(spread)):
         ids = batch["input_ids"][record].clone()
         weights = batch["masked_lm_weights"][record] > 0
         positions = batch["masked_lm_positions"][record][weights]
         ids[positions] = batch["masked_lm_ids"][record][weights]  # the record as written, before masking
-        length = int(batch["input_mask"][record].sum())
-        ordinary = [int(p) for p in positions if int(ids[p]) not in special]
+        segments, mask = batch["segment_ids"][record][None].to(device), batch["input_mask"][record][None].to(device)
+
+        def predict(masked_ids, position, segments=segments, mask=mask):
+            logits, _ = model(masked_ids[None].to(device), segments, mask, torch.tensor([[position]], device=device))
+            return logits[0, 0]
+
+        yield ids, int(batch["input_mask"][record].sum()), [int(p) for p in positions], predict
+
+
+def packed_examples(model, samples, device, count: int = 2 * FILL_MASK_EXAMPLES):
+    """modern's fill-mask examples: the longest document piece of each of some test sequences, alone, (ids, length,
+    the positions the test set's mask predicts in it, predict(ids, position) -> logits)."""
+    import torch
+
+    for index in _spread(samples, count).tolist():
+        tokens, _, pieces = samples.sequences([index])
+        predicted = samples.read([index], 0)["masked_positions"].numpy()
+        ends = np.cumsum(pieces)
+        longest = int(np.argmax(pieces))
+        begin, end = int(ends[longest] - pieces[longest]), int(ends[longest])
+        ids = torch.from_numpy(tokens[begin:end])
+
+        def predict(masked_ids, position):
+            return model(masked_ids.to(device), [len(masked_ids)], torch.tensor([position], device=device))[0]
+
+        yield ids, len(ids), [int(p) - begin for p in predicted if begin <= p < end], predict
+
+
+def fill_mask_rows(examples, tokenizer, count: int = FILL_MASK_EXAMPLES) -> list:
+    """What the model fills in, on `count` of `examples` (record_examples, packed_examples): in each, one ordinary
+    token of those its mask predicts masked, as HuggingFace's fill-mask pipeline asks. Rows of {"left", "right": the
+    text around the mask, "true": the token, "predictions": [(token, probability)] x TOP_K}."""
+    special = {tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id}
+    rows = []
+    for ids, length, positions, predict in examples:
+        ids = ids.clone()
+        ordinary = [p for p in positions if int(ids[p]) not in special]
         # A whole word reads best (not "arr[MASK]ed"): a word start followed by one; else any ordinary token.
         whole = [p for p in ordinary if tokenizer.is_word_start[int(ids[p])]
                  and (p + 1 >= length or tokenizer.is_word_start[int(ids[p + 1])])]
@@ -75,9 +123,7 @@ def fill_mask_rows(model, samples, tokenizer, device, count: int = FILL_MASK_EXA
             continue
         true_id = int(ids[masked])
         ids[masked] = tokenizer.mask_id
-        mlm_logits, _ = model(ids[None].to(device), batch["segment_ids"][record][None].to(device),
-                              batch["input_mask"][record][None].to(device), torch.tensor([[masked]], device=device))
-        top = mlm_logits[0, 0].float().softmax(-1).cpu().topk(TOP_K)
+        top = predict(ids, masked).float().softmax(-1).cpu().topk(TOP_K)
 
         # The context: the masked token's segment ([CLS] A [SEP] B [SEP]; B may be another document's), whole words.
         separators = np.flatnonzero(np.isin(ids[:length].numpy(), [tokenizer.cls_id, tokenizer.sep_id])).tolist()

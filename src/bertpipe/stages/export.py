@@ -1,11 +1,14 @@
 """Stage `export`: a checkpoint as a HuggingFace transformers folder (`config.json`, `model.safetensors`, tokenizer
-files) that `AutoModelForPreTraining.from_pretrained` and `AutoTokenizer.from_pretrained` load offline.
+files) that `AutoModelForPreTraining.from_pretrained` (bert2019: BertForPreTraining) or
+`AutoModelForMaskedLM.from_pretrained` (modern: ModernBertForMaskedLM) and `AutoTokenizer.from_pretrained` load
+offline.
 
 The weights map one to one (model_loading.py). The tokenizer becomes a HuggingFace fast tokenizer (`tokenizer.json`)
 that gives the ids our tokenizer gives:
 - SentencePiece: transformers' own SentencePiece conversion (the model's normalizer, dummy prefix and pieces);
 - WordPiece: the same normalizer, pre-tokenizer and vocabulary as our Tokenizer.
-Both add BERT's template ([CLS] A [SEP] B [SEP], token types 0/1). One difference is deliberate: the exported
+Both add BERT's template ([CLS] A [SEP] B [SEP], token types 0/1; ModernBERT has no token types: 0 throughout,
+and its tokenizer gives none). One difference is deliberate: the exported
 tokenizer reads the text "[MASK]" (and the other special tokens) as the special token, as HuggingFace users expect
 for fill-mask; our pipeline never does, so that an article's text cannot forge a mask.
 """
@@ -24,8 +27,9 @@ from bertpipe.tracking import Outcome
 log = logging.getLogger(__name__)
 
 
-def fast_tokenizer(folder):
-    """Our tokenizer folder as a `tokenizers.Tokenizer` with BERT's special tokens and template."""
+def fast_tokenizer(folder, token_types: bool = True):
+    """Our tokenizer folder as a `tokenizers.Tokenizer` with BERT's special tokens and template (the second
+    segment's token type 1, or 0 without `token_types`)."""
     from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers import Tokenizer as HFTokenizer
 
@@ -49,7 +53,7 @@ def fast_tokenizer(folder):
         tokenizer.decoder = decoders.WordPiece()
     tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        single="[CLS]:0 $A:0 [SEP]:0", pair=f"[CLS]:0 $A:0 [SEP]:0 $B:{int(token_types)} [SEP]:{int(token_types)}",
         special_tokens=[("[CLS]", ours.cls_id), ("[SEP]", ours.sep_id)])
     return tokenizer, ours
 
@@ -63,8 +67,10 @@ def model_card(summary: dict, model_config: dict, facts: dict) -> str:
 
     dump, corpus, evaluation = facts.get("dump"), facts.get("corpus"), facts.get("evaluation")
     name = facts.get("name") or "bertpipe-bert"
+    modern = summary.get("recipe") == "modern"
     metadata = {"language": ["en"], "license": "cc-by-sa-4.0", "library_name": "transformers",
-                "pipeline_tag": "fill-mask", "tags": ["bert", "fill-mask", "bertpipe"], "datasets": ["wikipedia"]}
+                "pipeline_tag": "fill-mask", "tags": ["modernbert" if modern else "bert", "fill-mask", "bertpipe"],
+                "datasets": ["wikipedia"]}
     if evaluation:
         metadata["model-index"] = [{"name": name, "results": [{
             "task": {"type": "fill-mask", "name": "masked language modelling"},
@@ -72,13 +78,16 @@ def model_card(summary: dict, model_config: dict, facts: dict) -> str:
                         else "Wikipedia, test split"},
             "metrics": [{"type": "perplexity", "value": round(evaluation["test_perplexity"], 4)},
                         {"type": "accuracy", "name": "masked-LM accuracy",
-                         "value": round(evaluation["test_mlm_accuracy"], 4)},
-                        {"type": "accuracy", "name": "next-sentence accuracy",
-                         "value": round(evaluation["test_nsp_accuracy"], 4)}]}]}]
+                         "value": round(evaluation["test_mlm_accuracy"], 4)}] + (
+                [{"type": "accuracy", "name": "next-sentence accuracy",
+                  "value": round(evaluation["test_nsp_accuracy"], 4)}] if "test_nsp_accuracy" in evaluation
+                else [])}]}]
     unknown = "not recorded (exported outside the workflow)"
     lines = ["---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "", f"# {name}", "",
-             f"BERT (masked-LM and next-sentence heads) pretrained from scratch on English Wikipedia by bertpipe, "
-             f"step {summary['step']} of `{summary['checkpoint']}`.", "", "## Data", ""]
+             ("ModernBERT (masked-LM head) pretrained from scratch on packed sequences of English Wikipedia, masks "
+              "drawn as it trained, " if modern else
+              "BERT (masked-LM and next-sentence heads) pretrained from scratch on English Wikipedia ")
+             + f"by bertpipe, step {summary['step']} of `{summary['checkpoint']}`.", "", "## Data", ""]
     if dump and corpus:
         splits = corpus["splits"]
         lines += [f"- Wikimedia dump `{dump['wiki']}` of {dump['date']}: {len(dump['parts'])} parts, "
@@ -89,10 +98,14 @@ def model_card(summary: dict, model_config: dict, facts: dict) -> str:
     else:
         lines.append(f"- Dump and corpus: {unknown}.")
     for records in facts.get("tfrecords") or []:
-        spec = records["per_shard"][0]["spec"]  # the same in every shard of a length
-        lines.append(f"- Sequence length {spec['seq_length']}: {records['instances']:,} training instances, "
-                     f"{records['real_tokens']:,} tokens that are not padding ({spec['dupe_factor']} maskings of "
-                     "the text).")
+        shard = records["per_shard"][0]  # the same settings in every shard of a length
+        if "spec" in shard:
+            lines.append(f"- Sequence length {shard['spec']['seq_length']}: {records['instances']:,} training "
+                         f"instances, {records['real_tokens']:,} tokens that are not padding "
+                         f"({shard['spec']['dupe_factor']} maskings of the text).")
+        else:
+            lines.append(f"- Sequence length {shard['seq_length']}: {records['instances']:,} packed sequences, "
+                         f"{records['real_tokens']:,} tokens of text (masked anew in every epoch).")
     lines += ["- Licence: Wikipedia's text is CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/); "
               "this model is shared under the same licence.", "", "## Tokenizer", "",
               f"{summary['tokenizer']}, {summary['vocab_size']:,} tokens, trained on the train split "
@@ -116,21 +129,25 @@ def model_card(summary: dict, model_config: dict, facts: dict) -> str:
         lines.append(f"Phases: {unknown}.")
     lines += ["", "## Evaluation", ""]
     if evaluation:
+        nsp = (f", next-sentence accuracy {evaluation['test_nsp_accuracy']:.3f}" if "test_nsp_accuracy" in evaluation
+               else "")
         lines += [f"On the {evaluation['test_sequences']:,} sequences of the test split: masked-LM perplexity "
-                  f"{evaluation['test_perplexity']:.3f}, masked-LM accuracy {evaluation['test_mlm_accuracy']:.3f}, "
-                  f"next-sentence accuracy {evaluation['test_nsp_accuracy']:.3f}."]
+                  f"{evaluation['test_perplexity']:.3f}, masked-LM accuracy {evaluation['test_mlm_accuracy']:.3f}"
+                  f"{nsp}."]
     else:
         lines.append(f"Test metrics: {unknown}.")
     lineage = facts.get("lineage") or {}
     lines += ["", "## Lineage", ""] + ([f"- {key}: `{value}`" for key, value in lineage.items()] or [f"- {unknown}"])
+    auto = "AutoModelForMaskedLM" if modern else "AutoModelForPreTraining"
     lines += ["", "## How to load", "", "```python",
-              "from transformers import AutoModelForPreTraining, AutoTokenizer, pipeline",
-              "", 'model = AutoModelForPreTraining.from_pretrained("path/to/this/folder")',
+              f"from transformers import {auto}, AutoTokenizer, pipeline",
+              "", f'model = {auto}.from_pretrained("path/to/this/folder")',
               'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
               'fill = pipeline("fill-mask", model="path/to/this/folder")',
               'fill("The capital of France is [MASK].")', "```", "", "## Limits", "",
-              "- Pretrained only: fine-tune it before using it for a task; its next-sentence head is BERT's "
-              "pretraining objective, not a classifier to trust.",
+              "- Pretrained only: fine-tune it before using it for a task"
+              + ("." if modern else "; its next-sentence head is BERT's pretraining objective, not a classifier to "
+                 "trust."),
               "- English Wikipedia only, as of the dump's date: its topics, its style and its biases, nothing later.",
               "- A model trained on a small sample (the bundled demo) has learnt little beyond token frequencies: "
               "look at the evaluation above before using it."]
@@ -154,16 +171,18 @@ def export(checkpoint_dir, tokenizer_dir, out, facts: dict = None) -> dict:
     exported (for the stage's stats)."""
     import transformers
 
-    from bertpipe.model_loading import huggingface_model, load_model
+    from bertpipe.model_loading import huggingface_model, huggingface_modern_model, load_model
 
     model, source, state = load_model(checkpoint_dir)
-    hf_model = huggingface_model(model)
-    tokenizer, ours = fast_tokenizer(tokenizer_dir)
+    recipe = state.get("recipe", "bert2019")
+    tokenizer, ours = fast_tokenizer(tokenizer_dir, token_types=recipe == "bert2019")
+    hf_model = huggingface_modern_model(model, ours) if recipe == "modern" else huggingface_model(model)
     hf_tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-        model_max_length=state["model_config"]["max_position_embeddings"])
-    summary = {"checkpoint": str(source), "step": state["iteration"], "tokenizer": ours.kind,
+        mask_token="[MASK]", model_max_length=state["model_config"]["max_position_embeddings"],
+        model_input_names=["input_ids", "attention_mask"] if recipe == "modern"
+        else ["input_ids", "token_type_ids", "attention_mask"])
+    summary = {"checkpoint": str(source), "step": state["iteration"], "recipe": recipe, "tokenizer": ours.kind,
                "vocab_size": ours.vocab_size, "parameters": sum(p.numel() for p in model.parameters()),
                "requirements": serving_requirements()}
     with atomic_dir(out) as temp:

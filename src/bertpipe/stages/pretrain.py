@@ -31,8 +31,10 @@ from bertpipe.settings import (
     EXECUTION,
     IDENTITY,
     STALE_POLICIES,
+    Config,
     InstanceSpec,
     ModelSettings,
+    ModernSettings,
     PhaseSettings,
     TrainingSettings,
 )
@@ -40,6 +42,9 @@ from bertpipe.settings import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
+    recipe = parser.add_argument_group("the recipe (config recipe, and the modern recipe's own: config modern)")
+    settings.add_arguments(recipe, Config, only=("recipe",))
+    settings.add_arguments(recipe, ModernSettings)
     model = parser.add_argument_group("the model (config model)")
     settings.add_arguments(model, ModelSettings)
     phase = parser.add_argument_group("the phase (an item of config pretrain.phases)")
@@ -95,18 +100,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # identity; CONTENT, what it names is (the content hash of the tokenizer and the training data, the model's vocab
 # size, the identity of the --init-from checkpoint); EXECUTION, it changes nothing of what the run computes.
 CONTENT = "content"
-FLAG_PARTS = {"loose_json": IDENTITY, "use_tfrecords": IDENTITY, "text_key": IDENTITY, "split": IDENTITY,
-              "max_preds_per_seq": IDENTITY, "tokenizer_path": CONTENT, "train_data": CONTENT, "vocab_size": CONTENT,
-              "init_from": CONTENT, "tokenizer_type": EXECUTION, "cache_dir": EXECUTION,
+FLAG_PARTS = {"recipe": IDENTITY, "loose_json": IDENTITY, "use_tfrecords": IDENTITY, "text_key": IDENTITY,
+              "split": IDENTITY, "max_preds_per_seq": IDENTITY, "tokenizer_path": CONTENT, "train_data": CONTENT,
+              "vocab_size": CONTENT, "init_from": CONTENT, "tokenizer_type": EXECUTION, "cache_dir": EXECUTION,
               "tokenizer_model_type": EXECUTION, "lazy_loader": EXECUTION, "fp32_layernorm": EXECUTION,
               "fp32_embedding": EXECUTION, "save": EXECUTION, "load": EXECUTION, "valid_data": EXECUTION,
               "stale_checkpoints": EXECUTION, "metrics": EXECUTION, "loss_curve": EXECUTION, "done": EXECUTION}
 
 
 def _samples(args, tokenizer, phase: PhaseSettings, seed: int) -> tuple:
-    """(train, valid or None) from TFRecords or, Megatron's way, loose json."""
+    """(train, valid or None) from TFRecords or, Megatron's way, loose json; under the modern recipe, packed
+    sequences (TFRecords of `bertpipe tfrecords pack`) masked as they are read."""
     from bertpipe.train import samples
 
+    if args.recipe == "modern":
+        if not args.use_tfrecords:
+            raise BertpipeError("--recipe modern trains on packed sequences: --use-tfrecords with the files of "
+                                "`bertpipe tfrecords pack`")
+        return samples.packed_samples(args.train_data, args.valid_data, phase.seq_length, tokenizer,
+                                      settings.from_args(ModernSettings, args), seed)
     if args.use_tfrecords:
         return samples.tfrecord_samples(args.train_data, args.valid_data, phase.seq_length, args.max_preds_per_seq)
     if not args.loose_json:
@@ -132,13 +144,13 @@ def run(args, tracking_run):
 def _train(args, tracking_run, stop):
     from bertpipe.hashing import content_hash, described_input
     from bertpipe.memory import fix_mmap_threshold
-    from bertpipe.model import BertConfig
     from bertpipe.tokenizer_folder import Tokenizer
     from bertpipe.tracking import MetricSink, Outcome
     from bertpipe.train.checkpoint import CheckpointManager
     from bertpipe.train.distributed import init
     from bertpipe.train.loop import Trainer
     from bertpipe.train.metrics import ConsoleSink, JsonLinesSink
+    from bertpipe.train.objectives import OBJECTIVES
 
     fix_mmap_threshold()  # the unpadded encoder's varying tensor sizes would fragment the heap (memory.py)
     if not args.tokenizer_path:
@@ -155,8 +167,15 @@ def _train(args, tracking_run, stop):
     vocab_size = args.vocab_size or tokenizer.vocab_size
     if vocab_size < tokenizer.vocab_size:
         raise BertpipeError(f"--vocab-size {vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
+    objective = OBJECTIVES[args.recipe]
+    modern = settings.from_args(ModernSettings, args)
+    # Of the modern recipe's settings, those of its architecture go to the model (the masks are the samples')
+    architecture = {name: getattr(modern, name) for name in ("local_attention", "global_attn_every_n_layers",
+                                                             "global_rope_theta", "local_rope_theta")
+                    if args.recipe == "modern"}
     try:
-        model_config = BertConfig(**dataclasses.asdict(settings.from_args(ModelSettings, args)), vocab_size=vocab_size)
+        model_config = objective.config_class(**dataclasses.asdict(settings.from_args(ModelSettings, args)),
+                                              vocab_size=vocab_size, **architecture)
     except ValueError as error:
         raise BertpipeError(str(error)) from None
     if phase.seq_length > model_config.max_position_embeddings:
@@ -177,8 +196,10 @@ def _train(args, tracking_run, stop):
     checkpoints = CheckpointManager(args.save, args.load, args.init_from, training.save_interval, training.keep_last,
                                     args.stale_checkpoints)
     flags = {name: getattr(args, name) for name, part in FLAG_PARTS.items() if part == IDENTITY}
+    if args.recipe == "modern":  # how its masks are drawn (its architecture is in the model's config)
+        flags["masks"] = {"mask_rate": modern.mask_rate, "whole_word_mask": modern.whole_word_mask}
     trainer = Trainer(model_config, training, phase, train_samples, valid_samples, checkpoints, sinks, inputs, flags,
-                      stop)
+                      stop, recipe=args.recipe)
     if metrics and trainer.rank == 0:  # the steps of another run (set aside, or past a checkpoint) are not this one's
         metrics.keep_until(trainer.iteration)
     started = time.monotonic()

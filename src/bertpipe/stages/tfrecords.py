@@ -1,8 +1,12 @@
-"""Stage `tfrecords`: one corpus shard to masked-LM + next-sentence instances in a TFRecord file, with
-google-research/bert's feature names and types, written with TensorFlow's TFRecordWriter.
-
-The shard's RNG seed is derived from the configured seed and the shard's identity (sequence length, split, part,
-shard), so a rerun writes the same bytes, and shards never share a random stream. Memory is bounded by the shard.
+"""Stage `tfrecords`: one corpus shard to a TFRecord file, written with TensorFlow's TFRecordWriter, with a record
+index beside it and its stats. Two kinds, one per recipe:
+- `build` (bert2019): masked-LM + next-sentence instances with google-research/bert's feature names and types,
+  `dupe_factor` masked copies of every document. The shard's RNG seed is derived from the configured seed and the
+  shard's identity (sequence length, split, part, shard), so a rerun writes the same bytes, and shards never share a
+  random stream.
+- `pack` (modern): the shard's documents packed into full sequences (packed_sequences.py), once, unmasked: the
+  trainer draws the masks as it reads them. It draws nothing, so a rerun writes the same bytes.
+Memory is bounded by the shard.
 """
 
 import array
@@ -21,11 +25,12 @@ import numpy as np
 from bertpipe import BertpipeError, settings
 from bertpipe.atomic import atomic_file
 from bertpipe.hashing import file_hash
+from bertpipe.packed_sequences import PACKED_FEATURES, pack, serialize_sequences
 from bertpipe.pages import stats_page
 from bertpipe.pretraining_instances import TokenizedShard, materialize, pair_spans, token_dtype
-from bertpipe.settings import InstanceSpec, TFRecordsSettings
+from bertpipe.settings import InstanceSpec, TFRecordsPhase, TFRecordsSettings
 from bertpipe.stages import add_step
-from bertpipe.tfrecord_reader import INT_FEATURES, index_path, write_index
+from bertpipe.tfrecord_reader import FEATURES, INT_FEATURES, index_path, write_index
 from bertpipe.tokenizer_folder import Tokenizer
 from bertpipe.tracking import Outcome
 
@@ -242,6 +247,7 @@ def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: 
     instances = max(counts["instances"], 1)
     stats = {
         "shard": str(shard),
+        "features": list(FEATURES),
         "spec": dataclasses.asdict(spec),
         "seed": seed,
         "shard_seed": own_seed,
@@ -262,21 +268,63 @@ def build_shard(shard, tokenizer_dir, out, stats_out, spec: InstanceSpec, seed: 
     return stats
 
 
+def pack_shard(shard, tokenizer_dir, out, stats_out, seq_length: int) -> dict:
+    """Write the packed sequences of one corpus shard to `out` (TFRecord, packed_sequences.PACKED_FEATURES), its
+    record index beside it and its stats to `stats_out` (JSON)."""
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    shard, out = Path(shard), Path(out)
+    if not shard.is_file():
+        raise BertpipeError(f"{shard}: no such corpus shard")
+    tokenizer = Tokenizer(tokenizer_dir, tensorflow_text=True)
+    tokenized = tokenize_shard(shard, tokenizer)
+    packed = pack(tokenized, seq_length, tokenizer.cls_id, tokenizer.sep_id)
+    if tokenized.documents == 0:
+        log.warning("%s: no documents; writing an empty file", shard)
+    written = array.array("q")  # each record's length, for its index
+    with atomic_file(out) as temp:
+        with tf.io.TFRecordWriter(str(temp)) as writer:
+            for begin in range(0, packed.sequences, BATCH):
+                for record in serialize_sequences(packed, begin, begin + BATCH):
+                    writer.write(record)
+                    written.append(len(record))
+        write_index(temp, index_path(out), lengths=written)  # before the records, as build_shard
+    tokens = len(packed.tokens)
+    stats = {
+        "shard": str(shard),
+        "features": list(PACKED_FEATURES),
+        "seq_length": seq_length,
+        "documents": tokenized.documents,
+        "sentences": len(tokenized.sentence_starts) - 1,
+        "instances": packed.sequences,  # one sequence a record, as an instance is in build's records
+        "tokens": tokens,
+        "real_tokens": tokens - 2 * tokenized.documents,  # without each document's [CLS] and [SEP]
+        "document_pieces": len(packed.document_lengths),
+        "padding": packed.sequences * seq_length - tokens,  # the last sequence's, the only one short
+        "records_blake2b": file_hash(out),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    with atomic_file(stats_out) as temp:
+        temp.write_text(json.dumps(stats, indent=2) + "\n")
+    log.info("%s: %d sequences of %d from %d documents", out, packed.sequences, seq_length, tokenized.documents)
+    return stats
+
+
 def summarize(stats_files, out, page) -> dict:
     """Add up the per-shard stats of one sequence length and split; `out` holds the totals and, under "per_shard",
     every shard's stats (the shards' jobs are not runs of their own: this is their record); `page`, the totals as a
     table (HTML, for the report). Returns the totals."""
-    keys = ("documents", "sentences", "instances", "tokens", "real_tokens", "masked", "mask", "kept", "random",
-            "random_next", "random_next_forced", "padding")
-    total = dict.fromkeys(keys, 0) | {"shards": len(stats_files)}
-    per_shard = []
-    for path in stats_files:
-        stats = json.loads(Path(path).read_text())
-        per_shard.append(stats)
-        for key in keys:
-            total[key] += stats[key]
-    total["masked_fraction"] = total["masked"] / max(total["real_tokens"], 1)
-    total["random_next_share"] = total["random_next"] / max(total["instances"], 1)
+    per_shard = [json.loads(Path(path).read_text()) for path in stats_files]
+    # The counts (integers) of either kind of shard, build's or pack's: those every shard has.
+    keys = [key for key, value in per_shard[0].items() if type(value) is int and key not in ("seed", "shard_seed",
+                                                                                               "seq_length")]
+    keys = [key for key in keys if all(key in stats for stats in per_shard)]
+    total = {key: sum(stats[key] for stats in per_shard) for key in keys} | {"shards": len(stats_files)}
+    if "masked" in total:
+        total["masked_fraction"] = total["masked"] / max(total["real_tokens"], 1)
+        total["random_next_share"] = total["random_next"] / max(total["instances"], 1)
+    total["padding_fraction"] = total["padding"] / max(total["padding"] + total["tokens"], 1)
     with atomic_file(page) as temp:
         temp.write_text(stats_page(f"TFRecords of {Path(out).parent.parent.name}/{Path(out).parent.name}",
                                    f"The instances of {len(stats_files)} shards, added up (every shard's in "
@@ -300,6 +348,14 @@ def add_arguments(parser) -> None:
     # sequence length and split, with every shard's stats in its stats.json).
     build.set_defaults(run=run_build, label=None, inputs=(), tracked=False)
 
+    packing = add_step(steps, "pack", "one corpus shard to one TFRecord file of packed sequences (recipe modern)")
+    packing.add_argument("--input", required=True, help="a corpus shard (.jsonl)")
+    packing.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder")
+    packing.add_argument("--out", required=True, help="the TFRecord file")
+    packing.add_argument("--stats", required=True, help="its stats (JSON)")
+    settings.add_arguments(packing, TFRecordsPhase, only=("seq_length",))
+    packing.set_defaults(run=run_pack, label=None, inputs=(), tracked=False)  # as build's: the summary is the run
+
     index = add_step(steps, "index", "index TFRecord files made elsewhere, for pretrain and evaluate to read them")
     index.add_argument("files", nargs="+", help="TFRecord files; each gets <file>.index.npy beside it")
     index.set_defaults(run=run_index, label=None, inputs=(), tracked=False)
@@ -313,6 +369,10 @@ def add_arguments(parser) -> None:
 
 def run_build(args, _) -> None:
     build_shard(args.input, args.tokenizer, args.out, args.stats, settings.from_args(InstanceSpec, args), args.seed)
+
+
+def run_pack(args, _) -> None:
+    pack_shard(args.input, args.tokenizer, args.out, args.stats, args.seq_length)
 
 
 def run_index(args, _) -> None:

@@ -54,10 +54,11 @@ def epoch_order(offsets: np.ndarray, samples: int, seed: int, epoch: int) -> np.
 
 
 def global_batch_indices(step: int, global_batch: int, samples: int, seed: int, start: int = 0,
-                         count: int | None = None) -> np.ndarray:
-    """The sample indices of global batch `step` (0-based), or of its `count` positions from `start` on (default:
-    to its end). Global batch `step` is positions [step * global_batch, (step + 1) * global_batch) of epoch 0's
-    order, then epoch 1's, and so on: position p is offset p % samples of epoch p // samples."""
+                         count: int | None = None) -> tuple:
+    """(sample indices, their epochs) of global batch `step` (0-based), or of its `count` positions from `start` on
+    (default: to its end). Global batch `step` is positions [step * global_batch, (step + 1) * global_batch) of
+    epoch 0's order, then epoch 1's, and so on: position p is offset p % samples of epoch p // samples. The epochs
+    are for samples whose masks are drawn as they are read (packed_sequences), which differ from epoch to epoch."""
     count = global_batch - start if count is None else count
     if not 0 <= start < start + count <= global_batch:
         raise ValueError(f"{count} positions from {start} are not inside a global batch of {global_batch}")
@@ -68,15 +69,17 @@ def global_batch_indices(step: int, global_batch: int, samples: int, seed: int, 
     for epoch in range(first // samples, (first + count - 1) // samples + 1):
         begin, end = max(first, epoch * samples), min(first + count, (epoch + 1) * samples)
         parts.append(epoch_order(np.arange(begin - epoch * samples, end - epoch * samples), samples, seed, epoch))
-    return np.concatenate(parts)
+    return np.concatenate(parts), np.arange(first, first + count) // samples
 
 
 def rank_micro_batches(step: int, samples, micro_batch: int, accumulation: int, rank: int,
                        world: int, seed: int) -> list:
     """This rank's micro-batches of global batch `step`: its contiguous, disjoint share, cut into `accumulation`."""
     per_rank = micro_batch * accumulation
-    indices = global_batch_indices(step, per_rank * world, len(samples), seed, start=rank * per_rank, count=per_rank)
-    return [samples.read(indices[i * micro_batch:(i + 1) * micro_batch]) for i in range(accumulation)]
+    indices, epochs = global_batch_indices(step, per_rank * world, len(samples), seed, start=rank * per_rank,
+                                           count=per_rank)
+    return [samples.read(indices[i * micro_batch:(i + 1) * micro_batch], epochs[i * micro_batch:(i + 1) * micro_batch])
+            for i in range(accumulation)]
 
 
 class RankBatches(torch.utils.data.Dataset):

@@ -1,42 +1,45 @@
 """A model's losses and accuracies on batches: the trainer's step and validation, and the evaluate stage, compute them
-here, one way."""
+here, one way, for either recipe (objectives.py)."""
 
 import math
 
 import torch
 
-from bertpipe.model import pretraining_loss_sums
+from bertpipe.train.objectives import on_device
 from bertpipe.train.precision import autocast
 
 
-def forward_sums(model, batch: dict, device, precision: str):
-    """(batch on `device`, masked-LM logits, next-sentence logits, (masked-LM loss sum, next-sentence loss sum))."""
-    batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+def forward_sums(objective, model, batch: dict, device, precision: str):
+    """(batch on `device`, logits by loss, loss sums by loss) of `objective`'s model on a batch."""
+    batch = on_device(batch, device)
     with autocast(precision, device.type):
-        mlm_logits, nsp_logits = model(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
-                                       batch["masked_lm_positions"])
-    return batch, mlm_logits, nsp_logits, pretraining_loss_sums(
-        mlm_logits, nsp_logits, batch["masked_lm_ids"], batch["masked_lm_weights"], batch["next_sentence_labels"])
+        logits, sums = objective.forward(model, batch)
+    return batch, logits, sums
 
 
 @torch.no_grad()
-def evaluation_totals(model, batches, device, precision: str) -> dict:
-    """Sums over `batches` of the masked-LM loss, real predictions, correct predictions (argmax, as MLPerf's
-    masked-LM accuracy), correct next-sentence labels and sequences."""
-    totals = dict.fromkeys(("mlm", "predictions", "mlm_correct", "nsp_correct", "sequences"), 0.0)
+def evaluation_totals(objective, model, batches, device, precision: str) -> dict:
+    """Sums over `batches`, for each of the objective's losses: the loss (`<loss>`), its count (`<loss>_count`: real
+    predictions, or sequences for next-sentence) and its right predictions (`<loss>_correct`: argmax, as MLPerf's
+    masked-LM accuracy); and the sequences."""
+    totals = {f"{loss}{part}": 0.0 for loss in objective.losses for part in ("", "_count", "_correct")}
+    totals["sequences"] = 0.0
     for batch in batches:
-        batch, mlm_logits, nsp_logits, (mlm, _) = forward_sums(model, batch, device, precision)
-        weights = batch["masked_lm_weights"]
-        totals["mlm"] += mlm.item()
-        totals["predictions"] += float(weights.sum())
-        totals["mlm_correct"] += float(((mlm_logits.argmax(-1) == batch["masked_lm_ids"]) * weights).sum())
-        totals["nsp_correct"] += float((nsp_logits.argmax(-1) == batch["next_sentence_labels"][:, 0]).sum())
-        totals["sequences"] += len(weights)
+        batch, logits, sums = forward_sums(objective, model, batch, device, precision)
+        counts, correct = objective.counts(batch), objective.correct(logits, batch)
+        for loss in objective.losses:
+            totals[loss] += sums[loss].item()
+            totals[f"{loss}_count"] += counts[loss]
+            totals[f"{loss}_correct"] += correct[loss]
+        totals["sequences"] += counts["sequences"]
     return totals
 
 
 def evaluation_metrics(totals: dict, prefix: str) -> dict:
-    mlm_loss = totals["mlm"] / max(totals["predictions"], 1)
-    return {f"{prefix}mlm_loss": mlm_loss, f"{prefix}perplexity": math.exp(min(mlm_loss, 50)),
-            f"{prefix}mlm_accuracy": totals["mlm_correct"] / max(totals["predictions"], 1),
-            f"{prefix}nsp_accuracy": totals["nsp_correct"] / max(totals["sequences"], 1)}
+    """Masked-LM loss, perplexity and accuracy, and next-sentence accuracy where the objective has it."""
+    mlm_loss = totals["mlm"] / max(totals["mlm_count"], 1)
+    metrics = {f"{prefix}mlm_loss": mlm_loss, f"{prefix}perplexity": math.exp(min(mlm_loss, 50)),
+               f"{prefix}mlm_accuracy": totals["mlm_correct"] / max(totals["mlm_count"], 1)}
+    if "nsp_count" in totals:
+        metrics[f"{prefix}nsp_accuracy"] = totals["nsp_correct"] / max(totals["nsp_count"], 1)
+    return metrics

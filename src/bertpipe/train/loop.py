@@ -19,13 +19,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 
 from bertpipe import BertpipeError
-from bertpipe.model import BertConfig, BertForPreTraining
 from bertpipe.settings import EXECUTION, IDENTITY, PhaseSettings, TrainingSettings, run_part
 from bertpipe.train import checkpoint
 from bertpipe.train.batches import RankBatches, global_batch_indices, rank_batch_stream
 from bertpipe.train.checkpoint import CheckpointDamaged, CheckpointManager, load
 from bertpipe.train.distributed import StopRequest, all_sums, decided_on_rank_zero, gather_objects, init
 from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals, forward_sums
+from bertpipe.train.objectives import OBJECTIVES
 from bertpipe.train.optim import OPTIMIZERS, learning_rate
 from bertpipe.train.precision import COMPUTE_DTYPES, ConstantLossScaler, DynamicLossScaler, gradients_overflow
 from bertpipe.train.telemetry import StepTelemetry
@@ -44,19 +44,21 @@ def _set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    """Trains `model_config` with `training` settings through one `phase`. `train_samples` and `valid_samples` (or
-    None) have `len()` and `read(indices) -> batch of tensors` (tfrecord_reader.TFRecordSamples,
-    loose_json_samples.LooseJsonSamples).
+    """Trains `model_config` with `training` settings through one `phase`, under `recipe` (objectives.py: the
+    model and its losses). `train_samples` and `valid_samples` (or None) have `len()` and `read(indices, epochs) ->
+    batch of tensors` (tfrecord_reader.TFRecordSamples, loose_json_samples.LooseJsonSamples under bert2019,
+    packed_sequences.PackedSamples under modern).
     On rank 0 every record of metrics goes to each of `sinks` (train/metrics.py)."""
 
-    def __init__(self, model_config: BertConfig, training: TrainingSettings, phase: PhaseSettings, train_samples,
+    def __init__(self, model_config, training: TrainingSettings, phase: PhaseSettings, train_samples,
                  valid_samples=None, checkpoints: CheckpointManager = None, sinks=(), inputs=None, flags=None,
-                 stop: StopRequest = None):
+                 stop: StopRequest = None, recipe: str = "bert2019"):
         """`inputs`: content hashes of what this run learns from ({"tokenizer": ..., "train_data": ...}); `flags`:
         the command's other values that are part of the run's identity (how samples are made of the data). Both go
         into its checkpoints' record of the run, so that a resume or an --init-from of another run is caught
         (rank 0's are checked). `stop`: the stop request to heed (one of its own by default)."""
         self.training, self.phase, self.inputs, self.flags = training, phase, inputs or {}, flags or {}
+        self.objective = OBJECTIVES[recipe]
         self.initialised_from = checkpoint.FROM_SCRATCH  # the --init-from checkpoint's record, part of the identity
         self.checkpoints = checkpoints or CheckpointManager()
         self.rank, self.world, self.device = init()
@@ -67,7 +69,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses determinism without it
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(training.seed)  # the same initial weights on every rank
-        self.model = BertForPreTraining(model_config).to(self.device)
+        self.model = self.objective.model_class(model_config).to(self.device)
         torch.manual_seed(training.seed + self.rank)  # each rank its own dropout masks
         self.ddp = DistributedDataParallel(self.model) if self.world > 1 else None
         # What the training step calls: compiled, it shares the parameters of self.model, whose state dict (no
@@ -85,7 +87,7 @@ class Trainer:
         self.optimizer_steps = 0  # steps taken: the LR schedule's clock, which skipped steps do not advance
         self.stop = stop or StopRequest()
         self.stopped_by = None  # the signal that stopped the run early
-        self.telemetry = StepTelemetry(model_config, COMPUTE_DTYPES[training.precision], self.device, self.world)
+        self.telemetry = StepTelemetry(COMPUTE_DTYPES[training.precision], self.device, self.world)
         self._resume_or_init()
 
     # -- state -------------------------------------------------------------------------------------------------
@@ -101,10 +103,10 @@ class Trainer:
 
     def state_dict(self, rng: list) -> dict:
         """What a checkpoint holds: weights, optimizer, scaler, the data position and clock, every rank's RNG, the
-        model's config and the record of the run."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "iteration": self.iteration,
-                "optimizer_steps": self.optimizer_steps, "rng": rng,
+        recipe and the model's config (what model_loading rebuilds the model from) and the record of the run."""
+        return {"recipe": self.objective.name, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "iteration": self.iteration, "optimizer_steps": self.optimizer_steps, "rng": rng,
                 "model_config": dataclasses.asdict(self.model.config), "run": self.run_record()}
 
     def _choose_start(self) -> tuple:
@@ -166,33 +168,36 @@ class Trainer:
         with record_function("bertpipe.data"):
             micro_batches = next(batches)
         waiting = time.perf_counter() - started
-        predictions, real_tokens = all_sums([sum(float(b["masked_lm_weights"].sum()) for b in micro_batches),
-                                             sum(float(b["input_mask"].sum()) for b in micro_batches)], self.device)
+        objective = self.objective
+        counted = [objective.counts(batch) for batch in micro_batches]
+        names = (*objective.losses, "tokens")
+        counts = dict(zip(names, all_sums([sum(c[name] for c in counted) for name in names], self.device)))
         sequences = phase.batch_size * phase.gradient_accumulation_steps * self.world
         scale = self.scaler.scale if training.precision == "fp16" else 1.0
-        mlm_sum = nsp_sum = 0.0
+        loss_sums = dict.fromkeys(objective.losses, 0.0)
         for index, batch in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
             with (self.ddp.no_sync() if self.ddp and not last else contextlib.nullcontext(),
                   record_function("bertpipe.forward_backward")):
-                _, _, _, (mlm, nsp) = forward_sums(model, batch, self.device, training.precision)
+                batch, _, sums = forward_sums(objective, model, batch, self.device, training.precision)
                 # DDP averages gradients over ranks; the world factor turns that into the sum the global mean needs.
-                loss = (mlm / predictions + nsp / sequences) * self.world
+                terms = [sums[name] / counts[name] for name in objective.losses]
+                loss = sum(terms[1:], terms[0]) * self.world
                 (loss * scale).backward()
-                mlm_sum += mlm.item()
-                nsp_sum += nsp.item()
+                for name in objective.losses:
+                    loss_sums[name] += sums[name].item()
 
         with record_function("bertpipe.optimizer"):
             lr, overflow, grad_norm = self._optimizer_step(scale)
         self.iteration += 1
         seconds = time.perf_counter() - started
-        mlm_total, nsp_total = all_sums([mlm_sum, nsp_sum], self.device)
-        mlm_loss, nsp_loss = mlm_total / predictions, nsp_total / sequences
-        return {"step": self.iteration, "loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
+        losses = {f"{name}_loss": total / counts[name]
+                  for name, total in zip(objective.losses, all_sums(list(loss_sums.values()), self.device))}
+        return {"step": self.iteration, "loss": sum(losses.values()), **losses,
                 "lr": lr, "loss_scale": scale, "skipped": self.scaler.skipped, "overflow": bool(overflow),
                 "grad_norm": grad_norm, "samples_per_second": sequences / seconds,
-                **self.telemetry(sequences, micro_batches[0]["input_ids"].shape[1],
-                                 micro_batches[0]["masked_lm_positions"].shape[1], real_tokens, seconds, waiting)}
+                **self.telemetry(objective.flops(self.model.config, batch, sequences), sequences,
+                                 phase.seq_length, counts["tokens"], seconds, waiting)}
 
     def _optimizer_step(self, scale: float) -> tuple:
         """Unscale the gradients, check them for inf and nan (raising where no fp16 scaler can skip the step), clip,
@@ -206,7 +211,7 @@ class Trainer:
             raise BertpipeError(f"step {self.iteration + 1}: inf or nan in the gradients without fp16 loss scaling; "
                                 "the weights were not updated: lower --lr or check the data, then rerun to resume")
         lr = learning_rate(self.optimizer_steps, phase.lr, phase.lr_decay_iters or phase.train_iters,
-                           training.warmup, training.lr_decay_style)
+                           training.warmup, training.lr_decay_style, training.decay_fraction)
         grad_norm = None  # JSON has no nan: a skipped step has no norm
         if not overflow:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, training.clip_grad or float("inf")))
@@ -227,12 +232,12 @@ class Trainer:
 
         def batches():
             for batch_index in range(self.training.eval_iters):
-                indices = global_batch_indices(batch_index, per_rank * self.world, len(self.valid_samples), seed=0,
-                                               start=self.rank * per_rank, count=per_rank)
-                yield self.valid_samples.read(indices)
+                yield self.valid_samples.read(*global_batch_indices(
+                    batch_index, per_rank * self.world, len(self.valid_samples), seed=0, start=self.rank * per_rank,
+                    count=per_rank))
 
         self.model.eval()
-        totals = evaluation_totals(self.model, batches(), self.device, self.training.precision)
+        totals = evaluation_totals(self.objective, self.model, batches(), self.device, self.training.precision)
         self.model.train()
         totals = dict(zip(totals, all_sums(list(totals.values()), self.device)))
         return {"step": self.iteration, **evaluation_metrics(totals, "valid_")}

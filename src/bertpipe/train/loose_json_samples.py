@@ -195,8 +195,9 @@ class LooseJsonSamples:
         truncate_pairs(first, spec.seq_length - 3, np.random.default_rng(rng.getrandbits(64)))
         return shard.tokens, first
 
-    def read(self, indices) -> dict:
-        """Samples `indices` as a batch of torch tensors, with the TFRecords' feature names."""
+    def read(self, indices, epochs=None) -> dict:
+        """Samples `indices` as a batch of torch tensors, with the TFRecords' feature names. `epochs` is not used: a
+        sample is a function of its index and the seed alone, in every epoch, as Megatron's."""
         rows = []
         for index in indices:
             tokens, span = self._pair(int(index))

@@ -17,8 +17,9 @@ class ConsoleSink:
         if "valid_mlm_loss" in metrics:
             print(" ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "step"), flush=True)
         elif metrics["step"] % self.interval == 0 or metrics["step"] == self.last_step:
+            nsp = f"nsp {metrics['nsp_loss']:.6f} " if "nsp_loss" in metrics else ""  # bert2019's only
             print(f"step {metrics['step']} loss {metrics['loss']:.6f} mlm {metrics['mlm_loss']:.6f} "
-                  f"nsp {metrics['nsp_loss']:.6f} lr {metrics['lr']:.3e} scale {metrics['loss_scale']:g} "
+                  f"{nsp}lr {metrics['lr']:.3e} scale {metrics['loss_scale']:g} "
                   f"skipped {metrics['skipped']} {metrics['samples_per_second']:.1f} samples/s "
                   f"mfu {metrics['mfu']:.1%} data wait {metrics['data_wait_fraction']:.1%}", flush=True)
 

@@ -1,12 +1,12 @@
 """The optimizers (AdamW, and NVIDIA's LAMB for very large batches) with BERT's weight-decay groups, and Megatron's
-learning-rate schedule."""
+learning-rate schedule with ModernBERT's warmup-stable-decay among its styles."""
 
 import math
 
 import torch
 from torch import nn
 
-DECAY_STYLES = ("linear", "cosine", "exponential", "constant")
+DECAY_STYLES = ("linear", "cosine", "exponential", "constant", "wsd")
 
 
 def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -93,9 +93,12 @@ class Lamb(torch.optim.Optimizer):
 OPTIMIZERS = {"adam": adamw, "lamb": lamb}
 
 
-def learning_rate(step: int, max_lr: float, decay_iters: int, warmup: float, style: str) -> float:
+def learning_rate(step: int, max_lr: float, decay_iters: int, warmup: float, style: str,
+                  decay_fraction: float = 0.1) -> float:
     """Megatron's AnnealingLR: linear warmup over `warmup * decay_iters` steps, then `style` decay over
-    `decay_iters` steps counted from the end of warmup (linear and cosine reach 0, exponential halves)."""
+    `decay_iters` steps counted from the end of warmup (linear and cosine reach 0, exponential halves). `wsd`
+    (warmup-stable-decay, the trapezoid ModernBERT trains with) holds the peak until the last `decay_fraction` of
+    those steps, then decays as 1 - sqrt of the decay's progress to 0 (Hägele et al., 2024)."""
     if style not in DECAY_STYLES:
         raise ValueError(f"lr decay style {style!r}: expected one of {', '.join(DECAY_STYLES)}")
     warmup_steps = warmup * decay_iters
@@ -108,4 +111,7 @@ def learning_rate(step: int, max_lr: float, decay_iters: int, warmup: float, sty
         return max_lr / 2.0 * (math.cos(math.pi * min(progress, 1.0)) + 1.0)
     if style == "exponential":
         return max_lr * math.exp(-0.693 * progress)
+    if style == "wsd":
+        decaying = progress - (1.0 - decay_fraction)
+        return max_lr if decaying <= 0 else max_lr * max(1.0 - math.sqrt(min(decaying / decay_fraction, 1.0)), 0.0)
     return max_lr

@@ -1,10 +1,12 @@
-"""The samples a training run reads: the tfrecords stage's files, or Megatron's loose json (one JSON document a line,
-made into pairs and masks as it trains), each as (train, valid or None) with random access by index."""
+"""The samples a training run reads: the tfrecords stage's files (bert2019's instances, or modern's packed sequences,
+masked as they are read), or Megatron's loose json (one JSON document a line, made into pairs and masks as it trains),
+each as (train, valid or None) with random access by index."""
 
 import logging
 
 from bertpipe import BertpipeError
-from bertpipe.settings import InstanceSpec
+from bertpipe.packed_sequences import PackedSamples
+from bertpipe.settings import InstanceSpec, ModernSettings
 from bertpipe.tfrecord_reader import TFRecordSamples
 from bertpipe.train.loose_json_samples import LooseJsonSamples
 
@@ -35,4 +37,15 @@ def loose_json_samples(files, tokenizer, spec: InstanceSpec, split: str, text_ke
     except BertpipeError as error:
         log.warning("%s: no validation", error)
         valid = None
+    return train, valid
+
+
+def packed_samples(train_data, valid_data, seq_length: int, tokenizer, modern: ModernSettings, seed: int) -> tuple:
+    """(train, valid or None) packed sequences of `seq_length` tokens, masked as `modern` says from `seed`."""
+    train, valid = (PackedSamples(data, tokenizer, modern.mask_rate, seed, modern.whole_word_mask) if data else None
+                    for data in (train_data, valid_data))
+    for flag, samples in (("--train-data", train), ("--valid-data", valid)):
+        if samples and samples.seq_length != seq_length:
+            raise BertpipeError(f"--seq-length {seq_length}, but the packed sequences in {flag} have "
+                                f"{samples.seq_length} tokens")
     return train, valid

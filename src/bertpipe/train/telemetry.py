@@ -2,17 +2,17 @@
 start-up, and against the datasheet's where the device is known; the share of the step spent waiting for data; and
 how much of each batch is padding.
 
-Model FLOPs are model.flops_per_sequence's (the matmuls BERT needs, forward and backward) over whole sequences,
-padding included, as NVIDIA's and Megatron's counts are: comparable between runs and with published figures. The
-eager model does not compute the padding (model.py), so there MFU over-counts by about `padding_fraction`; under
-torch.compile the padding is computed, and `padding_fraction` says how much of that work is waste.
+Model FLOPs are the recipe's count (objectives.py): under bert2019 model.flops_per_sequence's (the matmuls BERT
+needs, forward and backward) over whole sequences, padding included, as NVIDIA's and Megatron's counts are:
+comparable between runs and with published figures. The eager model does not compute the padding (model.py), so
+there MFU over-counts by about `padding_fraction`; under torch.compile the padding is computed, and
+`padding_fraction` says how much of that work is waste. Under modern, modern_model.flops_per_token's over the real
+tokens: nothing is padded but a shard's last sequence.
 """
 
 import time
 
 import torch
-
-from bertpipe.model import BertConfig, flops_per_sequence
 
 # Dense fp16/bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s, by a word of torch's device name.
 DATASHEET_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
@@ -70,17 +70,16 @@ def datasheet_peak_flops(device: torch.device):
 class StepTelemetry:
     """The utilisation figures of a step, from what the trainer measured of it."""
 
-    def __init__(self, model_config: BertConfig, dtype: torch.dtype, device: torch.device, world: int):
+    def __init__(self, dtype: torch.dtype, device: torch.device, world: int):
         """Measures this rank's device's peak for `dtype` (about a second)."""
-        self.model_config, self.world = model_config, world
+        self.world = world
         self.peak = measured_peak_flops(dtype, device)
         self.datasheet_peak = datasheet_peak_flops(device)
 
-    def __call__(self, sequences: int, seq_length: int, predictions: int, real_tokens: float, seconds: float,
+    def __call__(self, flops: float, sequences: int, seq_length: int, real_tokens: float, seconds: float,
                  waiting: float) -> dict:
-        """`sequences` of `seq_length` tokens with `predictions` slots made by all ranks in `seconds`, `real_tokens`
-        of them not padding; `waiting`: the seconds this rank waited for its batches."""
-        flops = flops_per_sequence(self.model_config, seq_length, predictions) * sequences
+        """The model FLOPs of `sequences` of `seq_length` tokens made by all ranks in `seconds`, `real_tokens` of them
+        not padding; `waiting`: the seconds this rank waited for its batches."""
         flops_per_device = flops / self.world / seconds
         metrics = {"tokens_per_s": real_tokens / seconds,
                    "padding_fraction": 1 - real_tokens / (sequences * seq_length),
