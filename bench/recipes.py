@@ -1,13 +1,15 @@
 """The two recipes on the same corpus for the same CPU time: bert2019 (BERT, next-sentence pairs, static masks) and
 modern (ModernBERT, packed sequences, masks drawn as it trains), with models of about the same size.
 
-    .venv/bin/python -m bench.recipes [--seconds 150] [--smoke]
+    .venv/bin/python -m bench.recipes [--seconds 150] [--records-mb 16] [--smoke]
 
 Input: the bundled sample, extracted and split by our own stages (8,1,1), one SentencePiece tokenizer of 4,000 pieces
 for both (the demo's). Then, in one run:
 1. The tfrecords stage for each recipe at seq 128, as the workflow runs it (`bertpipe tfrecords build` at
-   dupe_factor 10, `bertpipe tfrecords pack`), one process per split's shard: CPU seconds (wait4, imports included)
-   and bytes on disk (records and indexes) per MB of corpus text.
+   dupe_factor 10, `bertpipe tfrecords pack`), one process on one shard of `--records-mb` MB (the sample's articles
+   repeated with new ids: generated input, as bench.tfrecords_bench's), and on each of the sample's split shards
+   for the training below: CPU seconds of the first (wait4, imports included) and bytes on disk (records and
+   indexes) per MB of shard text.
 2. Training on one thread for `--seconds` of process CPU time each, AdamW, warmup then the peak LR (no decay: a
    time budget has no known end), batch 8 sequences of 128, fp32, no dropout: BERT with 2 layers of width 128 and a
    feed-forward of 512; ModernBERT with 2 layers (one global, one local with a window of 64) and a GeGLU of 340, so
@@ -20,6 +22,7 @@ for both (the demo's). Then, in one run:
 """
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 
 from bench.harness import REPO, SAMPLE
-from bench.tfrecords_bench import run_jobs
+from bench.tfrecords_bench import repeated_corpus, run_jobs
 from bertpipe.model import BertConfig
 from bertpipe.modern_model import ModernBertConfig
 from bertpipe.packed_sequences import PackedSamples
@@ -54,20 +57,24 @@ def corpus(folder: Path) -> Path:
     return folder / "sample"
 
 
-def records(parts: Path, tokenizer: Path, out: Path) -> dict:
-    """recipe -> (CPU seconds, bytes on disk) of its tfrecords jobs over every split, and the corpus's text bytes."""
-    commands = {"bert2019": ["build", "--dupe-factor", "10", "--max-predictions", "20"], "modern": ["pack"]}
-    text = sum(path.stat().st_size for path in parts.glob("*/shard-*.jsonl"))
-    figures = {"text_mb": text / 2**20}
-    for recipe, step in commands.items():
-        jobs = [[str(REPO / ".venv/bin/bertpipe"), "tfrecords", *step, "--seq-length", str(SEQ),
-                 "--input", str(shard), "--tokenizer", str(tokenizer),
-                 "--out", str(out / recipe / f"{shard.parent.name}.tfrecord"),
-                 "--stats", str(out / recipe / f"{shard.parent.name}.stats.json")]
-                for shard in sorted(parts.glob("*/shard-*.jsonl"))]
-        _, usages = run_jobs(jobs, jobs=1)
-        disk = sum(path.stat().st_size for path in (out / recipe).glob("*.tfrecord*"))
-        figures[recipe] = (sum(cpu for cpu, _ in usages), disk)
+COMMANDS = {"bert2019": ["build", "--dupe-factor", "10", "--max-predictions", "20"], "modern": ["pack"]}
+
+
+def tfrecords_job(recipe: str, shard: Path, tokenizer: Path, out: Path, name: str) -> list:
+    return [str(REPO / ".venv/bin/bertpipe"), "tfrecords", *COMMANDS[recipe], "--seq-length", str(SEQ),
+            "--input", str(shard), "--tokenizer", str(tokenizer), "--out", str(out / recipe / f"{name}.tfrecord"),
+            "--stats", str(out / recipe / f"{name}.stats.json")]
+
+
+def records(parts: Path, big_shard: Path, tokenizer: Path, out: Path) -> dict:
+    """recipe -> (CPU seconds, bytes on disk) of its tfrecords job on `big_shard`, after making the records of each
+    split of `parts` (named by split) for the training."""
+    figures = {}
+    for recipe in COMMANDS:
+        run_jobs([tfrecords_job(recipe, shard, tokenizer, out, shard.parent.name)
+                  for shard in sorted(parts.glob("*/shard-*.jsonl"))], jobs=1)
+        _, [(cpu, _)] = run_jobs([tfrecords_job(recipe, big_shard, tokenizer, out, "big")], jobs=1)
+        figures[recipe] = (cpu, sum(path.stat().st_size for path in (out / recipe).glob("big.tfrecord*")))
     return figures
 
 
@@ -109,23 +116,27 @@ def common_test(recipe: str, model, test: PackedSamples) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=150.0, help="CPU seconds of training for each recipe")
+    parser.add_argument("--records-mb", type=float, default=16.0, help="the tfrecords jobs' shard (MB of text)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds: checks the script, not the recipes")
     args = parser.parse_args()
-    seconds = 3.0 if args.smoke else args.seconds
+    seconds, records_mb = (3.0, 1.0) if args.smoke else (args.seconds, args.records_mb)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
         parts = corpus(temp / "corpus")
         train_tokenizer([parts], temp / "tokenizer", TokenizerSettings(vocab_size=4000, input_sentence_size=100000))
         tokenizer = Tokenizer(temp / "tokenizer")
-        figures = records(parts, temp / "tokenizer", temp / "records")
+        documents = [json.loads(line) for line in (parts / "train/shard-0000.jsonl").read_text().splitlines()]
+        (big_shard,) = repeated_corpus(documents, temp / "big", int(records_mb * 2**20), int(records_mb * 2**20) + 1)
+        text_mb = big_shard.stat().st_size / 2**20
+        figures = records(parts, big_shard, temp / "tokenizer", temp / "records")
         test = PackedSamples([str(temp / "records/modern/test.tfrecord")], tokenizer, TEST_MASK_RATE, TEST_MASK_SEED)
         train_data = {"bert2019": TFRecordSamples([str(temp / "records/bert2019/train.tfrecord")]),
                       "modern": PackedSamples([str(temp / "records/modern/train.tfrecord")], tokenizer, 0.3, SEED)}
-        print(f"{figures['text_mb']:.2f} MB of corpus text; {seconds:.0f} CPU s of training each, one thread; "
-              f"common test set: {len(test)} packed sequences, 15% masked")
+        print(f"tfrecords: one shard of {text_mb:.1f} MB; {seconds:.0f} CPU s of training each, one thread; common "
+              f"test set: {len(test)} packed sequences, 15% masked")
         print("| recipe | parameters | steps | tokens/s | padding | test masked-LM accuracy | test masked-LM loss "
-              "| tfrecords CPU s / MB | tfrecords bytes on disk / MB |")
+              "| tfrecords CPU s / MB | tfrecords on disk / MB |")
         print("|---|---|---|---|---|---|---|---|---|")
         for recipe in ("bert2019", "modern"):
             model, steps, tokens_per_second, padding = trained(recipe, train_data[recipe], tokenizer.vocab_size,
@@ -134,8 +145,8 @@ def main() -> None:
             cpu, disk = figures[recipe]
             print(f"| {recipe} | {sum(p.numel() for p in model.parameters()):,} | {steps:,} | "
                   f"{tokens_per_second:,.0f} | {padding:.1%} | {metrics['test_mlm_accuracy']:.4f} | "
-                  f"{metrics['test_mlm_loss']:.3f} | {cpu / figures['text_mb']:.1f} | "
-                  f"{disk / figures['text_mb'] / 2**20:.1f} MB |", flush=True)
+                  f"{metrics['test_mlm_loss']:.3f} | {cpu / text_mb:.2f} | {disk / 2**20 / text_mb:.2f} MB |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -105,3 +105,20 @@ def training_priority(wildcards):
 LAST_PHASE = len(PRETRAIN["phases"])
 LAST_PHASE_DIR = f"{RESULTS}/pretrain/phase{LAST_PHASE}"
 LAST_SEQ_LENGTH = PRETRAIN["phases"][-1]["seq_length"]
+
+
+# The tfrecords job's command: bert2019's instances (build) or modern's packed sequences (pack).
+PHASE_OF_LENGTH = {phase["seq_length"]: phase for phase in config["tfrecords"]["phases"]}
+
+
+def tfrecords_command(wildcards):
+    """The step and its flags for the recipe."""
+    if config["recipe"] == "modern":
+        return f"pack --seq-length {int(wildcards.seq)}"
+    return " ".join(
+        (
+            "build",
+            settings_flags(InstanceSpec, {**config["tfrecords"], **PHASE_OF_LENGTH[int(wildcards.seq)]}),
+            settings_flags(TFRecordsSettings, config["tfrecords"], only=("seed",)),
+        )
+    )

@@ -1,22 +1,7 @@
 # Stage `tfrecords`: one job per corpus shard and sequence length, of the recipe's kind: bert2019's masked-LM +
 # next-sentence instances (`tfrecords build`, dupe_factor masked copies), or modern's packed sequences (`tfrecords
-# pack`, once, masked as it trains). A change of recipe changes the command, so Snakemake rebuilds them.
-
-PHASE_OF_LENGTH = {phase["seq_length"]: phase for phase in config["tfrecords"]["phases"]}
-
-
-def tfrecords_command(wildcards):
-    """The step and its flags for the recipe."""
-    if config["recipe"] == "modern":
-        return f"pack --seq-length {int(wildcards.seq)}"
-    return " ".join(
-        (
-            "build",
-            settings_flags(InstanceSpec, {**config["tfrecords"], **PHASE_OF_LENGTH[int(wildcards.seq)]}),
-            settings_flags(TFRecordsSettings, config["tfrecords"], only=("seed",)),
-        )
-    )
-
+# pack`, once, masked as it trains; common.smk, tfrecords_command). A change of recipe changes the command, so Snakemake
+# rebuilds them.
 
 rule tfrecords:
     input:
