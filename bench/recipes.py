@@ -114,7 +114,8 @@ def common_test(recipe: str, model, test: PackedSamples) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=".venv/bin/python -m bench.recipes", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=150.0, help="CPU seconds of training for each recipe")
     parser.add_argument("--records-mb", type=float, default=16.0, help="the tfrecords jobs' shard (MB of text)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds: checks the script, not the recipes")

@@ -2,7 +2,6 @@
 
 import math
 import random
-import types
 
 import numpy as np
 import pytest
@@ -16,16 +15,7 @@ from bertpipe.pretraining_instances import (
     token_dtype,
     truncate_pairs,
 )
-
-PAD, UNK, CLS, SEP, MASK = range(5)
-VOCAB_SIZE = 1000
-
-
-def vocab(word_start_every=1):
-    is_word_start = np.ones(VOCAB_SIZE, dtype=bool)
-    is_word_start[np.arange(VOCAB_SIZE) % word_start_every != 0] = False
-    return types.SimpleNamespace(cls_id=CLS, sep_id=SEP, mask_id=MASK, pad_id=PAD,
-                                 ordinary_ids=np.arange(5, VOCAB_SIZE), is_word_start=is_word_start)
+from tests.stub_vocab import CLS, MASK, PAD, SEP, VOCAB_SIZE, vocab
 
 
 def synthetic_shard(documents=40, seed=0, sentence_lengths=(3, 30)):

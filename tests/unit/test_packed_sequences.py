@@ -24,16 +24,9 @@ from bertpipe.packed_sequences import (
 )
 from bertpipe.pretraining_instances import TokenizedShard
 from bertpipe.tfrecord_reader import example_class, write_index
+from tests.stub_vocab import CLS, MASK, PAD, SEP, UNK, VOCAB_SIZE, vocab
 
-PAD, UNK, CLS, SEP, MASK = range(5)
-VOCAB_SIZE = 1000
 SPECIALS = [PAD, UNK, CLS, SEP, MASK]
-
-
-def vocab(word_start_every=1):
-    """Ids 5 up are ordinary; with `word_start_every` n, only the multiples of n start a word."""
-    return types.SimpleNamespace(cls_id=CLS, sep_id=SEP, mask_id=MASK, ordinary_ids=np.arange(5, VOCAB_SIZE),
-                                 is_word_start=np.arange(VOCAB_SIZE) % word_start_every == 0)
 
 
 def random_documents(count, seed=0, longest=120):
