@@ -323,6 +323,8 @@ class EvaluateSettings:
     """The final model on the test split."""
 
     batch_size: int = setting(32, "test-split sequences per forward pass; every test record is read once", minimum=1)
+    common_seq_length: int = setting(128, "the common test set: the test split's documents packed at this length under "
+                                          "one fixed 15% mask, the same tokens for either recipe's model", minimum=8)
 
 
 @dataclasses.dataclass
@@ -675,6 +677,9 @@ def check(config: Config) -> list:
         errors.append("pretrain.compile: recipe modern's model attends within each packed document, whose lengths "
                       "change every batch, and is not compiled; set pretrain.compile to false")
 
+    if config.evaluate.common_seq_length > model.max_position_embeddings:
+        errors.append(f"evaluate.common_seq_length {config.evaluate.common_seq_length} is above "
+                      f"model.max_position_embeddings {model.max_position_embeddings}")
     for index, phase in enumerate(config.pretrain.phases):
         if phase.seq_length > model.max_position_embeddings:
             errors.append(f"pretrain.phases[{index}].seq_length {phase.seq_length} is above "

@@ -208,17 +208,23 @@ def test_compiled_training_resumes_bitwise_with_the_loss_scaler_and_its_checkpoi
     assert state["iteration"] == 6 and not any(name.startswith("_orig_mod") for name in state["model"])
 
 
-def test_evaluate_reads_the_test_records_without_tensorflow(tmp_path, records, capsys):
+def test_evaluate_reads_the_test_records_without_tensorflow(tmp_path, records, packed_records, capsys):
     assert in_process(command(records, tmp_path, "--train-iters", 2, "--save-interval", 2, "--batch-size", 4,
                               "--num-workers", 0), capsys)[0] == 0
     shadowed = subprocess.run([str(VENV_BIN / "python"), "-c", "import tensorflow"], env=environment(),
                               capture_output=True, text=True)
     assert "TensorFlow is made unimportable" in shadowed.stderr
     run([str(VENV_BIN / "bertpipe"), "evaluate", "--checkpoint", tmp_path / "ckpt", "--test-data", records[2],
-         "--tokenizer", records[0], "--batch-size", "16", "--out", tmp_path / "metrics.json",
-         "--fill-mask", tmp_path / "fill-mask.html"])
+         "--common-test-data", packed_records[2], "--common-seq-length", "64", "--tokenizer", records[0],
+         "--batch-size", "16", "--out", tmp_path / "metrics.json", "--fill-mask", tmp_path / "fill-mask.html"])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["checkpoint_step"] == 2 and metrics["test_sequences"] > 100 and metrics["test_perplexity"] > 1
+    # BERT on the common test set: every packed sequence, its document pieces read one by one, under the 15% mask.
+    from bertpipe.packed_sequences import PackedSamples
+
+    assert metrics["test_common_sequences"] == len(PackedSamples([packed_records[2]], Tokenizer(records[0]), 0.15, 0))
+    assert metrics["test_common_perplexity"] > 1 and 0 <= metrics["test_common_mlm_accuracy"] < 1
+    assert not any("nsp" in key for key in metrics if key.startswith("test_common"))
     # What the model fills in, for a person: masked sentences, the true token, the top 5 with probabilities.
     page = (tmp_path / "fill-mask.html").read_text()
     rows = re.findall(r"<tr><td>(.*?) <mark>\[MASK\]</mark> (.*?)</td><td><b>(.*?)</b></td><td>(.*?)</td></tr>", page)

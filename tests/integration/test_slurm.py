@@ -65,6 +65,7 @@ def start_cluster(tmp_path, slurm_installed):
 
 
 ON_SLURM = {"download_manifest": 1, "download": 1, "extract": 1, "corpus": 1, "tokenizer": 1, "tfrecords": 3,
+            "tfrecords_common": 1,
             "pretrain": 1, "evaluate": 1, "export": 1, "register": 1}
 LOCAL = {"corpus_stats": 1, "tfrecords_stats": 3, "all": 1}  # the workflow's localrules
 

@@ -195,7 +195,8 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     # Training on one thread: the suite's other worker has the second core (`make demo` trains on both).
     first = snakemake(workflow_dir, *DEMO, "--set-threads", "pretrain=1")
     assert rules_run(first.stderr) == {"download_manifest": 1, "download": 1, "extract": 1, "corpus": 1,
-                                       "corpus_stats": 1, "tokenizer": 1, "tfrecords": 10, "tfrecords_stats": 6,
+                                       "corpus_stats": 1, "tokenizer": 1, "tfrecords": 10, "tfrecords_common": 1,
+                                       "tfrecords_stats": 6,
                                        "pretrain": 2, "evaluate": 1, "export": 1, "register": 1, "all": 1}
     check_mlflow_store(workflow_dir)
     check_report(workflow_dir)
@@ -213,6 +214,9 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     evaluation = json.loads((workflow_dir / "results/evaluate/metrics.json").read_text())
     assert card.startswith("---\nlanguage:") and "pipeline_tag: fill-mask" in card and "cc-by-sa-4.0" in card
     assert f"{SAMPLE_ARTICLES} articles" in card and f"masked-LM perplexity {evaluation['test_perplexity']:.3f}" in card
+    # BERT scored on the common test set too: the test split packed under the fixed mask both recipes are scored on.
+    assert evaluation["test_common_sequences"] > 0 and 0 < evaluation["test_common_mlm_accuracy"] < 1
+    assert f"masked-LM accuracy {evaluation['test_common_mlm_accuracy']:.3f}" in card
     assert "| 1 | 2,400 | 8 | 128 | fp32 | 1 x " in card and "| 2 | 20 | 4 | 512 | fp32 | 1 x " in card
     phase2_log = (workflow_dir / "logs/pretrain/phase2.log").read_text()
     assert "initialised from the weights of results/pretrain/phase1/checkpoints/step-00002400" in phase2_log
@@ -230,7 +234,8 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     # A forced tokenizer reruns it and everything after it, nothing before (planned: running it would repeat the
     # demo's training; the corpus below is rerun for real).
     dry = snakemake(workflow_dir, "-n", "--forcerun", "tokenizer", *DEMO)
-    assert rules_run_planned(dry.stdout + dry.stderr) == {"tokenizer": 1, "tfrecords": 10, "tfrecords_stats": 6,
+    assert rules_run_planned(dry.stdout + dry.stderr) == {"tokenizer": 1, "tfrecords": 10, "tfrecords_common": 1,
+                                                          "tfrecords_stats": 6,
                                                           "pretrain": 2, "evaluate": 1, "export": 1, "register": 1,
                                                           "all": 1}
 

@@ -49,13 +49,14 @@ def corpus_parts():
 INDEX = "tfrecord.index.npy"  # the record index the tfrecords stage writes beside each file (tfrecord_reader.index_path)
 
 
-def tfrecord_files(seq, split, suffix):
-    """`shard-NNNN.<suffix>` of every corpus shard of `split` at sequence length `seq` (runs the corpus checkpoints)."""
+def tfrecord_files(seq, split, suffix, kind="seq"):
+    """`shard-NNNN.<suffix>` of every corpus shard of `split` at sequence length `seq` (runs the corpus checkpoints):
+    the recipe's records (`kind` seq), or the common test set's (`kind` common/seq)."""
     files = []
     for part in dump_parts():
         folder = Path(checkpoints.corpus.get(part=part).output[0], split)
         for shard in sorted(folder.glob("shard-*.jsonl")):
-            files.append(f"{RESULTS}/tfrecords/seq{seq}/{split}/{part}/{shard.stem}.{suffix}")
+            files.append(f"{RESULTS}/tfrecords/{kind}{seq}/{split}/{part}/{shard.stem}.{suffix}")
     return files
 
 
@@ -105,6 +106,7 @@ def training_priority(wildcards):
 LAST_PHASE = len(PRETRAIN["phases"])
 LAST_PHASE_DIR = f"{RESULTS}/pretrain/phase{LAST_PHASE}"
 LAST_SEQ_LENGTH = PRETRAIN["phases"][-1]["seq_length"]
+COMMON_SEQ_LENGTH = config["evaluate"]["common_seq_length"]
 
 
 # The tfrecords job's command: bert2019's instances (build) or modern's packed sequences (pack).

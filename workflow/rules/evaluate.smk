@@ -1,4 +1,5 @@
-# Stage `evaluate`: the final checkpoint on every record of the test split.
+# Stage `evaluate`: the final checkpoint on every record of the test split, and on the common test set (the test split
+# packed at evaluate.common_seq_length under one fixed mask, the same for either recipe).
 
 
 rule evaluate:
@@ -6,6 +7,8 @@ rule evaluate:
         done=f"{LAST_PHASE_DIR}/done.json",
         test=lambda wildcards: tfrecord_files(LAST_SEQ_LENGTH, "test", "tfrecord"),
         indexes=lambda wildcards: tfrecord_files(LAST_SEQ_LENGTH, "test", INDEX),
+        common=lambda wildcards: tfrecord_files(COMMON_SEQ_LENGTH, "test", "tfrecord", kind="common/seq"),
+        common_indexes=lambda wildcards: tfrecord_files(COMMON_SEQ_LENGTH, "test", INDEX, kind="common/seq"),
         tokenizer=f"{RESULTS}/tokenizer",
     output:
         metrics=report(f"{RESULTS}/evaluate/metrics.json", caption="../report/evaluate.rst", category="Evaluation"),
@@ -24,4 +27,5 @@ rule evaluate:
     shell:
         "bertpipe --log-file {log:q} --run-name evaluate"
         " evaluate --checkpoint {params.checkpoints:q} --test-data {input.test:q} --tokenizer {input.tokenizer:q}"
+        " --common-test-data {input.common:q}"
         " {params.evaluate} {params.precision} --out {output.metrics:q} --fill-mask {output.fill_mask:q} 2> {log:q}"

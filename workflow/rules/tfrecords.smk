@@ -26,6 +26,19 @@ rule tfrecords:
         " --tokenizer {input.tokenizer:q} --out {output.records:q} --stats {output.stats:q} 2> {log:q}"
 
 
+# The common test set (evaluate.common_seq_length): the test split packed whatever the recipe, so that evaluate scores
+# either recipe's model on the same tokens under one fixed mask.
+use rule tfrecords as tfrecords_common with:
+    output:
+        records=f"{RESULTS}/tfrecords/common/seq{{seq}}/{{split}}/{{part}}/shard-{{shard}}.tfrecord",
+        index=f"{RESULTS}/tfrecords/common/seq{{seq}}/{{split}}/{{part}}/shard-{{shard}}.{INDEX}",
+        stats=f"{RESULTS}/tfrecords/common/seq{{seq}}/{{split}}/{{part}}/shard-{{shard}}.stats.json",
+    params:
+        command=lambda wildcards: f"pack --seq-length {int(wildcards.seq)}",
+    log:
+        f"{LOGS}/tfrecords/common/seq{{seq}}/{{split}}/{{part}}/shard-{{shard}}.log",
+
+
 rule tfrecords_stats:
     input:
         lambda wildcards: tfrecord_files(wildcards.seq, wildcards.split, "stats.json"),

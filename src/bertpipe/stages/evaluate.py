@@ -1,7 +1,10 @@
 """Stage `evaluate`: masked-LM perplexity and accuracy (MLPerf's masked-LM accuracy: argmax at the masked positions)
 and, under bert2019, next-sentence accuracy of a checkpoint, over every record of the test split (under modern, its
-packed sequences under one fixed 15% mask); and what the model fills in, for a person to read: a table of masked
-test sentences with the true token and the model's top predictions."""
+packed sequences under one fixed 15% mask); the same masked-LM figures on the common test set (`test_common_*`: the
+test split packed at one length under that fixed mask, the same tokens whatever the recipe, BERT reading each
+document piece as a sequence of its own), so that the two recipes compare on the same text; and what the model
+fills in, for a person to read: a table of masked test sentences with the true token and the model's top
+predictions."""
 
 import html
 import json
@@ -9,7 +12,7 @@ import logging
 
 import numpy as np
 
-from bertpipe import settings
+from bertpipe import BertpipeError, settings
 from bertpipe.atomic import atomic_file
 from bertpipe.settings import EvaluateSettings, TrainingSettings
 from bertpipe.tracking import Outcome
@@ -24,7 +27,8 @@ CONTEXT_TOKENS = 16  # shown on each side of the masked token
 TEST_MASK_RATE, TEST_MASK_SEED = 0.15, 20260101
 
 
-def evaluate(checkpoint_dir, test_data, tokenizer_dir, out, fill_mask_out, batch_size: int, precision: str) -> dict:
+def evaluate(checkpoint_dir, test_data, tokenizer_dir, out, fill_mask_out, batch_size: int, precision: str,
+             common_test_data=None, common_seq_length: int = None) -> dict:
     import torch
 
     from bertpipe.model_loading import load_model
@@ -32,7 +36,7 @@ def evaluate(checkpoint_dir, test_data, tokenizer_dir, out, fill_mask_out, batch
     from bertpipe.tfrecord_reader import TFRecordSamples
     from bertpipe.tokenizer_folder import Tokenizer
     from bertpipe.train.evaluation import evaluation_metrics, evaluation_totals
-    from bertpipe.train.objectives import OBJECTIVES
+    from bertpipe.train.objectives import OBJECTIVES, packed_as_bert2019
 
     model, source, state = load_model(checkpoint_dir)
     objective = OBJECTIVES[state.get("recipe", "bert2019")]
@@ -48,6 +52,19 @@ def evaluate(checkpoint_dir, test_data, tokenizer_dir, out, fill_mask_out, batch
     metrics = {**evaluation_metrics(totals, "test_"), "test_sequences": int(totals["sequences"]),
                "test_predictions": int(totals["mlm_count"]), "checkpoint": str(source),
                "checkpoint_step": state["iteration"]}
+    if common_test_data:
+        common = PackedSamples(common_test_data, tokenizer, TEST_MASK_RATE, TEST_MASK_SEED)
+        if common_seq_length is not None and common.seq_length != common_seq_length:
+            raise BertpipeError(f"--common-test-data holds packed sequences of {common.seq_length} tokens, not "
+                                f"--common-seq-length {common_seq_length}; rebuild them (the tfrecords stage)")
+        batches = (common.read(list(range(begin, min(begin + batch_size, len(common)))), 0)
+                   for begin in range(0, len(common), batch_size))
+        if not modern:  # BERT reads each document piece as a sequence of its own
+            batches = map(packed_as_bert2019, batches)
+        totals = evaluation_totals(objective, model, batches, device, precision)
+        metrics |= {key.replace("test_", "test_common_"): value
+                    for key, value in evaluation_metrics(totals, "test_").items() if "nsp" not in key}
+        metrics["test_common_sequences"] = len(common)
     examples = packed_examples(model, samples, device) if modern else record_examples(model, samples, device)
     with torch.no_grad():
         rows = fill_mask_rows(examples, tokenizer)
@@ -163,6 +180,9 @@ def fill_mask_html(rows: list, model_name: str) -> str:
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a folder of checkpoints (newest)")
     parser.add_argument("--test-data", nargs="+", required=True, help="TFRecord files or globs of the test split")
+    parser.add_argument("--common-test-data", nargs="+",
+                        help="the common test set: packed TFRecords of the test split (tfrecords pack), scored under "
+                             "one fixed 15%% mask whatever the recipe")
     parser.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder (to show the fill-mask table)")
     settings.add_arguments(parser, EvaluateSettings)
     settings.add_arguments(parser, TrainingSettings, only=("precision",))
@@ -176,6 +196,6 @@ def run(args, _) -> Outcome:
 
     fix_mmap_threshold()
     metrics = evaluate(args.checkpoint, args.test_data, args.tokenizer, args.out, args.fill_mask, args.batch_size,
-                       args.precision)
+                       args.precision, args.common_test_data, args.common_seq_length)
     return Outcome(metrics=metrics, tags={"checkpoint": metrics["checkpoint"]},
                    artifacts=[(args.out, None), (args.fill_mask, None)])

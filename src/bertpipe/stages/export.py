@@ -134,6 +134,11 @@ def model_card(summary: dict, model_config: dict, facts: dict) -> str:
         lines += [f"On the {evaluation['test_sequences']:,} sequences of the test split: masked-LM perplexity "
                   f"{evaluation['test_perplexity']:.3f}, masked-LM accuracy {evaluation['test_mlm_accuracy']:.3f}"
                   f"{nsp}."]
+        if "test_common_mlm_accuracy" in evaluation:
+            lines += ["", f"On the common test set ({evaluation['test_common_sequences']:,} packed sequences of the "
+                          "test split under one fixed 15% mask, the same tokens whichever recipe trained the model): "
+                          f"masked-LM perplexity {evaluation['test_common_perplexity']:.3f}, masked-LM accuracy "
+                          f"{evaluation['test_common_mlm_accuracy']:.3f}."]
     else:
         lines.append(f"Test metrics: {unknown}.")
     lineage = facts.get("lineage") or {}
