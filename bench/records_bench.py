@@ -99,7 +99,7 @@ def order_bench(samples: int = 10**9, per_rank: int = 256, world: int = 8, refer
     global_batch, rank, seed, mb = per_rank * world, 3, 1234, 2**20
     print(f"order of {samples:,} samples, global batch {per_rank} x {world} ranks: rank {rank}'s {per_rank} indices")
     for step in (0, 5 * samples // global_batch + 1000):  # the first step, and one in epoch 5
-        indices, seconds, grown, traced = measured(lambda: global_batch_indices(
+        (indices, _), seconds, grown, traced = measured(lambda: global_batch_indices(
             step, global_batch, samples, seed, start=rank * per_rank, count=per_rank))
         print(f"  step {step:,} (epoch {step * global_batch // samples}): {seconds * 1000:.2f} ms, resident growth "
               f"{grown / mb:.2f} MB, numpy peak {traced / 2**10:.1f} KiB (goal: under 1 s and 50 MB; "

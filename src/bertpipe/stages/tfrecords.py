@@ -316,6 +316,8 @@ def summarize(stats_files, out, page) -> dict:
     every shard's stats (the shards' jobs are not runs of their own: this is their record); `page`, the totals as a
     table (HTML, for the report). Returns the totals."""
     per_shard = [json.loads(Path(path).read_text()) for path in stats_files]
+    if not per_shard:
+        raise BertpipeError(f"{out}: no shard stats to add up; rerun the tfrecords jobs of this split")
     # The counts (integers) of either kind of shard, build's or pack's: those every shard has.
     keys = [key for key, value in per_shard[0].items() if type(value) is int and key not in ("seed", "shard_seed",
                                                                                                "seq_length")]
