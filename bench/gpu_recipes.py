@@ -24,10 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.harness import SAMPLE
-from bertpipe.settings import CorpusSettings, InstanceSpec, TokenizerSettings
-from bertpipe.stages.corpus import build_part
-from bertpipe.stages.extract import extract_part
+from bench.harness.corpus import sample_corpus
+from bertpipe.settings import InstanceSpec, TokenizerSettings
 from bertpipe.stages.tfrecords import build_shard, pack_shard
 from bertpipe.stages.tokenizer import train as train_tokenizer
 
@@ -44,10 +42,9 @@ RUNS = [("bert2019", "eager"), ("bert2019", "compiled"), ("modern", "eager")]
 
 def data(folder: Path) -> tuple:
     """(tokenizer folder, {recipe: train TFRecord file}) of the sample at seq 128."""
-    extract_part(SAMPLE, folder / "articles.jsonl", processes=2)
-    build_part(folder / "articles.jsonl", folder / "sample", CorpusSettings(split="8,1,1", shard_max_mb=64))
-    train_tokenizer([folder / "sample"], folder / "tokenizer", TokenizerSettings(vocab_size=8000))
-    shard = folder / "sample/train/shard-0000.jsonl"
+    parts = sample_corpus(folder, "8,1,1")
+    train_tokenizer([parts], folder / "tokenizer", TokenizerSettings(vocab_size=8000))
+    shard = parts / "train/shard-0000.jsonl"
     build_shard(shard, folder / "tokenizer", folder / "bert2019.tfrecord", folder / "bert2019.stats.json",
                 InstanceSpec(seq_length=SEQ, max_predictions=20, dupe_factor=5), seed=1)
     pack_shard(shard, folder / "tokenizer", folder / "modern.tfrecord", folder / "modern.stats.json", seq_length=SEQ)

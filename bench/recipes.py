@@ -29,15 +29,14 @@ from pathlib import Path
 
 import torch
 
-from bench.harness import REPO, SAMPLE
+from bench.harness import REPO
+from bench.harness.corpus import sample_corpus
 from bench.tfrecords_bench import repeated_corpus, run_jobs
 from bertpipe.model import BertConfig
 from bertpipe.modern_model import ModernBertConfig
 from bertpipe.packed_sequences import PackedSamples
-from bertpipe.settings import CorpusSettings, TokenizerSettings
-from bertpipe.stages.corpus import build_part
+from bertpipe.settings import TokenizerSettings
 from bertpipe.stages.evaluate import TEST_MASK_RATE, TEST_MASK_SEED
-from bertpipe.stages.extract import extract_part
 from bertpipe.stages.tokenizer import train as train_tokenizer
 from bertpipe.tfrecord_reader import TFRecordSamples
 from bertpipe.tokenizer_folder import Tokenizer
@@ -49,12 +48,6 @@ from bertpipe.train.optim import adamw, learning_rate
 SEQ, BATCH, LR, SEED = 128, 8, 1e-3, 1234
 SIZES = {"num_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "max_position_embeddings": 512,
          "hidden_dropout": 0.0, "attention_dropout": 0.0}
-
-
-def corpus(folder: Path) -> Path:
-    extract_part(SAMPLE, folder / "articles.jsonl", processes=2)
-    build_part(folder / "articles.jsonl", folder / "sample", CorpusSettings(split="8,1,1", shard_max_mb=16))
-    return folder / "sample"
 
 
 COMMANDS = {"bert2019": ["build", "--dupe-factor", "10", "--max-predictions", "20"], "modern": ["pack"]}
@@ -124,7 +117,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
-        parts = corpus(temp / "corpus")
+        parts = sample_corpus(temp / "corpus", "8,1,1", shard_max_mb=16)
         train_tokenizer([parts], temp / "tokenizer", TokenizerSettings(vocab_size=4000, input_sentence_size=100000))
         tokenizer = Tokenizer(temp / "tokenizer")
         documents = [json.loads(line) for line in (parts / "train/shard-0000.jsonl").read_text().splitlines()]

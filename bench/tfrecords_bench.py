@@ -27,10 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import REPO, SAMPLE
-from bertpipe.settings import CorpusSettings, TokenizerSettings
-from bertpipe.stages.corpus import build_part
-from bertpipe.stages.extract import extract_part
+from bench.harness import REPO
+from bench.harness.corpus import sample_corpus
+from bertpipe.settings import TokenizerSettings
 from bertpipe.stages.tokenizer import train
 from bertpipe.tfrecord_reader import index_records
 
@@ -146,8 +145,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
-        extract_part(SAMPLE, temp / "articles.jsonl", processes=2)
-        build_part(temp / "articles.jsonl", temp / "sample", CorpusSettings(split="1"))
+        sample_corpus(temp, "1")
         documents = [json.loads(line) for shard in sorted((temp / "sample/train").glob("*.jsonl"))
                      for line in shard.read_text().splitlines()]
         train([temp / "sample"], temp / "tokenizer", TokenizerSettings(kind="wordpiece", vocab_size=16000))

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 import transformers
 
-from bench.harness import SAMPLE
+from bench.harness.corpus import sample_corpus
 from bertpipe.model import BertConfig, BertForPreTraining, flops_per_sequence, pretraining_loss_sums
 from bertpipe.model_loading import huggingface_config
-from bertpipe.settings import CorpusSettings, TokenizerSettings
+from bertpipe.settings import TokenizerSettings
 from bertpipe.train.precision import COMPUTE_DTYPES, autocast, gradients_overflow
 from bertpipe.train.telemetry import measured_peak_flops
 
@@ -131,16 +131,13 @@ def sample_records(folder: Path, vocab_size: int, spec, shard_max_mb: float = 64
     """The bundled sample made into TFRecords under `folder` as the workflow makes them (extract, one split, corpus
     shards of `shard_max_mb`, a `vocab_size` WordPiece tokenizer in `folder/tokenizer`, instances of `spec`): the
     TFRecord files, one per corpus shard."""
-    from bertpipe.stages.corpus import build_part
-    from bertpipe.stages.extract import extract_part
     from bertpipe.stages.tfrecords import build_shard
     from bertpipe.stages.tokenizer import train
 
-    extract_part(SAMPLE, folder / "articles.jsonl", processes=2)
-    build_part(folder / "articles.jsonl", folder / "corpus", CorpusSettings(split="1", shard_max_mb=shard_max_mb))
-    train([folder / "corpus"], folder / "tokenizer", TokenizerSettings(vocab_size=vocab_size))
+    corpus = sample_corpus(folder, "1", shard_max_mb, part="corpus")
+    train([corpus], folder / "tokenizer", TokenizerSettings(vocab_size=vocab_size))
     records = []
-    for shard in sorted((folder / "corpus/train").glob("shard-*.jsonl")):
+    for shard in sorted((corpus / "train").glob("shard-*.jsonl")):
         records.append(folder / f"{shard.stem}.tfrecord")
         build_shard(shard, folder / "tokenizer", records[-1], folder / f"{shard.stem}.stats.json", spec, 1)
     return records

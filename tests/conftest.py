@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import SAMPLE
+from bench.harness import SAMPLE, corpus
 from bench.harness.mirror import DumpServer, split_pages
 from bench.harness.workflow import copy_workflow
 
@@ -98,14 +98,7 @@ SMALL_PIPELINE = {
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory):
     """The bundled sample through extract and corpus (split 8,1,1): the folder of its one part."""
-    from bertpipe.settings import CorpusSettings
-    from bertpipe.stages.corpus import build_part
-    from bertpipe.stages.extract import extract_part
-
-    folder = tmp_path_factory.mktemp("corpus")
-    extract_part(SAMPLE, folder / "articles.jsonl", processes=2)
-    build_part(folder / "articles.jsonl", folder / "enwiki-sample", CorpusSettings(split="8,1,1", shard_max_mb=1))
-    return folder / "enwiki-sample"
+    return corpus.sample_corpus(tmp_path_factory.mktemp("corpus"), "8,1,1", shard_max_mb=1, part="enwiki-sample")
 
 
 # The longest test files first: `make test` runs two workers a file at a time (pytest-xdist's loadfile, reordering

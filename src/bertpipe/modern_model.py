@@ -20,6 +20,7 @@ model, shrinks to the ~15-30% of tokens that are predicted, with the same loss.
 import dataclasses
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -316,14 +317,15 @@ def mlm_loss_sum(logits, labels):
     return F.cross_entropy(logits.float(), labels, reduction="sum")
 
 
-def flops_per_token(config: ModernBertConfig, document_length: int, mask_rate: float) -> float:
+def flops_per_token(config: ModernBertConfig, document_length, mask_rate: float):
     """Model FLOPs of one training step (forward and backward, 3x the forward's) per token of a document of
-    `document_length` tokens: the layers' matmuls, attention scores and values over the keys a token sees (the whole
-    document on global layers, at most the window on local ones: fewer at a document's edges, not counted), and the
-    masked-LM head at the `mask_rate` of tokens predicted."""
+    `document_length` tokens (a number, or a numpy array of them: one figure each): the layers' matmuls, attention
+    scores and values over the keys a token sees (the whole document on global layers, at most the window on local
+    ones: fewer at a document's edges, not counted), and the masked-LM head at the `mask_rate` of tokens predicted."""
     h, i = config.hidden_size, config.intermediate_size
-    window = min(document_length, 2 * (config.local_attention // 2) + 1)
-    keys = sum(document_length if config.is_global(layer) else window for layer in range(config.num_layers))
+    global_layers = sum(config.is_global(layer) for layer in range(config.num_layers))
+    window = np.minimum(document_length, 2 * (config.local_attention // 2) + 1)
+    keys = global_layers * document_length + (config.num_layers - global_layers) * window
     dense = config.num_layers * (2 * 4 * h * h + 2 * 3 * h * i)  # Wqkv and attn.Wo; Wi (2 x i wide) and mlp.Wo
     head = mask_rate * (2 * h * h + 2 * h * config.vocab_size)
     return 3.0 * (dense + 2 * 2 * h * keys + head)

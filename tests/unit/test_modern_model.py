@@ -3,6 +3,7 @@ each document, and packed documents computed as if each were alone."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -199,3 +200,8 @@ def test_flops_count_local_layers_within_the_window():
     assert flops_per_token(CONFIG, 200, mask_rate=0.3) - per_token == pytest.approx(3 * 2 * 4 * 64 * 100)
     head = 2 * 64 * 64 + 2 * 64 * CONFIG.vocab_size
     assert per_token - flops_per_token(CONFIG, 100, mask_rate=0.1) == pytest.approx(3 * 0.2 * head)
+    # a batch's documents at once (the trainer's telemetry): each length's own figure
+    lengths = np.array([5, 17, 100, 200])
+    assert flops_per_token(CONFIG, lengths, mask_rate=0.3).tolist() == pytest.approx(
+        [flops_per_token(CONFIG, int(n), mask_rate=0.3) for n in lengths])
+    assert flops_per_token(CONFIG, 5, 0.3) < flops_per_token(CONFIG, 17, 0.3), "keys grow with a short document"

@@ -110,17 +110,19 @@ def packed_examples(model, samples, device, count: int = 2 * FILL_MASK_EXAMPLES)
     import torch
 
     for index in _spread(samples, count).tolist():
-        tokens, _, pieces = samples.sequences([index])
-        predicted = samples.read([index], 0)["masked_positions"].numpy()
-        ends = np.cumsum(pieces)
-        longest = int(np.argmax(pieces))
+        sample = samples.read([index], 0)
+        tokens, predicted = sample["input_ids"], sample["masked_positions"]
+        tokens[predicted] = sample["masked_lm_ids"]  # the sequence as written, before masking
+        pieces = sample["document_lengths"]
+        ends = pieces.cumsum(0)
+        longest = int(pieces.argmax())
         begin, end = int(ends[longest] - pieces[longest]), int(ends[longest])
-        ids = torch.from_numpy(tokens[begin:end])
+        ids = tokens[begin:end]
 
         def predict(masked_ids, position):
             return model(masked_ids.to(device), [len(masked_ids)], torch.tensor([position], device=device))[0]
 
-        yield ids, len(ids), [int(p) - begin for p in predicted if begin <= p < end], predict
+        yield ids, len(ids), [int(p) - begin for p in predicted.tolist() if begin <= p < end], predict
 
 
 def fill_mask_rows(examples, tokenizer, count: int = FILL_MASK_EXAMPLES) -> list:

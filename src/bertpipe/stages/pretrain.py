@@ -108,7 +108,7 @@ FLAG_PARTS = {"recipe": IDENTITY, "loose_json": IDENTITY, "use_tfrecords": IDENT
               "stale_checkpoints": EXECUTION, "metrics": EXECUTION, "loss_curve": EXECUTION, "done": EXECUTION}
 
 
-def _samples(args, tokenizer, phase: PhaseSettings, seed: int) -> tuple:
+def _samples(args, tokenizer, phase: PhaseSettings, seed: int, modern: ModernSettings) -> tuple:
     """(train, valid or None) from TFRecords or, Megatron's way, loose json; under the modern recipe, packed
     sequences (TFRecords of `bertpipe tfrecords pack`) masked as they are read."""
     from bertpipe.train import samples
@@ -117,8 +117,7 @@ def _samples(args, tokenizer, phase: PhaseSettings, seed: int) -> tuple:
         if not args.use_tfrecords:
             raise BertpipeError("--recipe modern trains on packed sequences: --use-tfrecords with the files of "
                                 "`bertpipe tfrecords pack`")
-        return samples.packed_samples(args.train_data, args.valid_data, phase.seq_length, tokenizer,
-                                      settings.from_args(ModernSettings, args), seed)
+        return samples.packed_samples(args.train_data, args.valid_data, phase.seq_length, tokenizer, modern, seed)
     if args.use_tfrecords:
         return samples.tfrecord_samples(args.train_data, args.valid_data, phase.seq_length, args.max_preds_per_seq)
     if not args.loose_json:
@@ -181,7 +180,7 @@ def _train(args, tracking_run, stop):
     if phase.seq_length > model_config.max_position_embeddings:
         raise BertpipeError(f"--seq-length {phase.seq_length} is above --max-position-embeddings "
                             f"{model_config.max_position_embeddings}")
-    train_samples, valid_samples = _samples(args, tokenizer, phase, training.seed)
+    train_samples, valid_samples = _samples(args, tokenizer, phase, training.seed, modern)
     inputs = {}
     if rank == 0:  # rank 0 checks checkpoints against them and saves them
         inputs = {"tokenizer": content_hash(args.tokenizer_path), "train_data": content_hash(*train_samples.files)}

@@ -77,9 +77,9 @@ class Modern:
     def flops(config: ModernBertConfig, batch: dict, sequences: float) -> float:
         """Model FLOPs of a step on `sequences` sequences shaped as `batch`'s, at its rate of predictions, each
         document's attention over its own length (the batch's documents stand for the step's)."""
-        lengths = batch["document_lengths"].tolist()
+        lengths = batch["document_lengths"].cpu().numpy()
         rate = len(batch["masked_positions"]) / max(len(batch["input_ids"]), 1)
-        per_sequence = sum(flops_per_token(config, length, rate) * length for length in lengths) \
+        per_sequence = float((flops_per_token(config, lengths, rate) * lengths).sum()) \
             / max(len(batch["sequence_lengths"]), 1)
         return per_sequence * sequences
 
@@ -116,5 +116,4 @@ def packed_as_bert2019(batch: dict) -> dict:
 
 
 def on_device(batch: dict, device) -> dict:
-    return {name: tensor.to(device, non_blocking=True) if torch.is_tensor(tensor) else tensor
-            for name, tensor in batch.items()}
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
