@@ -41,9 +41,10 @@ shell.prefix(
 )
 
 
-# Sums of small JSON files run where Snakemake runs: as Slurm jobs they would wait in the queue for a second's work.
+# Lists and sums of small JSON files run where Snakemake runs: as Slurm jobs they would wait in the queue for a second's work.
 localrules:
     all,
+    corpus_files,
     corpus_stats,
     tfrecords_stats,
 

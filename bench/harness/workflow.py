@@ -16,7 +16,7 @@ def copy_workflow(folder: Path) -> Path:
     """A copy of the workflow (Snakefile, configs, workflow/, envs/, data/, src/, the slurm/ profile) in `folder`, to
     run Snakemake in as a fresh clone would."""
     folder.mkdir(parents=True)
-    for name in ("Snakefile", "config.yaml", "config.demo.yaml", "config.modern.yaml"):
+    for name in ("Snakefile", "config.yaml", "config.demo.yaml", "config.modern.yaml", "config.ownjson.yaml"):
         shutil.copy(REPO / name, folder / name)
     for name in ("workflow", "envs", "data", "src", "slurm"):
         shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))

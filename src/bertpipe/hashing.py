@@ -24,6 +24,14 @@ def content_hash(*paths) -> str:
     return digest.hexdigest()
 
 
+def hash_of_hashes(file_hashes) -> str:
+    """content_hash of files from their `file_hash`es, in the same order: a corpus's hash from its jobs' records."""
+    digest = hashlib.blake2b(digest_size=16)
+    for value in file_hashes:
+        digest.update(value.encode())
+    return digest.hexdigest()
+
+
 def described_input(paths, digest: str = None) -> tuple:
     """An input of a run as tracking.Run.log_inputs takes it: (paths, content hash, records, feature names); the
     records and features of TFRecords (from their stats files), None for other files. `digest`: the content hash,

@@ -109,6 +109,34 @@ class SlurmSettings:
 
 
 @dataclasses.dataclass
+class SourceSettings:
+    """What the corpus is made of: a Wikimedia dump (the dump, download and extract sections), or your own files."""
+
+    format: str = setting("wikipedia", "wikipedia: the dump named by the dump section; loose_json: JSON lines, "
+                                       "a record a line as Megatron's loose JSON (source.text_key, source.id_key); "
+                                       "plain_text: text files (source.documents)",
+                          enum=["wikipedia", "loose_json", "plain_text"])
+    files: list[str] = setting([], "loose_json and plain_text: the input files, as paths or glob patterns (** "
+                                   "for any folders below), absolute or relative to the folder Snakemake runs in; "
+                                   "each must exist, each pattern must match a file")
+    name: str | None = setting(None, "what the model card and MLflow call the corpus; null: the format and the "
+                                     "number of files", minLength=1)
+    license: str | None = setting(None, "the corpus's licence, as the model card's metadata states it (e.g. mit, "
+                                        "cc-by-4.0); null: other", minLength=1)
+    text_key: str = setting("text", "loose_json: the key of a record's text", minLength=1)
+    id_key: str | None = setting("id", "loose_json: the key of a record's id, which decides its split; a record "
+                                       "without it (or with null here) is split by a hash of its text", minLength=1)
+    documents: str = setting("file", "plain_text: file (a document per file) or blank_line (documents separated "
+                                     "by a blank line)", enum=["file", "blank_line"])
+    group_mb: float = setting(64.0, "files smaller than this share corpus jobs of about this size (neighbours in "
+                                    "path order), so that thousands of small files are not thousands of jobs; 0: "
+                                    "a job per file", minimum=0)
+    bad_input: str = setting("stop", "a record that is not JSON or has no text, text that is not UTF-8, an empty "
+                                     "file: stop (the job fails, naming the file and line) or skip (left out, and "
+                                     "counted in the corpus stage's metrics)", enum=["stop", "skip"])
+
+
+@dataclasses.dataclass
 class DumpSettings:
     """Which Wikimedia dump to download."""
 
@@ -151,7 +179,8 @@ class CorpusSettings:
     split: str = setting("1000,1,1", "train,valid,test weights by document, as Megatron's split ('/' also "
                                      "separates; missing weights are 0)", pattern="^[0-9.]+([,/][0-9.]+){0,2}$")
     min_chars: int = setting(200, "documents with fewer characters of text (after cleaning) are dropped", minimum=0)
-    min_paragraph_words: int = setting(5, "shorter paragraphs (section headings, list stubs) are dropped", minimum=0)
+    min_paragraph_words: int = setting(5, "source.format wikipedia: shorter paragraphs (section headings, list stubs) "
+                                          "are dropped", minimum=0)
     shard_max_mb: float = setting(64.0, "a shard is closed before it would pass this size (a tfrecords job holds "
                                         "one)", exclusiveMinimum=0)
 
@@ -359,6 +388,7 @@ class Config:
                                       "documents packed into full sequences, masks drawn as it trains",
                           enum=["bert2019", "modern"])
     slurm: SlurmSettings = setting(SlurmSettings(), SlurmSettings.__doc__)
+    source: SourceSettings = setting(SourceSettings(), SourceSettings.__doc__)
     dump: DumpSettings = setting(DumpSettings(), DumpSettings.__doc__)
     download: DownloadSettings = setting(DownloadSettings(), DownloadSettings.__doc__)
     extract: ExtractSettings = setting(ExtractSettings(), ExtractSettings.__doc__)
@@ -588,9 +618,11 @@ def add_arguments(parser, cls, skip=(), only=None) -> None:
                             help=help_text)
 
 
-def from_args(cls, args, **given):
-    """`cls` from the parsed flags of `add_arguments` (and `given` values for the settings it skipped)."""
-    return cls(**{f.name: getattr(args, f.name) for f in scalar_fields(cls, skip=given)}, **given)
+def from_args(cls, args, only=None, **given):
+    """`cls` from the parsed flags of `add_arguments` (those in `only`, if given; the others keep their defaults) and
+    `given` values for the settings it skipped."""
+    return cls(**{f.name: getattr(args, f.name) for f in scalar_fields(cls, skip=given)
+                  if only is None or f.name in only}, **given)
 
 
 def flags(cls, values, skip=(), only=None) -> str:
@@ -641,6 +673,14 @@ def check(config: Config) -> list:
             errors.append(f"corpus.split {config.corpus.split!r} / tfrecords.splits {config.tfrecords.splits}: "
                           f"{need} the {split} split; give it a weight in corpus.split and list it in "
                           "tfrecords.splits")
+
+    source = config.source
+    if source.format == "wikipedia" and source.files:
+        errors.append(f"source.files lists {len(source.files)} files, which source.format wikipedia does not read; "
+                      "set source.format to loose_json or plain_text, or source.files to []")
+    if source.format != "wikipedia" and not source.files:
+        errors.append(f"source.format {source.format}: source.files lists no file; name the corpus's files or glob "
+                      "patterns")
 
     tokenizer = config.tokenizer
     floor = len(SPECIAL_TOKENS) + ASCII_ALPHABET[tokenizer.lowercase]

@@ -55,6 +55,10 @@ CASES = {
         ["model.hidden_size 120 / model.num_attention_heads 8", "recipe modern", "even width"]),
     "the modern recipe compiled": (
         {"recipe": "modern", "pretrain": {"compile": True}}, ["pretrain.compile", "recipe modern", "false"]),
+    "your own format without files": (
+        {"source": {"format": "plain_text"}}, ["source.format plain_text", "source.files lists no file"]),
+    "files that Wikipedia does not read": (
+        {"source": {"files": ["a.jsonl", "b.jsonl"]}}, ["source.files lists 2 files", "source.format wikipedia"]),
 }
 
 
@@ -108,8 +112,20 @@ def test_a_contradiction_stops_a_dry_run_before_any_job_without_a_traceback(work
     assert not (workflow / "results").exists() and not (workflow / "resources").exists()
 
 
+@pytest.mark.parametrize("missing, named", [("data/ownjson/no-such-file.jsonl", "no such file"),
+                                             ("data/own*/*.json", "matches no file")])
+def test_an_input_file_that_is_not_there_stops_a_dry_run_naming_it(workflow, missing, named):
+    (workflow / "bad.yaml").write_text(yaml.safe_dump({"source": {"files": ["data/ownjson/*.jsonl", missing]}}))
+    result = snakemake(workflow, "-n", "--cores", "1", "all", "--configfile", "config.demo.yaml",
+                       "config.ownjson.yaml", "bad.yaml", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and f"source.files: {missing!r}" in output and named in output, output
+    assert "Traceback" not in output and not (workflow / "results").exists()
+
+
 def test_the_demo_config_passes_every_check(workflow):
     assert settings.check(settings.from_dict(settings.Config, merged())) == []
-    assert settings.check(settings.from_dict(settings.Config, merged(
-        yaml.safe_load((REPO / "config.modern.yaml").read_text())))) == []
+    for overlay in ("config.modern.yaml", "config.ownjson.yaml"):
+        assert settings.check(settings.from_dict(settings.Config, merged(
+            yaml.safe_load((REPO / overlay).read_text())))) == []
     snakemake(workflow, "-n", "--cores", "1", "all", "--configfile", "config.demo.yaml")

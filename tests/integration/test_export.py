@@ -76,8 +76,10 @@ def test_a_model_card_says_what_the_pipeline_recorded_in_huggingfaces_layout(exp
     alone = (folder / "hf/README.md").read_text()  # exported by hand: no facts, and it says so
     assert card_metadata(alone)["pipeline_tag"] == "fill-mask" and "not recorded" in alone
     phase = {"seq_length": 128, "batch_size": 32, "gradient_accumulation_steps": 2, "train_iters": 900000}
-    facts = {"name": "wiki-bert", "dump": {"wiki": "enwiki", "date": "20261101", "parts": {"a": {}, "b": {}}},
-             "corpus": {"split": "1000,1,1", "documents_in": 6512345, "documents_dropped": 12,
+    facts = {"name": "wiki-bert",
+             "corpus": {"source": {"format": "wikipedia", "name": "Wikipedia enwiki 20261101",
+                                   "license": "cc-by-sa-4.0", "dump": "enwiki/20261101"}, "parts": 2,
+                        "split": "1000,1,1", "documents_in": 6512345, "documents_dropped": 12,
                         "splits": {name: {"documents": count, "sentences": 10 * count} for name, count in
                                    (("train", 6500000), ("valid", 6000), ("test", 6333))}},
              "phases": [{"step": 900000, "phase": phase, "precision": "fp16", "processes": 64,
@@ -93,11 +95,37 @@ def test_a_model_card_says_what_the_pipeline_recorded_in_huggingfaces_layout(exp
     assert metadata["license"] == "cc-by-sa-4.0" and metadata["library_name"] == "transformers"
     (result,) = metadata["model-index"][0]["results"]
     assert {m["type"]: m["value"] for m in result["metrics"] if m["type"] == "perplexity"} == {"perplexity": 3.25}
-    assert "enwiki-20261101" not in card and "`enwiki` of 20261101: 2 parts, 6,512,345 articles" in card
+    assert "Wikimedia dump `enwiki/20261101`: 2 parts, 6,512,345 articles (12 dropped as too short), about " \
+           "1,975,308,642 tokens in the train split." in card
     assert "| 1 | 900,000 | 4,096 | 128 | fp16 | 64 x NVIDIA H200 | 2.00 h |" in card  # 32 x 2 x 64 sequences
     assert "123,456,789 training instances" in card and "masked-LM perplexity 3.250" in card
     assert "tokenizer content hash: `0123abcd`" in card and "# wiki-bert" in card and "CC BY-SA 4.0" in card
     assert 'pipeline("fill-mask"' in card and "## Limits" in card
+
+
+def test_the_model_card_of_your_own_corpus_names_it_and_not_wikipedia(exported):
+    from bertpipe.stages.export import model_card
+
+    _, _, config = exported
+    facts = {"name": "notes-bert",
+             "corpus": {"source": {"format": "plain_text", "name": "Ward notes 2025", "license": "other"},
+                        "parts": 3, "files": 1200, "bytes": 5 * 2**20, "split": "98,1,1", "documents_in": 5000,
+                        "documents_dropped": 7, "bad_input": {"not_json": 0, "no_text": 0, "not_utf8": 2,
+                                                              "empty_files": 1},
+                        "splits": {name: {"documents": count, "sentences": 10 * count} for name, count in
+                                   (("train", 4900), ("valid", 48), ("test", 45))}},
+             "tfrecords": [{"instances": 900, "real_tokens": 115000,
+                            "per_shard": [{"seq_length": 128, "features": ["input_ids", "document_lengths"]}]}],
+             "evaluation": {"test_sequences": 40, "test_perplexity": 30.5, "test_mlm_accuracy": 0.3}}
+    card = model_card({"step": 100, "checkpoint": "ckpt/step-00000100", "tokenizer": "sentencepiece",
+                       "vocab_size": 4000, "parameters": 1000000, "recipe": "modern"},
+                      vars(config) | {"vocab_size": 4000}, facts)
+    metadata = card_metadata(card)
+    assert "wikipedia" not in card.lower() and "datasets" not in metadata and metadata["license"] == "other"
+    assert metadata["model-index"][0]["results"][0]["dataset"]["name"] == "Ward notes 2025, test split"
+    assert ("- Ward notes 2025 (source.format plain_text): 1,200 files, 5.0 MB, 5,000 documents (7 dropped as too "
+            "short; bad input left out: 2 not_utf8, 1 empty_files), 115,000 tokens in the train split.") in card
+    assert "on packed sequences of Ward notes 2025" in card and "- Ward notes 2025 only:" in card
 
 
 def test_huggingface_model_gives_our_logits(exported, monkeypatch):

@@ -1,8 +1,11 @@
-"""The demo pipeline under the modern recipe (config.modern.yaml: ModernBERT on packed sequences), small, against a
-real `mlflow server` on 127.0.0.1: the modern recipe's DAG end to end, runs found through the server's REST API, the
-registered version's LoggedModel, the ModernBERT loaded and served by its alias, the runs view as a browser shows it;
-and a server that stops mid-run, after which every stage but register completes, with a warning and the local
-fallback files. (The demo's own recipe, bert2019, runs to its registered model in test_workflow.py.)"""
+"""The demo pipeline on your own corpus (config.ownjson.yaml: the bundled loose-JSON sample, not Wikipedia) under the
+modern recipe (config.modern.yaml: ModernBERT on packed sequences), small, against a real `mlflow server` on
+127.0.0.1: the DAG from your files to a registered model, the corpus's content hash from its manifest to the MLflow
+dataset and the registered version, runs found through the server's REST API, the registered version's LoggedModel,
+the ModernBERT loaded and served by its alias, the runs view as a browser shows it; a server that stops mid-run,
+after which every stage but register completes, with a warning and the local fallback files; and a file added to the
+corpus, which reruns only its own corpus job. (The demo itself, Wikipedia and bert2019, runs to its registered model
+in test_workflow.py.)"""
 
 import json
 import os
@@ -18,6 +21,7 @@ import yaml
 from bench.harness.workflow import copy_workflow
 from tests.browser import install_chromium, page_script_value
 from tests.conftest import SMALL_PIPELINE, VENV_BIN
+from tests.integration.test_own_corpus import jobs_of
 from tests.integration.test_tracking import free_port
 
 pytestmark = pytest.mark.slow
@@ -75,12 +79,17 @@ def snakemake_process(workflow_dir, *args):
                             env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"})
 
 
-PIPELINE = ("--cores", "2", "all", "--configfile", "config.demo.yaml", "config.modern.yaml", "small.yaml")
+PIPELINE = ("--cores", "2", "all", "--configfile", "config.demo.yaml", "config.ownjson.yaml", "config.modern.yaml",
+            "small.yaml")
 # The small pipeline with a second phase, from the first's weights, as the demo's.
 PHASES = [SMALL_PIPELINE["pretrain"]["phases"][0],
           {"seq_length": 128, "batch_size": 8, "gradient_accumulation_steps": 1, "train_iters": 10, "lr": 1.0e-4}]
 TWO_PHASES = {**SMALL_PIPELINE, "pretrain": {**SMALL_PIPELINE["pretrain"], "phases": PHASES}}
-NEWEST = "models:/bertpipe-bert@newest"  # the version that config mlflow.registered_alias marks
+# The sample's four files in one corpus job, as small files of a real corpus are (its config has a job a file): the
+# jobs that follow, a tfrecords job per job, split and length, stay as few as the Wikipedia sample's.
+ONE_CORPUS_JOB = {"source": {"group_mb": 64}}
+MODEL = "bertpipe-stdlib-docs"  # config.ownjson.yaml's mlflow.registered_model
+NEWEST = f"models:/{MODEL}@newest"  # the version that config mlflow.registered_alias marks
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +99,7 @@ def served(tmp_path_factory):
     workflow_dir = copy_workflow(tmp_path_factory.mktemp("server") / "wf")
     mlflow_server = MlflowServer(workflow_dir.parent)
     try:
-        (workflow_dir / "small.yaml").write_text(yaml.safe_dump({**TWO_PHASES,
+        (workflow_dir / "small.yaml").write_text(yaml.safe_dump({**TWO_PHASES, **ONE_CORPUS_JOB,
                                                                   "mlflow": {"tracking_uri": mlflow_server.url}}))
         process = snakemake_process(workflow_dir, *PIPELINE)
         output = process.stdout.read()
@@ -118,13 +127,13 @@ def test_demo_against_a_tracking_server_is_found_through_its_rest_api(served):
     assert all(tag["mlflow.parentRunId"] == parent_id and run["info"]["status"] == "FINISHED"
                for run, tag in children)
     assert {tag["bertpipe.stage"] for _, tag in children} == {
-        "download", "extract", "corpus", "tokenizer", "tfrecords", "pretrain", "evaluate", "export", "register"}
+        "corpus", "tokenizer", "tfrecords", "pretrain", "evaluate", "export", "register"}, "no download, no extract"
     phase1 = next(run for run, tag in children if run["info"]["run_name"] == "pretrain phase 1")
     history = mlflow_server.api("GET", "metrics/get-history",
                                 params={"run_id": phase1["info"]["run_id"], "metric_key": "loss"})["metrics"]
     assert sorted(int(m["step"]) for m in history) == list(range(1, 41))
 
-    versions = mlflow_server.api("GET", "model-versions/search", params={"filter": "name='bertpipe-bert'"})
+    versions = mlflow_server.api("GET", "model-versions/search", params={"filter": f"name='{MODEL}'"})
     (version,) = versions["model_versions"]
     register = next(run for run, tag in children if tag["bertpipe.stage"] == "register")
     assert version["run_id"] == register["info"]["run_id"]
@@ -145,13 +154,32 @@ def test_demo_against_a_tracking_server_is_found_through_its_rest_api(served):
     packed = json.loads((workflow_dir / "results/tfrecords/seq128/train/stats.json").read_text())
     assert packed["per_shard"][0]["features"] == ["input_ids", "document_lengths"] and packed["instances"] > 0
     assert {metric.key: metric.value for metric in model.metrics} == pytest.approx(tested)
-    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": "bertpipe-bert", "version": 1}]
-    assert client.get_model_version_by_alias("bertpipe-bert", "newest").version == "1"
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": MODEL, "version": 1}]
+    assert client.get_model_version_by_alias(MODEL, "newest").version == "1"
     registered = json.loads((workflow_dir / "results/register/model-version.json").read_text())
     assert (registered["version"], registered["model_id"], registered["uri"]) == ("1", model_id, NEWEST)
     assert "MLmodel" in {f.path for f in client.list_logged_model_artifacts(model_id)}
+
+    # The corpus: its four files in the manifest; its content hash the corpus run's MLflow dataset digest and the
+    # registered version's lineage; the model card names it, not Wikipedia.
+    manifest = json.loads((workflow_dir / "results/corpus/manifest.json").read_text())
+    sample = sorted((workflow_dir / "data/ownjson").glob("*.jsonl"))
+    assert [(f["path"], f["bytes"], f["documents"] > 0) for f in manifest["files"]] == [
+        (str(path.relative_to(workflow_dir)), path.stat().st_size, True) for path in sample]
+    corpus_run = next(run for run, tag in children if run["info"]["run_name"] == "corpus stats")
+    (dataset,) = corpus_run["inputs"]["dataset_inputs"]
+    assert dataset["dataset"]["digest"] == manifest["corpus_hash"] == version_tags(version)["lineage.corpus_hash"]
+    assert dataset["dataset"]["name"] == "data/ownjson"  # where the files are
+    assert version_tags(version)["lineage.corpus"] == "Python standard library docstrings"
+    card = (workflow_dir / "results/export/huggingface/README.md").read_text()
+    assert "wikipedia" not in card.lower() and "license: psf-2.0" in card
+    assert "- Python standard library docstrings (source.format loose_json): 4 files, 0.9 MB, 199 documents" in card
     assert {f"artifacts/huggingface/{name}" for name in ("config.json", "model.safetensors", "tokenizer.json")} <= {
         f.path for f in client.list_logged_model_artifacts(model_id, "artifacts/huggingface")}
+
+
+def version_tags(version: dict) -> dict:
+    return {tag["key"]: tag["value"] for tag in version.get("tags", [])}
 
 
 SENTENCES = ["The capital of France is [MASK].", "He was born in [MASK] and studied at the university."]
@@ -248,15 +276,15 @@ def test_the_runs_view_shows_the_pipeline_run_and_its_register_runs_model_linked
                                           "text": pipeline_name}]
     assert shown["register"]["name"] == [{"href": f"#/experiments/{experiment}/runs/{registered['run_id']}",
                                           "text": "register"}]
-    assert shown["register"]["models"] == [{"href": "#/models/bertpipe-bert/versions/1", "text": "bertpipe-bert v1"}]
-    assert {"href": f"#/experiments/{experiment}/models/{registered['model_id']}", "text": "bertpipe-bert"} in shown[
+    assert shown["register"]["models"] == [{"href": f"#/models/{MODEL}/versions/1", "text": f"{MODEL} v1"}]
+    assert {"href": f"#/experiments/{experiment}/models/{registered['model_id']}", "text": MODEL} in shown[
         "version"], "the version's source model: the LoggedModel, by its name"
     assert {"href": f"#/experiments/{experiment}/runs/{registered['run_id']}", "text": "register"} in shown["version"]
 
 
 def registered_weights(server) -> dict:
     """{version: the bytes of its model.safetensors}, read through the server from the version's LoggedModel."""
-    versions = server.api("GET", "model-versions/search", params={"filter": "name='bertpipe-bert'"})
+    versions = server.api("GET", "model-versions/search", params={"filter": f"name='{MODEL}'"})
     weights = {}
     for version in versions["model_versions"]:
         model_id = version["source"].removeprefix("models:/")
@@ -279,7 +307,7 @@ def test_a_changed_learning_rate_retrains_both_phases_the_server_stops_and_regis
     (first,) = registered_weights(mlflow_server).values()
     changed = [{**PHASES[0], "lr": 9.0e-4}, PHASES[1]]
     (workflow_dir / "small.yaml").write_text(yaml.safe_dump({
-        **TWO_PHASES, "pretrain": {**TWO_PHASES["pretrain"], "phases": changed},
+        **TWO_PHASES, **ONE_CORPUS_JOB, "pretrain": {**TWO_PHASES["pretrain"], "phases": changed},
         "mlflow": {"tracking_uri": mlflow_server.url}}))
     process = snakemake_process(workflow_dir, *PIPELINE)
     output = []
@@ -293,7 +321,7 @@ def test_a_changed_learning_rate_retrains_both_phases_the_server_stops_and_regis
     finished = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output)
     assert sorted(finished) == ["evaluate", "export", "pretrain", "pretrain"], finished
     assert "Error in rule register" in output
-    assert f"model bertpipe-bert was not registered: MLflow at {mlflow_server.url} could not be reached" in (
+    assert f"model {MODEL} was not registered: MLflow at {mlflow_server.url} could not be reached" in (
         workflow_dir / "logs/register.log").read_text()
     assert not (workflow_dir / "results/register/model-version.json").exists()
     assert (workflow_dir / "results/export/huggingface/model.safetensors").is_file(), "earlier outputs are kept"
@@ -348,7 +376,7 @@ def test_a_changed_learning_rate_retrains_both_phases_the_server_stops_and_regis
         assert sorted(weights) == ["1", "2"] == ["1", registered["version"]]
         assert weights["1"] == first and weights["2"] != first
         client = MlflowClient(restarted.url)
-        assert client.get_model_version_by_alias("bertpipe-bert", "newest").version == "2"
+        assert client.get_model_version_by_alias(MODEL, "newest").version == "2"
         assert client.get_logged_model(registered["model_id"]).source_run_id == registered["run_id"]
         after_rerun = runs_on(restarted)
         assert {run_id: after_rerun[run_id] for run_id in after_replay} == after_replay
@@ -358,6 +386,16 @@ def test_a_changed_learning_rate_retrains_both_phases_the_server_stops_and_regis
         assert runs_on(restarted) == after_rerun
         dry = snakemake_process(workflow_dir, "-n", *PIPELINE)
         assert "Nothing to be done" in dry.stdout.read() and dry.wait() == 0
+        # A file added to the corpus: the corpus job it joins and what depends on the corpus, no other corpus job.
+        added = workflow_dir / "data/ownjson/stdlib-docs-5.jsonl"
+        added.write_text('{"id": "added", "text": "One more module documented here."}\n')
+        dry = snakemake_process(workflow_dir, "-n", *PIPELINE)
+        output = dry.stdout.read()
+        assert dry.wait() == 0
+        (job,) = jobs_of(output, "corpus")
+        assert jobs_of(output, "corpus_files") == [job] and str(added.relative_to(workflow_dir)) in output
+        assert re.search(r"^corpus_stats\s+1$", output, re.M) and re.search(r"^tokenizer\s+1$", output, re.M)
+        added.unlink()
     finally:
         restarted.stop()
 

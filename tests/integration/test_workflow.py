@@ -108,10 +108,10 @@ def check_mlflow_store(folder):
     assert STEP_METRICS | {"valid_perplexity", "valid_nsp_accuracy"} <= set(phase1.data.metrics)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(phase1.data.metrics)
     history = client.get_metric_history(phase1.info.run_id, "loss")
-    assert sorted(m.step for m in history) == list(range(1, 2401))
-    assert [m.step for m in client.get_metric_history(phase1.info.run_id, "valid_perplexity")] == [800, 1600, 2400]
+    assert sorted(m.step for m in history) == list(range(1, 1601))
+    assert [m.step for m in client.get_metric_history(phase1.info.run_id, "valid_perplexity")] == [800, 1600]
     assert {"loss-curve.png", "metrics.jsonl"} <= {a.path for a in client.list_artifacts(phase1.info.run_id)}
-    assert phase1.data.params["input_hash.train_data"] and phase1.data.tags["checkpoint"].endswith("step-00002400")
+    assert phase1.data.params["input_hash.train_data"] and phase1.data.tags["checkpoint"].endswith("step-00001600")
     datasets = {d.tags[0].value: d.dataset for d in client.get_run(phase1.info.run_id).inputs.dataset_inputs}
     assert {"train_data", "valid_data", "tokenizer_path"} <= set(datasets)  # the runs' Dataset column in the UI
     assert datasets["train_data"].digest == phase1.data.params["input_hash.train_data"]
@@ -206,7 +206,7 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     for seq in (128, 512):
         records = json.loads((workflow_dir / f"results/tfrecords/seq{seq}/train/stats.json").read_text())
         assert records["instances"] > 1000 and records["masked_fraction"] == pytest.approx(0.15, abs=0.01)
-    for phase, steps in ((1, 2400), (2, 20)):
+    for phase, steps in ((1, 1600), (2, 20)):
         done = json.loads((workflow_dir / f"results/pretrain/phase{phase}/done.json").read_text())
         assert done["step"] == steps and (workflow_dir / done["checkpoint"] / "state.pt").is_file()
     # The exported folder's model card, from what the stages recorded.
@@ -217,15 +217,15 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     # BERT scored on the common test set too: the test split packed under the fixed mask both recipes are scored on.
     assert evaluation["test_common_sequences"] > 0 and 0 < evaluation["test_common_mlm_accuracy"] < 1
     assert f"masked-LM accuracy {evaluation['test_common_mlm_accuracy']:.3f}" in card
-    assert "| 1 | 2,400 | 8 | 128 | fp32 | 1 x " in card and "| 2 | 20 | 4 | 512 | fp32 | 1 x " in card
+    assert "| 1 | 1,600 | 8 | 128 | fp32 | 1 x " in card and "| 2 | 20 | 4 | 512 | fp32 | 1 x " in card
     phase2_log = (workflow_dir / "logs/pretrain/phase2.log").read_text()
-    assert "initialised from the weights of results/pretrain/phase1/checkpoints/step-00002400" in phase2_log
+    assert "initialised from the weights of results/pretrain/phase1/checkpoints/step-00001600" in phase2_log
     # The model learnt: its validation masked-LM loss is below the unigram entropy of the masked tokens (the loss of
     # a model that knows only the tokens' frequencies) by 0.4 nats, a perplexity at most 0.67 times the unigram
     # model's, as HuggingFace's BertForPreTraining reaches with the same recipe (docs/benchmarks.md).
     valid = [json.loads(line) for line in open(workflow_dir / "results/pretrain/phase1/metrics.jsonl")]
     valid = [m for m in valid if "valid_mlm_loss" in m]
-    assert [m["step"] for m in valid] == [800, 1600, 2400]
+    assert [m["step"] for m in valid] == [800, 1600]
     assert valid[-1]["valid_mlm_loss"] < unigram_entropy(workflow_dir / "results/tfrecords/seq128/train") - 0.4
 
     dry = snakemake(workflow_dir, "-n", *DEMO)

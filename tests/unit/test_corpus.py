@@ -79,7 +79,8 @@ def test_split_is_stable_across_input_order_and_parts(tmp_path):
     build_part(tmp_path / "b.jsonl", tmp_path / "b", CorpusSettings(split="8,1,1"))
     parts = {**read_split_of_ids(tmp_path / "a"), **read_split_of_ids(tmp_path / "b")}
     assert read_split_of_ids(tmp_path / "whole") == parts
-    total = summarize([tmp_path / "a", tmp_path / "b"], tmp_path / "stats.json", tmp_path / "stats.html", "8,1,1")
+    total = summarize([tmp_path / "a", tmp_path / "b"], tmp_path / "stats.json", tmp_path / "stats.html",
+                      tmp_path / "manifest.json", "8,1,1")
     assert total["splits"] == whole["splits"] | {n: {**whole["splits"][n], "shards": total["splits"][n]["shards"]}
                                                  for n in SPLITS}
     page = (tmp_path / "stats.html").read_text()  # the same figures as tables, for the report
@@ -127,7 +128,7 @@ def test_shards_stay_under_the_size_bound(tmp_path):
 def test_malformed_line_names_file_and_line_and_leaves_no_output(tmp_path, bad_line):
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps(article(1)) + "\n" + json.dumps(article(2)) + "\n" + bad_line + "\n")
-    with pytest.raises(BertpipeError, match=rf"{source}, line 3: malformed record") as error:
+    with pytest.raises(BertpipeError, match=rf"{source}, line 3: (not JSON|a JSON list|no text)") as error:
         build_part(source, tmp_path / "out", CorpusSettings(split="1"))
     assert "forcerun extract" in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"], "no output folder, not even a temporary one"
@@ -148,5 +149,6 @@ def test_summarize_refuses_an_empty_split(tmp_path):
     build_part(write_articles(tmp_path / "in.jsonl", [article(1), article(2)]), tmp_path / "out",
                CorpusSettings(split="1000,1,1"))
     with pytest.raises(BertpipeError, match="got no document"):
-        summarize([tmp_path / "out"], tmp_path / "stats.json", tmp_path / "stats.html", "1000,1,1")
+        summarize([tmp_path / "out"], tmp_path / "stats.json", tmp_path / "stats.html", tmp_path / "manifest.json",
+                  "1000,1,1")
     assert not (tmp_path / "stats.json").exists()

@@ -24,6 +24,7 @@ from bertpipe.settings import (
     PhaseSettings,
     PretrainSettings,
     SlurmPretrain,
+    SourceSettings,
     TFRecordsSettings,
     TokenizerSettings,
     TrainingSettings,
@@ -55,9 +56,13 @@ COMMANDS = {
                       [(lambda c: c["dump"], DumpSettings, ("mirror",)),
                        (lambda c: c["download"], DownloadSettings, None)]),
     "extract": (["--input", "p.bz2", "--out", "p.jsonl"], [(lambda c: c["extract"], ExtractSettings, None)]),
-    "corpus build": (["--input", "p.jsonl", "--outdir", "c"], [(lambda c: c["corpus"], CorpusSettings, None)]),
-    "corpus summarize": (["c", "--out", "s.json", "--page", "s.html"],
-                         [(lambda c: c["corpus"], CorpusSettings, ("split",))]),
+    "corpus build": (["--input", "p.jsonl", "--outdir", "c"],
+                     [(lambda c: c["corpus"], CorpusSettings, None),
+                      (lambda c: c["source"], SourceSettings, ("format", "text_key", "id_key", "documents",
+                                                               "bad_input"))]),
+    "corpus summarize": (["c", "--out", "s.json", "--page", "s.html", "--manifest", "m.json"],
+                         [(lambda c: c["corpus"], CorpusSettings, ("split",)),
+                          (lambda c: c["source"], SourceSettings, ("format", "name", "license"))]),
     "tokenizer": (["--corpus", "c", "--outdir", "t"], [(lambda c: c["tokenizer"], TokenizerSettings, None)]),
     "tfrecords build": (["--input", "s.jsonl", "--tokenizer", "t", "--out", "r", "--stats", "s"],
                         [(TFRECORDS_PHASE, InstanceSpec, None),
@@ -155,7 +160,7 @@ def test_every_config_setting_reaches_a_command_or_the_workflow():
     """No key that nothing reads: each scalar setting is a flag of some command, or one the workflow itself uses."""
     used_by_workflow = {"results", "resources", "slurm.", "tfrecords.phases", "tfrecords.splits", "pretrain.phases",
                         "pretrain.nodes", "pretrain.nproc_per_node", "mlflow.tracking_uri", "mlflow.experiment",
-                        "tokenizer.threads", "extract.threads"}
+                        "tokenizer.threads", "extract.threads", "source.files", "source.group_mb"}
     flags = {name for _, sections in COMMANDS.values() for _, cls, only in sections for name in taken(cls, only)}
 
     def keys(cls, prefix):

@@ -1,8 +1,9 @@
-# Paths shared by the rules, and what the checkpoints tell: the dump's parts (download_manifest) and each part's
-# corpus shards (corpus).
+# Paths shared by the rules, and what the checkpoints tell: the corpus jobs (the dump's parts, from
+# download_manifest, or groups of your own files) and each job's corpus shards (corpus).
 import json
 from pathlib import Path
 
+from bertpipe import BertpipeError
 from bertpipe.settings import (
     Config,
     CorpusSettings,
@@ -16,11 +17,13 @@ from bertpipe.settings import (
     PhaseSettings,
     PretrainSettings,
     SlurmPretrain,
+    SourceSettings,
     TFRecordsSettings,
     TokenizerSettings,
     TrainingSettings,
 )
 from bertpipe.settings import flags as settings_flags  # a section's values as the flags of its bertpipe command
+from bertpipe.sources import corpus_jobs
 from bertpipe.splits import splits_with_documents
 
 RESULTS = config["results"]
@@ -41,9 +44,23 @@ def dump_parts():
     return sorted(json.loads(Path(manifest).read_text())["parts"])
 
 
+# Your own files (source.format loose_json or plain_text): the corpus jobs and their files, known now, so that a
+# path that is not there stops the run before any job.
+WIKIPEDIA = config["source"]["format"] == "wikipedia"
+try:
+    SOURCE_JOBS = {} if WIKIPEDIA else corpus_jobs(config["source"]["files"], config["source"]["group_mb"])
+except BertpipeError as error:
+    raise WorkflowError(str(error))
+
+
+def corpus_job_names():
+    """The corpus jobs: the dump's parts (runs the manifest checkpoint first), or the groups of your files."""
+    return dump_parts() if WIKIPEDIA else sorted(SOURCE_JOBS)
+
+
 def corpus_parts():
-    """The corpus folder of every dump part."""
-    return [f"{RESULTS}/corpus/parts/{part}" for part in dump_parts()]
+    """The corpus folder of every corpus job."""
+    return [f"{RESULTS}/corpus/parts/{part}" for part in corpus_job_names()]
 
 
 INDEX = "tfrecord.index.npy"  # the record index the tfrecords stage writes beside each file (tfrecord_reader.index_path)
@@ -53,7 +70,7 @@ def tfrecord_files(seq, split, suffix, kind="seq"):
     """`shard-NNNN.<suffix>` of every corpus shard of `split` at sequence length `seq` (runs the corpus checkpoints):
     the recipe's records (`kind` seq), or the common test set's (`kind` common/seq)."""
     files = []
-    for part in dump_parts():
+    for part in corpus_job_names():
         folder = Path(checkpoints.corpus.get(part=part).output[0], split)
         for shard in sorted(folder.glob("shard-*.jsonl")):
             files.append(f"{RESULTS}/tfrecords/{kind}{seq}/{split}/{part}/{shard.stem}.{suffix}")

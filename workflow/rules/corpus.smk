@@ -1,14 +1,37 @@
-# Stage `corpus`: clean, sentence-split, train/valid/test split and shard each part; then add up the stats.
-# A checkpoint: how many shards a part gives is known only after it has run.
+# Stage `corpus`: clean, sentence-split, train/valid/test split and shard each corpus job's documents (a dump part's,
+# or a group of your own files'); then add up the stats and list the input files in the corpus's manifest.
+# A checkpoint: how many shards a job gives is known only after it has run.
+
+
+# A group of your files, listed for its job (`corpus build --input @LIST`): thousands of paths would pass the
+# length a command line may have.
+rule corpus_files:
+    input:
+        lambda wildcards: SOURCE_JOBS[wildcards.part],
+    output:
+        f"{RESULTS}/corpus/files/{{part}}.txt",
+    run:
+        Path(output[0]).write_text("".join(f"{path}\n" for path in input))
+
+
+def corpus_inputs(wildcards):
+    """A dump part's extracted articles, or the list of a group of your files and the files themselves."""
+    if WIKIPEDIA:
+        return {"articles": f"{RESULTS}/extract/{wildcards.part}.jsonl"}
+    return {"listing": f"{RESULTS}/corpus/files/{wildcards.part}.txt", "files": SOURCE_JOBS[wildcards.part]}
 
 
 checkpoint corpus:
     input:
-        f"{RESULTS}/extract/{{part}}.jsonl",
+        unpack(corpus_inputs),
     output:
         directory(f"{RESULTS}/corpus/parts/{{part}}"),
     params:
+        inputs=lambda wildcards, input: shlex.quote(input.articles if WIKIPEDIA else f"@{input.listing}"),
         corpus=settings_flags(CorpusSettings, config["corpus"]),
+        source=settings_flags(
+            SourceSettings, config["source"], only=("format", "text_key", "id_key", "documents", "bad_input")
+        ),
     resources:
         **slurm_job("corpus"),
     conda:
@@ -17,21 +40,26 @@ checkpoint corpus:
         f"{LOGS}/corpus/{{part}}.log",
     shell:
         "bertpipe --log-file {log:q} --run-name 'corpus {wildcards.part}'"
-        " corpus build --input {input:q} --outdir {output:q} {params.corpus} 2> {log:q}"
+        " corpus build --input {params.inputs} --outdir {output:q} {params.corpus} {params.source} 2> {log:q}"
 
 
 rule corpus_stats:
     input:
-        lambda wildcards: corpus_parts(),
+        parts=lambda wildcards: corpus_parts(),
+        dump=f"{DUMP_DIR}/manifest.json" if WIKIPEDIA else [],
     output:
         stats=f"{RESULTS}/corpus/stats.json",
+        manifest=f"{RESULTS}/corpus/manifest.json",
         page=report(f"{RESULTS}/corpus/stats.html", caption="../report/corpus_stats.rst", category="Corpus"),
     params:
         split=settings_flags(CorpusSettings, config["corpus"], only=("split",)),
+        source=settings_flags(SourceSettings, config["source"], only=("format", "name", "license")),
+        dump=lambda wildcards, input: f"--dump-manifest {shlex.quote(input.dump)}" if WIKIPEDIA else "",
     conda:
         "../../envs/corpus.yaml"
     log:
         f"{LOGS}/corpus/stats.log",
     shell:
         "bertpipe --log-file {log:q} --run-name 'corpus stats'"
-        " corpus summarize {input:q} {params.split} --out {output.stats:q} --page {output.page:q} 2> {log:q}"
+        " corpus summarize {input.parts:q} {params.split} {params.source} {params.dump} --out {output.stats:q}"
+        " --manifest {output.manifest:q} --page {output.page:q} 2> {log:q}"

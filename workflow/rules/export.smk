@@ -7,7 +7,6 @@ rule export:
         tokenizer=f"{RESULTS}/tokenizer",
         # The model card's facts.
         done=[f"{RESULTS}/pretrain/phase{number}/done.json" for number in range(1, LAST_PHASE + 1)],
-        manifest=f"{DUMP_DIR}/manifest.json",
         corpus=f"{RESULTS}/corpus/stats.json",
         tfrecords=[f"{RESULTS}/tfrecords/seq{phase['seq_length']}/train/stats.json" for phase in PRETRAIN["phases"]],
         evaluation=f"{RESULTS}/evaluate/metrics.json",
@@ -25,6 +24,6 @@ rule export:
     shell:
         "bertpipe --log-file {log:q} --run-name export"
         " export --checkpoint {params.checkpoints:q} --tokenizer {input.tokenizer:q}"
-        " {params.name} --manifest {input.manifest:q} --corpus-stats {input.corpus:q}"
+        " {params.name} --corpus-stats {input.corpus:q}"
         " --training-done {input.done:q} --tfrecords-stats {input.tfrecords:q} --evaluation {input.evaluation:q}"
         " --out {output:q} 2> {log:q}"

@@ -7,7 +7,7 @@ rule register:
     input:
         model=f"{RESULTS}/export/huggingface",
         evaluation=f"{RESULTS}/evaluate/metrics.json",
-        manifest=f"{DUMP_DIR}/manifest.json",
+        manifest=f"{RESULTS}/corpus/manifest.json",
         tokenizer=f"{RESULTS}/tokenizer",
         train=lambda wildcards: [
             f for phase in PRETRAIN["phases"] for f in tfrecord_files(phase["seq_length"], "train", "tfrecord")

@@ -1,16 +1,18 @@
-"""Stage `corpus`: clean articles, split them into sentences, assign each to train/valid/test, write bounded shards.
+"""Stage `corpus`: clean documents, split them into sentences, assign each to train/valid/test, write bounded shards.
 
-The split follows Megatron's `--split 1000,1,1` (weights normalised to fractions, by document), but a document's
-split is decided by a hash of its id alone, not by its position: reruns, a different order of parts, or parts added
-later never move a document from one split to another. Each dump part is processed on its own (one job per part);
-`summarize` adds up the parts' stats.
+The documents come from a Wikimedia dump's extracted parts or from your own files (`source` settings, sources.py),
+one job per dump part or per group of files. The split follows Megatron's `--split 1000,1,1` (weights normalised to
+fractions, by document), but a document's split is decided by a hash of its id alone (of its text where it has no
+id), not by its position: reruns, a different order of parts, or files added later never move a document from one
+split to another. `summarize` adds up the jobs' stats and writes the corpus's manifest.
 
-Output of one part, `<outdir>/`: `{train,valid,test}/shard-NNNN.jsonl` (one document a line: id, title, url, and
+Output of one job, `<outdir>/`: `{train,valid,test}/shard-NNNN.jsonl` (one document a line: id, title, url, and
 `text` with one sentence a line, the format Megatron's `--loose-json --text-key text` reads) and `stats.json`.
 """
 
 import json
 import logging
+import re
 import unicodedata
 from pathlib import Path
 
@@ -18,25 +20,29 @@ import blingfire
 
 from bertpipe import BertpipeError, settings
 from bertpipe.atomic import atomic_dir, atomic_file
+from bertpipe.hashing import file_hash, hash_of_hashes
 from bertpipe.pages import stats_page
-from bertpipe.settings import CorpusSettings
+from bertpipe.settings import CorpusSettings, SourceSettings
+from bertpipe.sources import BAD_INPUT, BadInput, documents, remedy, text_id
 from bertpipe.splits import SPLITS, parse_split, split_of
 from bertpipe.stages import add_step
 from bertpipe.tracking import Outcome
 
 log = logging.getLogger(__name__)
 
+
 def _zero_counts() -> dict:
     return {name: {"documents": 0, "sentences": 0, "characters": 0, "shards": 0} for name in SPLITS}
 
 
-def sentences_of(text: str, min_paragraph_words: int) -> list:
-    """Sentences of an article, whitespace normalised; paragraphs under `min_paragraph_words` words are dropped
+def sentences_of(text: str, min_paragraph_words: int = 0, blank_line_paragraphs: bool = False) -> list:
+    """Sentences of a document, whitespace normalised. Paragraphs are its lines (WikiExtractor's), or (for your own
+    text, often wrapped) runs of lines between blank lines; paragraphs under `min_paragraph_words` words are dropped
     (WikiExtractor keeps section headings such as "Early life." as paragraphs of their own)."""
     sentences = []
-    for paragraph in text.split("\n"):
+    for paragraph in re.split(r"\n\s*\n", text) if blank_line_paragraphs else text.split("\n"):
         words = unicodedata.normalize("NFC", paragraph).split()
-        if len(words) < min_paragraph_words:
+        if not words or len(words) < min_paragraph_words:
             continue
         sentences.extend(s for s in blingfire.text_to_sentences(" ".join(words)).split("\n") if s)
     return sentences
@@ -65,62 +71,50 @@ class _ShardWriter:
             self.file = None
 
 
-def _records(path: Path):
-    # Bytes, decoded a line at a time: a text file's reader decodes ahead in blocks, and its error names no line.
-    with open(path, "rb") as f:
-        for line_number, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise BertpipeError(
-                    f"{path}, line {line_number}: not UTF-8 (byte {error.start + 1} of the line); the file is "
-                    "damaged: rerun its extraction (snakemake --forcerun extract)"
-                ) from None
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str) or "id" not in record:
-                    raise ValueError("not an object with 'id' and a string 'text'")
-            except ValueError as error:
-                raise BertpipeError(
-                    f"{path}, line {line_number}: malformed record ({error}); the file is damaged or not "
-                    "WikiExtractor --json output: rerun its extraction (snakemake --forcerun extract)"
-                ) from None
-            yield record
-
-
-def build_part(articles, outdir, settings) -> dict:
-    """Clean, sentence-split and shard one part's articles (loose JSON) into `outdir` with `settings`
-    (settings.CorpusSettings); returns its stats."""
-    articles, outdir = Path(articles), Path(outdir)
-    split, min_chars, min_paragraph_words = settings.split, settings.min_chars, settings.min_paragraph_words
+def build_part(inputs, outdir, settings, source=SourceSettings()) -> dict:
+    """Clean, sentence-split and shard the documents of the files `inputs` (a path, or a list) into `outdir` with
+    `settings` (settings.CorpusSettings) and `source` (settings.SourceSettings: the files' format and what to do with
+    bad input); returns its stats."""
+    inputs = [Path(path) for path in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
+    outdir, wikipedia = Path(outdir), source.format == "wikipedia"
+    split, min_chars = settings.split, settings.min_chars
+    min_paragraph_words = settings.min_paragraph_words if wikipedia else 0  # the headings rule is WikiExtractor's
     shard_max_bytes = int(settings.shard_max_mb * 2**20)
     fractions = parse_split(split)
+    bad = BadInput(source.bad_input == "skip", remedy(source))
     stats = {
-        "input": str(articles),
+        "inputs": len(inputs),
         "split": split,
         "documents_in": 0,
         "documents_dropped": 0,
         "splits": _zero_counts(),
+        "bad_input": bad.counts,
+        "files": [],
     }
     with atomic_dir(outdir) as temp:
         writers = {name: _ShardWriter(temp / name, shard_max_bytes) for name in SPLITS}
         try:
-            for record in _records(articles):
-                stats["documents_in"] += 1
-                sentences = sentences_of(record["text"], min_paragraph_words)
-                characters = sum(len(s) for s in sentences)
-                if characters < min_chars:
-                    stats["documents_dropped"] += 1
-                    continue
-                doc_id = str(record["id"])
-                name = split_of(doc_id, fractions)
-                document = {"id": doc_id, "title": record.get("title", ""), "url": record.get("url", ""),
-                            "text": "\n".join(sentences)}
-                writers[name].write(json.dumps(document, ensure_ascii=False) + "\n")
-                counts = stats["splits"][name]
-                counts["documents"] += 1
-                counts["sentences"] += len(sentences)
-                counts["characters"] += characters
+            for path in inputs:
+                documents_before = stats["documents_in"]
+                for doc_id, text, record in documents(path, source, bad):
+                    stats["documents_in"] += 1
+                    sentences = sentences_of(text, min_paragraph_words, blank_line_paragraphs=not wikipedia)
+                    characters = sum(len(s) for s in sentences)
+                    if characters < min_chars:
+                        stats["documents_dropped"] += 1
+                        continue
+                    cleaned = "\n".join(sentences)
+                    doc_id = doc_id if doc_id is not None else text_id(cleaned)
+                    name = split_of(doc_id, fractions)
+                    document = {"id": doc_id, "title": str(record.get("title", "")), "url": str(record.get("url", "")),
+                                "text": cleaned}
+                    writers[name].write(json.dumps(document, ensure_ascii=False) + "\n")
+                    counts = stats["splits"][name]
+                    counts["documents"] += 1
+                    counts["sentences"] += len(sentences)
+                    counts["characters"] += characters
+                stats["files"].append({"path": str(path), "bytes": path.stat().st_size, "blake2b": file_hash(path),
+                                       "documents": stats["documents_in"] - documents_before})
         finally:
             for writer in writers.values():
                 writer.close()
@@ -131,26 +125,50 @@ def build_part(articles, outdir, settings) -> dict:
     return stats
 
 
-def summarize(part_dirs, out, page, split: str) -> dict:
-    """Add up the parts' stats into `out` (JSON) and `page` (HTML tables, for the report); fail if a split with a
-    positive weight got no document."""
+def corpus_name(source) -> str:
+    """What the model card and MLflow call the corpus: `source.name`, else its format."""
+    return source.name or ("Wikipedia" if source.format == "wikipedia" else f"your {source.format} files")
+
+
+def summarize(part_dirs, out, page, manifest, split: str, source=SourceSettings(), dump_manifest=None) -> dict:
+    """Add up the jobs' stats into `out` (JSON) and `page` (HTML tables, for the report), and list the input files
+    with their sizes and hashes in `manifest` (JSON), with the corpus's content hash (hashing.content_hash of the
+    files in path order) and, for Wikipedia, the dump (`dump_manifest`, the download stage's); fail if a split with
+    a positive weight got no document."""
     fractions = parse_split(split)
+    described = {"format": source.format, "name": corpus_name(source), "license": source.license}
+    if dump_manifest:
+        dump = json.loads(Path(dump_manifest).read_text())
+        described.update(name=source.name or f"Wikipedia {dump['wiki']} {dump['date']}",
+                         license=source.license or "cc-by-sa-4.0", dump=f"{dump['wiki']}/{dump['date']}")
     total = {
+        "source": described,
         "split": split,
         "parts": len(part_dirs),
+        "files": 0,
+        "bytes": 0,
         "documents_in": 0,
         "documents_dropped": 0,
         "splits": _zero_counts(),
+        "bad_input": dict.fromkeys(BAD_INPUT, 0),
     }
+    files = []
     for folder in part_dirs:
         stats = json.loads((Path(folder) / "stats.json").read_text())
-        if stats["split"] != split:
-            raise BertpipeError(f"{folder}: built with split {stats['split']!r}, not {split!r}; rerun corpus")
+        if stats["split"] != split or "files" not in stats:
+            raise BertpipeError(f"{folder}: built with split {stats['split']!r}, not {split!r}, or by an older "
+                                "bertpipe; rerun corpus (snakemake --forcerun corpus)")
         total["documents_in"] += stats["documents_in"]
         total["documents_dropped"] += stats["documents_dropped"]
         for name in SPLITS:
             for key, value in stats["splits"][name].items():
                 total["splits"][name][key] += value
+        for kind in BAD_INPUT:
+            total["bad_input"][kind] += stats["bad_input"][kind]
+        files += stats["files"]
+    files.sort(key=lambda file: file["path"])
+    total["files"], total["bytes"] = len(files), sum(file["bytes"] for file in files)
+    total["corpus_hash"] = hash_of_hashes(file["blake2b"] for file in files)
     documents = sum(s["documents"] for s in total["splits"].values())
     for name, fraction in zip(SPLITS, fractions):
         if fraction > 0 and total["splits"][name]["documents"] == 0:
@@ -159,9 +177,13 @@ def summarize(part_dirs, out, page, split: str) -> dict:
                 f"(expected about {fraction * documents:.1f}); "
                 "give it a larger weight in corpus.split or use more data"
             )
+    with atomic_file(manifest) as temp:
+        temp.write_text(json.dumps({"source": total["source"], "corpus_hash": total["corpus_hash"],
+                                    "files": files}, indent=2) + "\n")
     with atomic_file(page) as temp:
-        temp.write_text(stats_page("The corpus", f"Documents read and dropped over {len(part_dirs)} dump parts, "
-                                                 f"and each split's size (corpus.split {split}).", total))
+        temp.write_text(stats_page(f"The corpus: {total['source']['name']}",
+                                   f"Documents read and dropped from {len(files)} files in {len(part_dirs)} corpus "
+                                   f"jobs, and each split's size (corpus.split {split}).", total))
     with atomic_file(out) as temp:
         temp.write_text(json.dumps(total, indent=2) + "\n")
     return total
@@ -170,25 +192,43 @@ def summarize(part_dirs, out, page, split: str) -> dict:
 def add_arguments(parser) -> None:
     steps = parser.add_subparsers(dest="step", required=True)
 
-    build = add_step(steps, "build", "one part's articles into split shards")
-    build.add_argument("--input", required=True, help="loose JSON articles of one part")
+    # `--input @FILE` reads the inputs from FILE, a path a line: a group of small files can be thousands of paths.
+    build = add_step(steps, "build", "one job's input files into split shards", fromfile_prefix_chars="@")
+    build.add_argument("--input", nargs="+", required=True,
+                       help="the input files (WikiExtractor's JSON of a dump part, or your own files), or @FILE: "
+                            "those FILE lists, one a line")
     build.add_argument("--outdir", required=True)
     settings.add_arguments(build, CorpusSettings)
-    build.set_defaults(run=run_build, label="input", inputs=("input",))
+    settings.add_arguments(build, SourceSettings, only=BUILD_SOURCE_SETTINGS)
+    build.set_defaults(run=run_build, label="outdir", inputs=("input",))
 
-    summary = add_step(steps, "summarize", "add up the parts' stats")
-    summary.add_argument("parts", nargs="+", help="the parts' corpus folders")
+    summary = add_step(steps, "summarize", "add up the jobs' stats; the corpus's manifest")
+    summary.add_argument("parts", nargs="+", help="the jobs' corpus folders")
     settings.add_arguments(summary, CorpusSettings, only=("split",))
+    settings.add_arguments(summary, SourceSettings, only=SUMMARY_SOURCE_SETTINGS)
     summary.add_argument("--out", required=True, help="the stats (JSON)")
     summary.add_argument("--page", required=True, help="the stats as tables (HTML), for the report")
-    summary.set_defaults(run=run_summarize, label="out", inputs=("parts",))
+    summary.add_argument("--manifest", required=True, help="the input files with their sizes and hashes (JSON)")
+    summary.add_argument("--dump-manifest", help="Wikipedia: the download stage's manifest.json (the dump)")
+    summary.set_defaults(run=run_summarize, label="out", inputs=())
+
+
+# The source settings each step takes (the rules pass these).
+BUILD_SOURCE_SETTINGS = ("format", "text_key", "id_key", "documents", "bad_input")
+SUMMARY_SOURCE_SETTINGS = ("format", "name", "license")
 
 
 def run_build(args, _) -> Outcome:
-    stats = build_part(args.input, args.outdir, settings.from_args(CorpusSettings, args))
+    source = settings.from_args(SourceSettings, args, only=BUILD_SOURCE_SETTINGS)
+    stats = build_part(args.input, args.outdir, settings.from_args(CorpusSettings, args), source)
     return Outcome(metrics=stats, artifacts=[(Path(args.outdir) / "stats.json", None)])
 
 
-def run_summarize(args, _) -> Outcome:
-    return Outcome(metrics=summarize(args.parts, args.out, args.page, args.split),
-                   artifacts=[(args.out, None), (args.page, None)])
+def run_summarize(args, tracking_run) -> Outcome:
+    source = settings.from_args(SourceSettings, args, only=SUMMARY_SOURCE_SETTINGS)
+    total = summarize(args.parts, args.out, args.page, args.manifest, args.split, source, args.dump_manifest)
+    # The corpus as one MLflow dataset: its input files, digested as their content hash.
+    files = [file["path"] for file in json.loads(Path(args.manifest).read_text())["files"]]
+    tracking_run.log_inputs({"corpus": (files, total["corpus_hash"], total["documents_in"], None)})
+    return Outcome(metrics=total, tags={"corpus_hash": total["corpus_hash"]},
+                   artifacts=[(args.out, None), (args.page, None), (args.manifest, None)])

@@ -60,22 +60,27 @@ def fast_tokenizer(folder, token_types: bool = True):
 
 def model_card(summary: dict, model_config: dict, facts: dict) -> str:
     """`README.md` of the exported folder in HuggingFace's model-card layout (a YAML metadata header, then the
-    sections): `facts` are what the pipeline knows of the model, each optional: "dump" (the manifest), "corpus"
-    (corpus stats), "phases" (each phase's done file), "tfrecords" (the phases' train TFRecord stats), "evaluation"
-    (evaluate's metrics), "lineage" (content hashes and commit), "name"."""
+    sections): `facts` are what the pipeline knows of the model, each optional: "corpus" (corpus stats: the source,
+    its files, documents and splits), "phases" (each phase's done file), "tfrecords" (the phases' train TFRecord
+    stats), "evaluation" (evaluate's metrics), "lineage" (content hashes and commit), "name"."""
     import yaml
 
-    dump, corpus, evaluation = facts.get("dump"), facts.get("corpus"), facts.get("evaluation")
+    corpus, evaluation = facts.get("corpus"), facts.get("evaluation")
+    source = (corpus or {}).get("source") or {}
+    wikipedia = source.get("format", "wikipedia") == "wikipedia"
+    corpus_name = source.get("name") or ("English Wikipedia" if wikipedia else "its corpus")
     name = facts.get("name") or "bertpipe-bert"
     modern = summary.get("recipe") == "modern"
-    metadata = {"language": ["en"], "license": "cc-by-sa-4.0", "library_name": "transformers",
-                "pipeline_tag": "fill-mask", "tags": ["modernbert" if modern else "bert", "fill-mask", "bertpipe"],
-                "datasets": ["wikipedia"]}
+    metadata = {"language": ["en"], "license": source.get("license") or ("cc-by-sa-4.0" if wikipedia else "other"),
+                "library_name": "transformers", "pipeline_tag": "fill-mask",
+                "tags": ["modernbert" if modern else "bert", "fill-mask", "bertpipe"]}
+    if wikipedia:
+        metadata["datasets"] = ["wikipedia"]
     if evaluation:
         metadata["model-index"] = [{"name": name, "results": [{
             "task": {"type": "fill-mask", "name": "masked language modelling"},
-            "dataset": {"type": "wikipedia", "name": f"Wikipedia {dump['wiki']} {dump['date']}, test split" if dump
-                        else "Wikipedia, test split"},
+            "dataset": {"type": "wikipedia" if wikipedia else source.get("format", "text"),
+                        "name": f"{corpus_name}, test split"},
             "metrics": [{"type": "perplexity", "value": round(evaluation["test_perplexity"], 4)},
                         {"type": "accuracy", "name": "masked-LM accuracy",
                          "value": round(evaluation["test_mlm_accuracy"], 4)}] + (
@@ -84,20 +89,34 @@ def model_card(summary: dict, model_config: dict, facts: dict) -> str:
                 else [])}]}]
     unknown = "not recorded (exported outside the workflow)"
     lines = ["---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "", f"# {name}", "",
-             ("ModernBERT (masked-LM head) pretrained from scratch on packed sequences of English Wikipedia, masks "
+             (f"ModernBERT (masked-LM head) pretrained from scratch on packed sequences of {corpus_name}, masks "
               "drawn as it trained, " if modern else
-              "BERT (masked-LM and next-sentence heads) pretrained from scratch on English Wikipedia ")
+              f"BERT (masked-LM and next-sentence heads) pretrained from scratch on {corpus_name} ")
              + f"by bertpipe, step {summary['step']} of `{summary['checkpoint']}`.", "", "## Data", ""]
-    if dump and corpus:
-        splits = corpus["splits"]
-        lines += [f"- Wikimedia dump `{dump['wiki']}` of {dump['date']}: {len(dump['parts'])} parts, "
-                  f"{corpus['documents_in']:,} articles ({corpus['documents_dropped']:,} dropped as too short).",
-                  "- Split " + ", ".join(f"{split} {splits[split]['documents']:,} articles "
-                                         f"({splits[split]['sentences']:,} sentences)" for split in splits)
-                  + f" by a hash of each article's id (weights {corpus['split']})."]
+    if corpus:
+        splits, unit = corpus["splits"], "articles" if wikipedia else "documents"
+        dropped = f"{corpus['documents_dropped']:,} dropped as too short"
+        bad = {kind: count for kind, count in (corpus.get("bad_input") or {}).items() if count}
+        if bad:
+            dropped += "; bad input left out: " + ", ".join(f"{count:,} {kind}" for kind, count in bad.items())
+        tokens = _train_tokens(facts.get("tfrecords") or [])
+        if "dump" in source:
+            lines.append(f"- Wikimedia dump `{source['dump']}`: {corpus['parts']} parts, "
+                         f"{corpus['documents_in']:,} articles ({dropped}){tokens}.")
+        else:
+            lines.append(f"- {corpus_name} (source.format {source.get('format')}): {corpus['files']:,} files, "
+                         f"{corpus['bytes'] / 2**20:,.1f} MB, {corpus['documents_in']:,} documents ({dropped})"
+                         f"{tokens}.")
+        lines.append("- Split " + ", ".join(f"{split} {splits[split]['documents']:,} {unit} "
+                                            f"({splits[split]['sentences']:,} sentences)" for split in splits)
+                     + f" by a hash of each document's id (weights {corpus['split']}).")
     else:
-        lines.append(f"- Dump and corpus: {unknown}.")
+        lines.append(f"- Corpus: {unknown}.")
+    lengths = {}  # phases of the same length train on the same records: said once
     for records in facts.get("tfrecords") or []:
+        shard = records["per_shard"][0]
+        lengths.setdefault(shard["spec"]["seq_length"] if "spec" in shard else shard["seq_length"], records)
+    for records in lengths.values():
         shard = records["per_shard"][0]  # the same settings in every shard of a length
         if "spec" in shard:
             lines.append(f"- Sequence length {shard['spec']['seq_length']}: {records['instances']:,} training "
@@ -106,8 +125,10 @@ def model_card(summary: dict, model_config: dict, facts: dict) -> str:
         else:
             lines.append(f"- Sequence length {shard['seq_length']}: {records['instances']:,} packed sequences, "
                          f"{records['real_tokens']:,} tokens of text (masked anew in every epoch).")
-    lines += ["- Licence: Wikipedia's text is CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/); "
-              "this model is shared under the same licence.", "", "## Tokenizer", "",
+    lines += [("- Licence: Wikipedia's text is CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/); "
+               "this model is shared under the same licence." if wikipedia else
+               f"- Licence of the corpus: {source.get('license') or 'not stated (config source.license)'}; the "
+               "model's terms follow from it."), "", "## Tokenizer", "",
               f"{summary['tokenizer']}, {summary['vocab_size']:,} tokens, trained on the train split "
               "(`tokenizer.json` here, a HuggingFace fast tokenizer).", "", "## Architecture", "",
               "| setting | value |", "|---|---|"]
@@ -153,10 +174,23 @@ def model_card(summary: dict, model_config: dict, facts: dict) -> str:
               "- Pretrained only: fine-tune it before using it for a task"
               + ("." if modern else "; its next-sentence head is BERT's pretraining objective, not a classifier to "
                  "trust."),
-              "- English Wikipedia only, as of the dump's date: its topics, its style and its biases, nothing later.",
+              ("- English Wikipedia only, as of the dump's date: its topics, its style and its biases, nothing later."
+               if wikipedia else f"- {corpus_name} only: its topics, its style and its biases."),
               "- A model trained on a small sample (the bundled demo) has learnt little beyond token frequencies: "
               "look at the evaluation above before using it."]
     return "\n".join(lines) + "\n"
+
+
+def _train_tokens(tfrecords: list) -> str:
+    """", N tokens in the train split" from the first phase's train TFRecord stats (bert2019's hold the text
+    dupe_factor times over, with its special tokens: about); "" without them."""
+    if not tfrecords:
+        return ""
+    records = tfrecords[0]
+    spec = records["per_shard"][0].get("spec")
+    if spec is None:
+        return f", {records['real_tokens']:,} tokens in the train split"
+    return f", about {records['real_tokens'] // spec['dupe_factor']:,} tokens in the train split"
 
 
 # What loading the folder needs, pinned to what wrote it (the registered model's requirements.txt, register.py).
@@ -205,8 +239,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="the transformers folder to write")
     card = parser.add_argument_group("the model card's facts (the workflow gives them all; each is optional)")
     settings.add_arguments(card, MlflowSettings, only=("registered_model",))
-    card.add_argument("--manifest", help="the download stage's manifest.json (the dump)")
-    card.add_argument("--corpus-stats", help="the corpus stage's stats.json (articles and splits)")
+    card.add_argument("--corpus-stats", help="the corpus stage's stats.json (the source, documents and splits)")
     card.add_argument("--training-done", nargs="+", help="each phase's done.json, in order")
     card.add_argument("--tfrecords-stats", nargs="+", help="each phase's train TFRecords stats.json, in order")
     card.add_argument("--evaluation", help="the evaluate stage's metrics.json")
@@ -231,10 +264,12 @@ def card_facts(args) -> dict:
                                 "writes it, or leave the flag out") from None
 
     phases = [read(path) for path in args.training_done or []]
-    return {"name": args.registered_model, "dump": read(args.manifest), "corpus": read(args.corpus_stats),
+    corpus = read(args.corpus_stats)
+    return {"name": args.registered_model, "corpus": corpus,
             "evaluation": read(args.evaluation), "phases": phases,
             "tfrecords": [read(path) for path in args.tfrecords_stats or []],
-            "lineage": {"tokenizer content hash": content_hash(args.tokenizer),
+            "lineage": {**({"corpus content hash": corpus["corpus_hash"]} if corpus else {}),
+                        "tokenizer content hash": content_hash(args.tokenizer),
                         **({"code commit": args.git_commit} if args.git_commit else {}),
                         **({"training runs (MLflow)": ", ".join(str(p["mlflow_run_id"]) for p in phases)}
                            if phases else {})}}

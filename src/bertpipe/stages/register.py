@@ -37,12 +37,14 @@ MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # a LoggedModel's registered versio
 
 
 def lineage(manifest, tokenizer_dir, train_data, training_done, commit: str = None) -> dict:
-    """Where the model comes from: the dump, the tokenizer's and the training data's content hashes, the training
-    runs (one per phase) and the code's commit."""
-    dump = json.loads(Path(manifest).read_text())
+    """Where the model comes from: the corpus (its name, content hash and, for Wikipedia, the dump), the
+    tokenizer's and the training data's content hashes, the training runs (one per phase) and the code's commit."""
+    corpus = json.loads(Path(manifest).read_text())
     phases = [json.loads(Path(done).read_text()) for done in training_done]
-    return {"dump": f"{dump['wiki']}/{dump['date']}", "tokenizer_hash": content_hash(tokenizer_dir),
-            "train_data_hash": content_hash(*train_data), "final_step": phases[-1]["step"],
+    return {"corpus": corpus["source"]["name"], "corpus_hash": corpus["corpus_hash"],
+            **({"dump": corpus["source"]["dump"]} if "dump" in corpus["source"] else {}),
+            "tokenizer_hash": content_hash(tokenizer_dir), "train_data_hash": content_hash(*train_data),
+            "final_step": phases[-1]["step"],
             "training_run_ids": ",".join(str(phase.get("mlflow_run_id")) for phase in phases),
             "git_commit": commit or "unknown"}
 
@@ -187,7 +189,7 @@ def add_arguments(parser) -> None:
     settings.add_arguments(parser, MlflowSettings, only=("registered_model", "registered_alias",
                                                          "upload_timeout_seconds"))
     parser.add_argument("--evaluation", required=True, help="the evaluate stage's metrics")
-    parser.add_argument("--manifest", required=True, help="the dump's manifest.json (lineage)")
+    parser.add_argument("--manifest", required=True, help="the corpus stage's manifest.json (lineage)")
     parser.add_argument("--tokenizer", required=True, help="the tokenizer stage's folder (lineage)")
     parser.add_argument("--train-data", nargs="+", required=True, help="the TFRecords trained on (lineage)")
     parser.add_argument("--training-done", nargs="+", required=True, help="each phase's done.json (lineage)")

@@ -1,0 +1,205 @@
+"""Your own corpus: which files and jobs (`source.files`, `source.group_mb`), the documents of loose JSON and plain
+text, each kind of bad input stopped with its file and line or skipped and counted, and the corpus's manifest."""
+
+import json
+import os
+import random
+import re
+
+import pytest
+
+from bertpipe import BertpipeError
+from bertpipe.hashing import content_hash
+from bertpipe.settings import CorpusSettings, SourceSettings
+from bertpipe.sources import corpus_jobs, input_files
+from bertpipe.stages.corpus import build_part, summarize
+
+SENTENCE = "The committee met on Tuesday to discuss the budget for the coming year."
+LOOSE_JSON = SourceSettings(format="loose_json", files=["x"])
+SKIP = SourceSettings(format="loose_json", files=["x"], bad_input="skip")
+ANY_LENGTH = CorpusSettings(split="1", min_chars=0)
+
+
+def write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def json_lines(*records):
+    return "".join(json.dumps(record) + "\n" for record in records)
+
+
+def shard_documents(outdir):
+    return [json.loads(line) for shard in sorted(outdir.glob("*/shard-*.jsonl")) for line in shard.open()]
+
+
+# -- which files, which jobs -------------------------------------------------------------------------------------
+def test_paths_and_patterns_name_each_file_once_in_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("a/1.jsonl", "a/2.jsonl", "a/deep/3.jsonl", "b.jsonl", "a/notes.txt"):
+        write(tmp_path / name, "{}\n")
+    assert input_files(["a/**/*.jsonl", "b.jsonl", "a/1.jsonl"]) == ["a/1.jsonl", "a/2.jsonl", "a/deep/3.jsonl",
+                                                                   "b.jsonl"]
+    assert input_files([str(tmp_path / "a/*.jsonl")]) == [str(tmp_path / "a/1.jsonl"), str(tmp_path / "a/2.jsonl")]
+
+
+@pytest.mark.parametrize("missing", ["no-such.jsonl", "a/*.json", "nowhere/**/*.jsonl"])
+def test_a_path_or_pattern_that_names_no_file_is_an_error_naming_it(tmp_path, monkeypatch, missing):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "a/1.jsonl", "{}\n")
+    with pytest.raises(BertpipeError, match=rf"source.files: '{re.escape(missing)}'.*(no such file|matches no file)"):
+        input_files(["a/1.jsonl", missing])
+
+
+def corpus_of(folder, sizes):
+    """Files of the given sizes, named in path order."""
+    for index, size in enumerate(sizes):
+        write(folder / f"f{index:05d}.txt", b"x" * size)
+    return [str(folder / "*.txt")]
+
+
+def test_a_file_a_job_with_group_mb_0_and_for_each_file_of_at_least_group_mb(tmp_path):
+    patterns = corpus_of(tmp_path, [10, 2**20, 30])
+    assert sorted(map(len, corpus_jobs(patterns, 0).values())) == [1, 1, 1]
+    jobs = corpus_jobs(patterns, 1)  # the 1 MB file alone; the two small ones together (a 1-in-30000 boundary)
+    assert sorted(jobs.values()) == [[str(tmp_path / "f00000.txt"), str(tmp_path / "f00002.txt")],
+                                     [str(tmp_path / "f00001.txt")]]
+    assert all(name.startswith(os.path.basename(files[0])) for name, files in jobs.items())
+
+
+def test_small_files_make_groups_of_about_group_mb(tmp_path):
+    sizes = [random.Random(index).randint(1_000, 20_000) for index in range(3000)]
+    jobs = corpus_jobs(corpus_of(tmp_path, sizes), 0.5)
+    group_bytes = [sum(os.path.getsize(path) for path in files) for files in jobs.values()]
+    assert sum(group_bytes) == sum(sizes) and sorted(sum(jobs.values(), [])) == sorted(
+        str(path) for path in tmp_path.glob("*.txt"))
+    assert 0.5 * 2**20 / 2 < sum(group_bytes) / len(group_bytes) < 0.5 * 2**20 * 2, group_bytes
+
+
+def test_adding_a_file_changes_its_own_group_only(tmp_path):
+    """Whichever file is added: the jobs of every other group keep their names and files; only the group the new
+    file joins changes (split in two where the new file ends a group)."""
+    sizes = [random.Random(index).randint(1_000, 20_000) for index in range(400)]
+    patterns = corpus_of(tmp_path, sizes)
+    before = corpus_jobs(patterns, 0.2)
+    assert len(before) > 10
+    for trial in range(40):
+        added = tmp_path / f"f{random.Random(trial).randint(0, 400):05d}-new{trial}.txt"
+        write(added, b"y" * random.Random(trial).randint(1_000, 20_000))
+        after = corpus_jobs(patterns, 0.2)
+        added.unlink()
+        joined = next(files for files in before.values() if files[-1] > str(added)) if str(added) < max(
+            sum(before.values(), [])) else list(before.values())[-1]
+        changed = {name: files for name, files in after.items() if before.get(name) != files}
+        assert str(added) in sum(changed.values(), [])
+        assert sorted(sum(changed.values(), [])) == sorted(joined + [str(added)]), trial
+        assert {name for name in before if after.get(name) != before[name]} <= {
+            name for name, files in before.items() if files == joined}
+
+
+# -- documents -----------------------------------------------------------------------------------------------------
+def test_loose_json_takes_the_text_and_id_keys_and_splits_a_record_without_id_by_its_text(tmp_path):
+    text = " ".join([SENTENCE] * 3)
+    source = write(tmp_path / "in.jsonl", json_lines({"key": "a1", "body": text, "extra": 1}, {"body": text},
+                                                     {"key": None, "body": text}) + "\n")
+    stats = build_part(source, tmp_path / "out", ANY_LENGTH,
+                       SourceSettings(format="loose_json", files=["x"], text_key="body", id_key="key"))
+    documents = shard_documents(tmp_path / "out")
+    assert [d["id"] for d in documents][0] == "a1" and documents[1]["id"] == documents[2]["id"] != "a1"
+    assert documents[1]["id"].startswith("text-") and stats["documents_in"] == 3
+    assert all(d["text"].split("\n") == [SENTENCE] * 3 for d in documents)
+
+
+def test_own_text_keeps_short_paragraphs_and_joins_wrapped_lines(tmp_path):
+    """WikiExtractor's headings rule is Wikipedia's: your paragraphs are runs of lines between blank lines."""
+    text = "Summary\n\nThe committee met on Tuesday\nto discuss the budget.   It agreed.\n \nNext steps."
+    build_part(write(tmp_path / "in.jsonl", json_lines({"id": "1", "text": text})), tmp_path / "out", ANY_LENGTH,
+               LOOSE_JSON)
+    (document,) = shard_documents(tmp_path / "out")
+    assert document["text"].split("\n") == ["Summary", "The committee met on Tuesday to discuss the budget.",
+                                            "It agreed.", "Next steps."]
+
+
+@pytest.mark.parametrize("documents, expected", [
+    ("file", [["First one.", "Second one.", "Third one."], ["Only one here."]]),
+    ("blank_line", [["First one."], ["Second one."], ["Third one."], ["Only one here."]])])
+def test_plain_text_is_a_document_a_file_or_a_document_a_blank_line(tmp_path, documents, expected):
+    files = [write(tmp_path / "a.txt", "First one.\n\n\nSecond one.\n\nThird one.\n"),
+             write(tmp_path / "b.txt", "Only one here.")]
+    stats = build_part(files, tmp_path / "out", ANY_LENGTH,
+                       SourceSettings(format="plain_text", files=["x"], documents=documents))
+    assert sorted(d["text"].split("\n") for d in shard_documents(tmp_path / "out")) == sorted(expected)
+    assert [(f["path"], f["documents"]) for f in stats["files"]] == [
+        (str(files[0]), len(expected) - 1), (str(files[1]), 1)]
+
+
+# -- bad input -----------------------------------------------------------------------------------------------------
+GOOD = json_lines({"id": "1", "text": SENTENCE}, {"id": "2", "text": SENTENCE})
+BAD_JSON = {
+    "not_json": (GOOD + '{"id": "3", "text": "unfinished\n', ", line 3: not JSON"),
+    "not_json ": (GOOD + "[1, 2]\n", ", line 3: a JSON list, not an object"),
+    "no_text": (GOOD + '{"id": "3", "body": "x"}\n', ", line 3: no text \\(a string under 'text'\\)"),
+    "no_text ": (GOOD + '{"id": "3", "text": 5}\n', ", line 3: no text"),
+    "not_utf8": (GOOD.encode() + b'{"id": "3", "text": "caf\xe9"}\n', r", line 3: not UTF-8 \(byte 25 of the line\)"),
+    "empty_files": ("\n\n", ": an empty file"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_JSON)
+def test_bad_loose_json_stops_naming_file_and_line_and_leaves_no_output(tmp_path, case):
+    data, message = BAD_JSON[case]
+    source = write(tmp_path / "in.jsonl", data)
+    with pytest.raises(BertpipeError, match=rf"{source}{message}.*source.bad_input to skip"):
+        build_part([write(tmp_path / "good.jsonl", GOOD), source], tmp_path / "out", ANY_LENGTH, LOOSE_JSON)
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl",
+                                                                                               "in.jsonl"]
+
+
+@pytest.mark.parametrize("case", BAD_JSON)
+def test_bad_loose_json_skipped_is_counted(tmp_path, case):
+    data, _ = BAD_JSON[case]
+    stats = build_part([write(tmp_path / "good.jsonl", GOOD), write(tmp_path / "in.jsonl", data)],
+                       tmp_path / "out", ANY_LENGTH, SKIP)
+    kind = case.strip()
+    assert stats["bad_input"] == {"not_json": 0, "no_text": 0, "not_utf8": 0, "empty_files": 0} | {kind: 1}
+    assert stats["documents_in"] == (2 if kind == "empty_files" else 4)
+    assert len(shard_documents(tmp_path / "out")) == stats["documents_in"]
+
+
+@pytest.mark.parametrize("documents", ["file", "blank_line"])
+def test_plain_text_not_utf8_stops_naming_the_line_or_skips_its_document(tmp_path, documents):
+    source = write(tmp_path / "in.txt", b"A good one.\n\nA bad \xff one.\nstill bad.\n\nAnother good one.\n")
+    settings = SourceSettings(format="plain_text", files=["x"], documents=documents)
+    with pytest.raises(BertpipeError, match=rf"{source}, line 3: not UTF-8 \(byte 7 of the line\)"):
+        build_part(source, tmp_path / "stopped", ANY_LENGTH, settings)
+    stats = build_part([source, write(tmp_path / "empty.txt", " \n")], tmp_path / "out", ANY_LENGTH,
+                       SourceSettings(format="plain_text", files=["x"], documents=documents, bad_input="skip"))
+    assert stats["bad_input"] == {"not_json": 0, "no_text": 0, "not_utf8": 1, "empty_files": 1}
+    kept = sorted(d["text"] for d in shard_documents(tmp_path / "out"))
+    assert kept == ([] if documents == "file" else ["A good one.", "Another good one."])
+
+
+# -- the manifest ------------------------------------------------------------------------------------------------
+def test_the_manifest_lists_every_file_and_the_corpus_hash_is_their_content_hash(tmp_path):
+    files = [write(tmp_path / f"in/{name}.jsonl", json_lines(*({"id": f"{name}{n}", "text": SENTENCE}
+                                                              for n in range(30)))) for name in "cab"]
+    settings = CorpusSettings(split="8,1,1", min_chars=0)
+    build_part(files[:2], tmp_path / "job1", settings, LOOSE_JSON)
+    build_part(files[2:], tmp_path / "job2", settings, LOOSE_JSON)
+    source = SourceSettings(format="loose_json", files=["x"], name="Meeting notes", license="cc-by-4.0")
+    total = summarize([tmp_path / "job1", tmp_path / "job2"], tmp_path / "stats.json", tmp_path / "stats.html",
+                      tmp_path / "manifest.json", "8,1,1", source)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    ordered = sorted(files)
+    assert [(f["path"], f["bytes"], f["documents"]) for f in manifest["files"]] == [
+        (str(path), path.stat().st_size, 30) for path in ordered]
+    assert manifest["corpus_hash"] == total["corpus_hash"] == content_hash(*ordered)
+    assert manifest["source"] == total["source"] == {"format": "loose_json", "name": "Meeting notes",
+                                                     "license": "cc-by-4.0"}
+    assert (total["files"], total["documents_in"]) == (3, 90)
+    files[0].write_text(json_lines({"id": "c0", "text": SENTENCE + " Changed."}))
+    build_part(files[:2], tmp_path / "job1", settings, LOOSE_JSON)
+    again = summarize([tmp_path / "job1", tmp_path / "job2"], tmp_path / "stats.json", tmp_path / "stats.html",
+                      tmp_path / "manifest.json", "8,1,1", source)
+    assert again["corpus_hash"] != total["corpus_hash"], "a changed file changes the corpus's hash"
