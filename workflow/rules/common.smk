@@ -63,6 +63,13 @@ def corpus_parts():
     return [f"{RESULTS}/corpus/parts/{part}" for part in corpus_job_names()]
 
 
+def corpus_inputs(wildcards):
+    """A dump part's extracted articles, or the list of a group of your files and the files themselves."""
+    if WIKIPEDIA:
+        return {"articles": f"{RESULTS}/extract/{wildcards.part}.jsonl"}
+    return {"listing": f"{RESULTS}/corpus/files/{wildcards.part}.txt", "files": SOURCE_JOBS[wildcards.part]}
+
+
 INDEX = "tfrecord.index.npy"  # the record index the tfrecords stage writes beside each file (tfrecord_reader.index_path)
 
 

@@ -10,15 +10,10 @@ rule corpus_files:
         lambda wildcards: SOURCE_JOBS[wildcards.part],
     output:
         f"{RESULTS}/corpus/files/{{part}}.txt",
+    log:
+        f"{LOGS}/corpus/files/{{part}}.log",
     run:
         Path(output[0]).write_text("".join(f"{path}\n" for path in input))
-
-
-def corpus_inputs(wildcards):
-    """A dump part's extracted articles, or the list of a group of your files and the files themselves."""
-    if WIKIPEDIA:
-        return {"articles": f"{RESULTS}/extract/{wildcards.part}.jsonl"}
-    return {"listing": f"{RESULTS}/corpus/files/{wildcards.part}.txt", "files": SOURCE_JOBS[wildcards.part]}
 
 
 checkpoint corpus:
