@@ -7,16 +7,22 @@ about `group_mb` of text, and which group a file joins depends on the files arou
 its own group's job and no other (a file that ends a group splits its group in two; one in `group_mb` / its size
 does). A job is named by its first file.
 
-Bad input (a line that is not JSON or has no text, text that is not UTF-8, an empty file) stops the job with the
-file and line (`bad_input: stop`), or is left out and counted (`skip`).
+Files ending in .gz, .bz2 or .xz are read decompressed. Bad input (a line that is not JSON or has no text, text that
+is not UTF-8, an empty file) stops the job with the file and line (`bad_input: stop`), or is left out and counted
+(`skip`); a compressed file that does not decompress always stops it.
 """
 
+import bz2
+import contextlib
 import glob
+import gzip
 import hashlib
 import json
 import logging
+import lzma
 import os
 import re
+import zlib
 from pathlib import Path
 
 from bertpipe import BertpipeError
@@ -75,6 +81,29 @@ def corpus_jobs(patterns, group_mb: float) -> dict:
     return jobs
 
 
+OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+@contextlib.contextmanager
+def lines_of(path):
+    """The lines of `path` as bytes (decompressed for .gz, .bz2, .xz), its first without a UTF-8 byte-order mark;
+    a compressed file that does not decompress is an error naming it."""
+    opener = OPENERS.get(Path(path).suffix, open)
+    try:
+        with opener(path, "rb") as f:
+            yield _without_bom(f)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as error:
+        if opener is open:
+            raise
+        raise BertpipeError(f"{path}: does not decompress as {Path(path).suffix} ({error}); the file is damaged or "
+                            "misnamed: replace it, or remove it from source.files") from None
+
+
+def _without_bom(lines):
+    for number, raw in enumerate(lines):
+        yield raw.removeprefix(b"\xef\xbb\xbf") if number == 0 else raw
+
+
 class BadInput:
     """What to do with bad input: stop with its place and `remedy`, or (`skip`) count it."""
 
@@ -93,7 +122,7 @@ class BadInput:
 
 def loose_json_documents(path, text_key: str, id_key, bad: BadInput):
     """(id or None, text, record) of each JSON line of `path`; blank lines are passed over."""
-    with open(path, "rb") as f:  # bytes decoded a line at a time: a text reader decodes ahead and names no line
+    with lines_of(path) as f:  # bytes decoded a line at a time: a text reader decodes ahead and names no line
         empty = True
         for number, raw in enumerate(f, 1):
             if not raw.strip():
@@ -126,7 +155,7 @@ def plain_text_documents(path, by_blank_line: bool, bad: BadInput):
     """(None, text, {}) of each document of a text file: the whole file, or (`by_blank_line`) each run of lines
     between blank lines. A document with a line that is not UTF-8 is left out whole."""
     lines, damaged, empty = [], False, True
-    with open(path, "rb") as f:
+    with lines_of(path) as f:
         for number, raw in enumerate(f, 1):
             if not raw.strip():
                 if by_blank_line:

@@ -85,9 +85,6 @@ PIPELINE = ("--cores", "2", "all", "--configfile", "config.demo.yaml", "config.o
 PHASES = [SMALL_PIPELINE["pretrain"]["phases"][0],
           {"seq_length": 128, "batch_size": 8, "gradient_accumulation_steps": 1, "train_iters": 10, "lr": 1.0e-4}]
 TWO_PHASES = {**SMALL_PIPELINE, "pretrain": {**SMALL_PIPELINE["pretrain"], "phases": PHASES}}
-# The sample's four files in one corpus job, as small files of a real corpus are (its config has a job a file): the
-# jobs that follow, a tfrecords job per job, split and length, stay as few as the Wikipedia sample's.
-ONE_CORPUS_JOB = {"source": {"group_mb": 64}}
 MODEL = "bertpipe-stdlib-docs"  # config.ownjson.yaml's mlflow.registered_model
 NEWEST = f"models:/{MODEL}@newest"  # the version that config mlflow.registered_alias marks
 
@@ -99,7 +96,7 @@ def served(tmp_path_factory):
     workflow_dir = copy_workflow(tmp_path_factory.mktemp("server") / "wf")
     mlflow_server = MlflowServer(workflow_dir.parent)
     try:
-        (workflow_dir / "small.yaml").write_text(yaml.safe_dump({**TWO_PHASES, **ONE_CORPUS_JOB,
+        (workflow_dir / "small.yaml").write_text(yaml.safe_dump({**TWO_PHASES,
                                                                   "mlflow": {"tracking_uri": mlflow_server.url}}))
         process = snakemake_process(workflow_dir, *PIPELINE)
         output = process.stdout.read()
@@ -307,7 +304,7 @@ def test_a_changed_learning_rate_retrains_both_phases_the_server_stops_and_regis
     (first,) = registered_weights(mlflow_server).values()
     changed = [{**PHASES[0], "lr": 9.0e-4}, PHASES[1]]
     (workflow_dir / "small.yaml").write_text(yaml.safe_dump({
-        **TWO_PHASES, **ONE_CORPUS_JOB, "pretrain": {**TWO_PHASES["pretrain"], "phases": changed},
+        **TWO_PHASES, "pretrain": {**TWO_PHASES["pretrain"], "phases": changed},
         "mlflow": {"tracking_uri": mlflow_server.url}}))
     process = snakemake_process(workflow_dir, *PIPELINE)
     output = []

@@ -203,3 +203,28 @@ def test_the_manifest_lists_every_file_and_the_corpus_hash_is_their_content_hash
     again = summarize([tmp_path / "job1", tmp_path / "job2"], tmp_path / "stats.json", tmp_path / "stats.html",
                       tmp_path / "manifest.json", "8,1,1", source)
     assert again["corpus_hash"] != total["corpus_hash"], "a changed file changes the corpus's hash"
+
+
+def test_compressed_files_are_read_decompressed_and_a_byte_order_mark_is_no_fault(tmp_path):
+    import bz2
+    import gzip
+    import lzma
+
+    records = json_lines({"id": "1", "text": SENTENCE}, {"id": "2", "text": SENTENCE + " Again."})
+    files = [write(tmp_path / "a.jsonl.gz", gzip.compress(records.encode())),
+             write(tmp_path / "b.jsonl.bz2", bz2.compress(records.replace('"1"', '"3"').replace('"2"', '"4"')
+                                                          .encode())),
+             write(tmp_path / "c.jsonl.xz", lzma.compress(b"\xef\xbb\xbf" + json_lines({"id": "5", "text": SENTENCE})
+                                                          .encode()))]
+    stats = build_part(files, tmp_path / "out", ANY_LENGTH, LOOSE_JSON)
+    assert sorted(d["id"] for d in shard_documents(tmp_path / "out")) == ["1", "2", "3", "4", "5"]
+    assert [f["documents"] for f in stats["files"]] == [2, 2, 1] and stats["bad_input"]["not_json"] == 0
+
+
+def test_a_compressed_file_that_does_not_decompress_stops_naming_it_even_when_skipping(tmp_path):
+    import gzip
+
+    damaged = write(tmp_path / "a.jsonl.gz", gzip.compress(GOOD.encode() * 50)[:-30])
+    with pytest.raises(BertpipeError, match=rf"{damaged}: does not decompress as .gz"):
+        build_part(damaged, tmp_path / "out", ANY_LENGTH, SKIP)
+    assert not (tmp_path / "out").exists()
