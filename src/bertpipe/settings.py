@@ -120,8 +120,8 @@ class SourceSettings:
                                    "for any folders below), absolute or relative to the folder Snakemake runs in; "
                                    "each must exist, each pattern must match a file; .gz, .bz2 and .xz files are "
                                    "read decompressed")
-    name: str | None = setting(None, "what the model card and MLflow call the corpus; null: the format and the "
-                                     "number of files", minLength=1)
+    name: str | None = setting(None, "what the model card and MLflow call the corpus; null: from its format",
+                               minLength=1)
     license: str | None = setting(None, "the corpus's licence, as the model card's metadata states it (e.g. mit, "
                                         "cc-by-4.0); null: other", minLength=1)
     text_key: str = setting("text", "loose_json: the key of a record's text", minLength=1)
@@ -129,7 +129,7 @@ class SourceSettings:
                                        "without it (or with null here) is split by a hash of its text", minLength=1)
     documents: str = setting("file", "plain_text: file (a document per file) or blank_line (documents separated "
                                      "by a blank line)", enum=["file", "blank_line"])
-    group_mb: float = setting(64.0, "files smaller than this share corpus jobs of about this size (neighbours in "
+    group_mb: float = setting(64.0, "files smaller than this share corpus jobs of at most this size (neighbours in "
                                     "path order), so that thousands of small files are not thousands of jobs; 0: "
                                     "a job per file", minimum=0)
     bad_input: str = setting("stop", "a record that is not JSON or has no text, text that is not UTF-8, an empty "
@@ -453,6 +453,8 @@ def _field_schema(field, default) -> dict:
         schema = {"type": "array", **limits}
         if dataclasses.is_dataclass(item):
             schema["items"] = _object_schema(item, item())
+        elif item in _JSON_TYPES:
+            schema["items"] = {"type": _JSON_TYPES[item]}
         schema["default"] = _jsonable(default)
     else:
         schema = {"type": [_JSON_TYPES[kind], "null"] if nullable else _JSON_TYPES[kind], **limits}
@@ -577,6 +579,8 @@ def _checked(kind, field, name):
     meta = field.metadata
 
     def parse(text: str):
+        if text == "" and _base(field.type)[1]:
+            return None  # how `flags` gives null to a setting whose default is not null
         try:
             value = kind(text)
         except ValueError:
@@ -641,7 +645,7 @@ def flags(cls, values, skip=(), only=None) -> str:
         elif value is not None:
             words += [_flag(field.name), shlex.quote(str(value))]
         elif _default(field) is not None:
-            raise ValueError(f"{field.name}: null is not a value of its flag")
+            words += [_flag(field.name), "''"]  # null (the flag's parser reads '' as null)
     return " ".join(words)
 
 

@@ -2,10 +2,11 @@
 documents in a file (loose JSON lines, plain text, or WikiExtractor's JSON for a Wikipedia dump).
 
 Jobs: a file of at least `source.group_mb` is a job of its own; smaller files share jobs with their neighbours in path
-order. A group ends after a file chosen by a hash of its path, with odds of its size over `group_mb`: groups hold
-about `group_mb` of text, and which group a file joins depends on the files around it only, so adding a file changes
-its own group's job and no other (a file that ends a group splits its group in two; one in `group_mb` / its size
-does). A job is named by its first file.
+order, a group holding at most `group_mb`. A group ends after a file chosen by a hash of its path, with odds of three
+times its size over `group_mb` (groups of about a third of `group_mb` on average, so that few fill up), or where the
+next file would pass `group_mb`: which group a file joins depends on the files around it, not on the whole list, so
+adding a file changes its own group's job and no other, but where it ends its group (splitting it in two) or fills it
+up (its last file moving on to the next group). A job is named by its first file.
 
 Files ending in .gz, .bz2 or .xz are read decompressed. Bad input (a line that is not JSON or has no text, text that
 is not UTF-8, an empty file) stops the job with the file and line (`bad_input: stop`), or is left out and counted
@@ -20,6 +21,7 @@ import hashlib
 import json
 import logging
 import lzma
+import math
 import os
 import re
 import zlib
@@ -39,16 +41,16 @@ def input_files(patterns) -> list:
     files = set()
     for pattern in patterns:
         expanded = os.path.expanduser(pattern)
-        if any(character in expanded for character in "*?["):
+        if os.path.isfile(expanded):  # a file's own name may hold [ ] * ?
+            matches = [expanded]
+        elif any(character in expanded for character in "*?["):
             matches = [path for path in glob.glob(expanded, recursive=True) if os.path.isfile(path)]
             if not matches:
                 raise BertpipeError(f"source.files: {pattern!r} matches no file (looked in {os.getcwd()}); fix the "
                                     "pattern or remove it")
-        elif not os.path.isfile(expanded):
+        else:
             raise BertpipeError(f"source.files: {pattern!r}: no such file (looked in {os.getcwd()}); fix the path "
                                 "or remove it")
-        else:
-            matches = [expanded]
         files.update(os.path.normpath(path) for path in matches)
     return sorted(files)
 
@@ -59,25 +61,36 @@ def _point(path: str) -> int:
 
 def job_name(path: str) -> str:
     """A job's name from its first file: the file's name (as a wildcard may hold it) and a hash of its path."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).name)[:60]
-    return f"{stem}-{_point(path):016x}"[: len(stem) + 9]
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(path).name)[:60]}-{_point(path):016x}"
 
 
 def corpus_jobs(patterns, group_mb: float) -> dict:
     """{job name: its files} for the files `patterns` name (module docstring)."""
     group_bytes = group_mb * 2**20
-    jobs, group = {}, []
+    jobs, group, grouped = {}, [], 0
+
+    def close(files):
+        name = job_name(files[0])
+        if name in jobs:  # two paths with one 64-bit hash: never silently one job
+            raise BertpipeError(f"source.files: {jobs[name][0]} and {files[0]} give the same job name {name}; "
+                                "rename one of them")
+        jobs[name] = files
+
     for path in input_files(patterns):
         size = os.path.getsize(path)
         if size >= group_bytes:
-            jobs[job_name(path)] = [path]
+            close([path])
             continue
+        if group and grouped + size > group_bytes:  # a group holds at most group_mb
+            close(group)
+            group, grouped = [], 0
         group.append(path)
-        if _point(path) < size / group_bytes * 2**64:
-            jobs[job_name(group[0])] = group
-            group = []
+        grouped += size
+        if _point(path) < min(1.0, 3 * size / group_bytes) * 2**64:
+            close(group)
+            group, grouped = [], 0
     if group:
-        jobs[job_name(group[0])] = group
+        close(group)
     return jobs
 
 
@@ -88,7 +101,7 @@ OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 def lines_of(path):
     """The lines of `path` as bytes (decompressed for .gz, .bz2, .xz), its first without a UTF-8 byte-order mark;
     a compressed file that does not decompress is an error naming it."""
-    opener = OPENERS.get(Path(path).suffix, open)
+    opener = OPENERS.get(Path(path).suffix.lower(), open)
     try:
         with opener(path, "rb") as f:
             yield _without_bom(f)
@@ -145,10 +158,30 @@ def loose_json_documents(path, text_key: str, id_key, bad: BadInput):
             if not isinstance(text, str):
                 bad("no_text", f"{path}, line {number}: no text (a string under {text_key!r})")
                 continue
-            doc_id = record.get(id_key) if id_key else None
-            yield (None if doc_id is None else str(doc_id)), text, record
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                bad("not_utf8", f"{path}, line {number}: not UTF-8 text (a lone surrogate, "
+                                f"\\u{ord(text[error.start]):04x}, at character {error.start + 1} of the text)")
+                continue
+            yield _document_id(record.get(id_key) if id_key else None), text, record
     if empty:
         bad("empty_files", f"{path}: an empty file")
+
+
+def _document_id(value):
+    """A record's id as the split reads it; None (the text's hash decides) for one that names nothing: null, empty,
+    true or false, not a finite number, a list or an object."""
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text or None
 
 
 def plain_text_documents(path, by_blank_line: bool, bad: BadInput):
@@ -181,7 +214,15 @@ def documents(path, source, bad: BadInput):
     """The documents of one input file under `source` (settings.SourceSettings): (id or None, text, record)."""
     if source.format == "plain_text":
         return plain_text_documents(path, source.documents == "blank_line", bad)
+    if source.format == "wikipedia":  # WikiExtractor's keys, whatever the settings for your own files say
+        return loose_json_documents(path, "text", "id", bad)
     return loose_json_documents(path, source.text_key, source.id_key, bad)
+
+
+# The source settings each format reads, in a corpus job (what its rule passes, so that a setting of another format
+# reruns nothing).
+BUILD_SETTINGS = {"wikipedia": ("format", "bad_input"), "loose_json": ("format", "text_key", "id_key", "bad_input"),
+                  "plain_text": ("format", "documents", "bad_input")}
 
 
 def remedy(source) -> str:

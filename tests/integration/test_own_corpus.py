@@ -36,19 +36,20 @@ def jobs_of(output: str, rule: str) -> list:
 @pytest.fixture(scope="module")
 def plain_text(tmp_path_factory):
     """A workflow folder whose corpus is 12 plain-text files in two folders (documents separated by blank lines,
-    grouped by about 4 KB), after the corpus stage ran: (folder, Snakemake's output)."""
+    grouped by at most 8 KB), after the corpus stage ran: (folder, Snakemake's output)."""
     workflow = copy_workflow(tmp_path_factory.mktemp("own") / "wf")
     write_texts(workflow / "texts", [f"{folder}/notes-{n:02d}.txt" for folder in ("2024", "2025") for n in range(6)])
     (workflow / "own.yaml").write_text(yaml.safe_dump({
         "source": {"format": "plain_text", "files": ["texts/**/*.txt"], "documents": "blank_line",
-                   "group_mb": 4 / 1024, "name": "Harbour notes"},
+                   "group_mb": 8 / 1024, "name": "Harbour notes"},
         "corpus": {"split": "8,1,1", "min_chars": 50}}))
     return workflow, output_of(snakemake(workflow, *CORPUS_STAGE))
 
 
 def test_plain_text_files_are_split_into_documents_and_grouped_into_jobs(plain_text):
     workflow, output = plain_text
-    listed = {path.stem: path.read_text().split() for path in (workflow / "results/corpus/files").glob("*.txt")}
+    listed = {path.stem: [line.removeprefix("./") for line in path.read_text().splitlines()]
+              for path in (workflow / "results/corpus/files").glob("*.txt")}
     assert 1 < len(listed) < 12 and sorted(sum(listed.values(), [])) == sorted(
         str(path.relative_to(workflow)) for path in (workflow / "texts").rglob("*.txt"))
     assert sorted(jobs_of(output, "corpus")) == sorted(listed)

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import re
+from pathlib import Path
 
 import pytest
 
@@ -52,50 +53,56 @@ def test_a_path_or_pattern_that_names_no_file_is_an_error_naming_it(tmp_path, mo
         input_files(["a/1.jsonl", missing])
 
 
-def corpus_of(folder, sizes):
-    """Files of the given sizes, named in path order."""
+def corpus_of(folder, sizes, monkeypatch):
+    """Files of the given sizes, named in path order, under `folder` as the working folder: the same relative paths,
+    and so the same jobs, in every run."""
+    monkeypatch.chdir(folder)
     for index, size in enumerate(sizes):
-        write(folder / f"f{index:05d}.txt", b"x" * size)
-    return [str(folder / "*.txt")]
+        write(Path(f"f{index:05d}.txt"), b"x" * size)
+    return ["*.txt"]
 
 
-def test_a_file_a_job_with_group_mb_0_and_for_each_file_of_at_least_group_mb(tmp_path):
-    patterns = corpus_of(tmp_path, [10, 2**20, 30])
+def test_a_file_a_job_with_group_mb_0_and_for_each_file_of_at_least_group_mb(tmp_path, monkeypatch):
+    patterns = corpus_of(tmp_path, [10, 2**20, 30], monkeypatch)
     assert sorted(map(len, corpus_jobs(patterns, 0).values())) == [1, 1, 1]
     jobs = corpus_jobs(patterns, 1)  # the 1 MB file alone; the two small ones together (a 1-in-30000 boundary)
-    assert sorted(jobs.values()) == [[str(tmp_path / "f00000.txt"), str(tmp_path / "f00002.txt")],
-                                     [str(tmp_path / "f00001.txt")]]
+    assert sorted(jobs.values()) == [["f00000.txt", "f00002.txt"], ["f00001.txt"]]
     assert all(name.startswith(os.path.basename(files[0])) for name, files in jobs.items())
 
 
-def test_small_files_make_groups_of_about_group_mb(tmp_path):
+def test_small_files_make_groups_of_at_most_group_mb(tmp_path, monkeypatch):
     sizes = [random.Random(index).randint(1_000, 20_000) for index in range(3000)]
-    jobs = corpus_jobs(corpus_of(tmp_path, sizes), 0.5)
+    jobs = corpus_jobs(corpus_of(tmp_path, sizes, monkeypatch), 0.5)
     group_bytes = [sum(os.path.getsize(path) for path in files) for files in jobs.values()]
     assert sum(group_bytes) == sum(sizes) and sorted(sum(jobs.values(), [])) == sorted(
-        str(path) for path in tmp_path.glob("*.txt"))
-    assert 0.5 * 2**20 / 2 < sum(group_bytes) / len(group_bytes) < 0.5 * 2**20 * 2, group_bytes
+        path.name for path in tmp_path.glob("*.txt"))
+    assert max(group_bytes) <= 0.5 * 2**20 and 0.5 * 2**20 / 4 < sum(group_bytes) / len(group_bytes), group_bytes
+    assert all(files == sorted(files) for files in jobs.values()), "neighbours in path order"
 
 
-def test_adding_a_file_changes_its_own_group_only(tmp_path):
-    """Whichever file is added: the jobs of every other group keep their names and files; only the group the new
-    file joins changes (split in two where the new file ends a group)."""
+def test_adding_a_file_changes_its_own_group_and_rarely_the_next(tmp_path, monkeypatch):
+    """Whichever file is added: every group before the one it joins keeps its name and files; the group it joins
+    changes, and the next ones only where the new file ends or fills up its group; the groups after are as they
+    were."""
     sizes = [random.Random(index).randint(1_000, 20_000) for index in range(400)]
-    patterns = corpus_of(tmp_path, sizes)
+    patterns = corpus_of(tmp_path, sizes, monkeypatch)
     before = corpus_jobs(patterns, 0.2)
+    order = sorted(before, key=lambda name: before[name][0])
     assert len(before) > 10
+    changed_counts = []
     for trial in range(40):
-        added = tmp_path / f"f{random.Random(trial).randint(0, 400):05d}-new{trial}.txt"
+        added = Path(f"f{random.Random(trial).randint(0, 400):05d}-new{trial}.txt")
         write(added, b"y" * random.Random(trial).randint(1_000, 20_000))
         after = corpus_jobs(patterns, 0.2)
         added.unlink()
-        joined = next(files for files in before.values() if files[-1] > str(added)) if str(added) < max(
-            sum(before.values(), [])) else list(before.values())[-1]
-        changed = {name: files for name, files in after.items() if before.get(name) != files}
-        assert str(added) in sum(changed.values(), [])
-        assert sorted(sum(changed.values(), [])) == sorted(joined + [str(added)]), trial
-        assert {name for name in before if after.get(name) != before[name]} <= {
-            name for name, files in before.items() if files == joined}
+        joined = max((index for index, name in enumerate(order) if before[name][0] < str(added)), default=0)
+        changed = [index for index, name in enumerate(order) if after.get(name) != before[name]]
+        # (none where the new file, after a group's end, ends a group of its own)
+        assert changed in ([], list(range(joined, joined + len(changed))),
+                           list(range(joined + 1, joined + 1 + len(changed)))), (trial, changed)
+        assert len(changed) <= 3 and sum(str(added) in files for files in after.values()) == 1
+        changed_counts.append(len(changed))
+    assert sum(count > 1 for count in changed_counts) <= len(changed_counts) / 4, changed_counts
 
 
 # -- documents -----------------------------------------------------------------------------------------------------
@@ -111,14 +118,18 @@ def test_loose_json_takes_the_text_and_id_keys_and_splits_a_record_without_id_by
     assert all(d["text"].split("\n") == [SENTENCE] * 3 for d in documents)
 
 
-def test_own_text_keeps_short_paragraphs_and_joins_wrapped_lines(tmp_path):
-    """WikiExtractor's headings rule is Wikipedia's: your paragraphs are runs of lines between blank lines."""
+@pytest.mark.parametrize("source, expected", [
+    (LOOSE_JSON, ["Summary", "The committee met on Tuesday", "to discuss the budget.", "It agreed.", "Next steps."]),
+    (SourceSettings(format="plain_text", files=["x"]),
+     ["Summary", "The committee met on Tuesday to discuss the budget.", "It agreed.", "Next steps."])])
+def test_own_text_keeps_short_paragraphs_and_plain_text_joins_wrapped_lines(tmp_path, source, expected):
+    """WikiExtractor's headings rule is Wikipedia's: a loose-JSON record's lines are its paragraphs, plain text's are
+    runs of lines between blank lines (wrapped lines joined)."""
     text = "Summary\n\nThe committee met on Tuesday\nto discuss the budget.   It agreed.\n \nNext steps."
-    build_part(write(tmp_path / "in.jsonl", json_lines({"id": "1", "text": text})), tmp_path / "out", ANY_LENGTH,
-               LOOSE_JSON)
+    data = json_lines({"id": "1", "text": text}) if source.format == "loose_json" else text
+    build_part(write(tmp_path / "in.txt", data), tmp_path / "out", ANY_LENGTH, source)
     (document,) = shard_documents(tmp_path / "out")
-    assert document["text"].split("\n") == ["Summary", "The committee met on Tuesday to discuss the budget.",
-                                            "It agreed.", "Next steps."]
+    assert document["text"].split("\n") == expected
 
 
 @pytest.mark.parametrize("documents, expected", [
@@ -228,3 +239,35 @@ def test_a_compressed_file_that_does_not_decompress_stops_naming_it_even_when_sk
     with pytest.raises(BertpipeError, match=rf"{damaged}: does not decompress as .gz"):
         build_part(damaged, tmp_path / "out", ANY_LENGTH, SKIP)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_whose_name_looks_like_a_pattern_is_that_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "papers [2024].jsonl", "{}\n")
+    assert input_files(["papers [2024].jsonl"]) == ["papers [2024].jsonl"]
+
+
+def test_an_id_that_names_nothing_is_replaced_by_the_texts_hash(tmp_path):
+    lines = ('{"id": "", "text": "A first text here."}\n{"id": NaN, "text": "A second text here."}\n'
+             '{"id": true, "text": "A third text here."}\n{"id": [1], "text": "A fourth text here."}\n'
+             '{"id": 7, "text": "A fifth text here."}\n')
+    build_part(write(tmp_path / "in.jsonl", lines), tmp_path / "out", ANY_LENGTH, LOOSE_JSON)
+    ids = sorted(d["id"] for d in shard_documents(tmp_path / "out"))
+    assert ids[0] == "7" and len(set(ids)) == 5 and all(i.startswith("text-") for i in ids[1:])
+
+
+def test_a_lone_surrogate_in_a_record_is_bad_utf8_named_or_counted(tmp_path):
+    source = write(tmp_path / "in.jsonl", GOOD + '{"id": "3", "text": "broken \\ud83d emoji"}\n')
+    with pytest.raises(BertpipeError, match=rf"{source}, line 3: not UTF-8 text \(a lone surrogate, \\ud83d"):
+        build_part(source, tmp_path / "stopped", ANY_LENGTH, LOOSE_JSON)
+    stats = build_part(source, tmp_path / "out", ANY_LENGTH, SKIP)
+    assert stats["bad_input"]["not_utf8"] == 1 and stats["documents_in"] == 2
+
+
+def test_a_null_id_key_reaches_the_command_as_null(capsys):
+    from bertpipe import cli, settings
+
+    flags = settings.flags(SourceSettings, {"format": "loose_json", "id_key": None}, only=("format", "id_key"))
+    assert flags == "--format loose_json --id-key ''"
+    argv = ["corpus", "build", "--input", "a.jsonl", "--outdir", "o", "--format", "loose_json", "--id-key", ""]
+    assert cli.parser(argv).parse_args(argv).id_key is None

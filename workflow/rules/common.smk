@@ -23,7 +23,7 @@ from bertpipe.settings import (
     TrainingSettings,
 )
 from bertpipe.settings import flags as settings_flags  # a section's values as the flags of its bertpipe command
-from bertpipe.sources import corpus_jobs
+from bertpipe.sources import BUILD_SETTINGS, corpus_jobs
 from bertpipe.splits import splits_with_documents
 
 RESULTS = config["results"]

@@ -13,7 +13,8 @@ rule corpus_files:
     log:
         f"{LOGS}/corpus/files/{{part}}.log",
     run:
-        Path(output[0]).write_text("".join(f"{path}\n" for path in input))
+        # "./" before a relative path: the command reads a line that starts with - or @ as a flag or another list.
+        Path(output[0]).write_text("".join(f"{path}\n" if Path(path).is_absolute() else f"./{path}\n" for path in input))
 
 
 checkpoint corpus:
@@ -23,10 +24,8 @@ checkpoint corpus:
         directory(f"{RESULTS}/corpus/parts/{{part}}"),
     params:
         inputs=lambda wildcards, input: shlex.quote(input.articles if WIKIPEDIA else f"@{input.listing}"),
-        corpus=settings_flags(CorpusSettings, config["corpus"]),
-        source=settings_flags(
-            SourceSettings, config["source"], only=("format", "text_key", "id_key", "documents", "bad_input")
-        ),
+        corpus=settings_flags(CorpusSettings, config["corpus"], skip=() if WIKIPEDIA else ("min_paragraph_words",)),
+        source=settings_flags(SourceSettings, config["source"], only=BUILD_SETTINGS[config["source"]["format"]]),
     resources:
         **slurm_job("corpus"),
     conda:

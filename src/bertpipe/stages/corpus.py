@@ -23,7 +23,7 @@ from bertpipe.atomic import atomic_dir, atomic_file
 from bertpipe.hashing import file_hash, hash_of_hashes
 from bertpipe.pages import stats_page
 from bertpipe.settings import CorpusSettings, SourceSettings
-from bertpipe.sources import BAD_INPUT, BadInput, documents, remedy, text_id
+from bertpipe.sources import BAD_INPUT, BUILD_SETTINGS, BadInput, documents, remedy, text_id
 from bertpipe.splits import SPLITS, parse_split, split_of
 from bertpipe.stages import add_step
 from bertpipe.tracking import Outcome
@@ -36,9 +36,10 @@ def _zero_counts() -> dict:
 
 
 def sentences_of(text: str, min_paragraph_words: int = 0, blank_line_paragraphs: bool = False) -> list:
-    """Sentences of a document, whitespace normalised. Paragraphs are its lines (WikiExtractor's), or (for your own
-    text, often wrapped) runs of lines between blank lines; paragraphs under `min_paragraph_words` words are dropped
-    (WikiExtractor keeps section headings such as "Early life." as paragraphs of their own)."""
+    """Sentences of a document, whitespace normalised. Paragraphs are its lines (WikiExtractor's and a loose-JSON
+    record's), or (plain text, often wrapped) runs of lines between blank lines; paragraphs under
+    `min_paragraph_words` words are dropped (WikiExtractor keeps section headings such as "Early life." as paragraphs
+    of their own)."""
     sentences = []
     for paragraph in re.split(r"\n\s*\n", text) if blank_line_paragraphs else text.split("\n"):
         words = unicodedata.normalize("NFC", paragraph).split()
@@ -98,7 +99,8 @@ def build_part(inputs, outdir, settings, source=SourceSettings()) -> dict:
                 documents_before = stats["documents_in"]
                 for doc_id, text, record in documents(path, source, bad):
                     stats["documents_in"] += 1
-                    sentences = sentences_of(text, min_paragraph_words, blank_line_paragraphs=not wikipedia)
+                    sentences = sentences_of(text, min_paragraph_words,
+                                             blank_line_paragraphs=source.format == "plain_text")
                     characters = sum(len(s) for s in sentences)
                     if characters < min_chars:
                         stats["documents_dropped"] += 1
@@ -106,8 +108,8 @@ def build_part(inputs, outdir, settings, source=SourceSettings()) -> dict:
                     cleaned = "\n".join(sentences)
                     doc_id = doc_id if doc_id is not None else text_id(cleaned)
                     name = split_of(doc_id, fractions)
-                    document = {"id": doc_id, "title": str(record.get("title", "")), "url": str(record.get("url", "")),
-                                "text": cleaned}
+                    document = {"id": doc_id, "title": record.get("title", "") if wikipedia else "",
+                                "url": record.get("url", "") if wikipedia else "", "text": cleaned}
                     writers[name].write(json.dumps(document, ensure_ascii=False) + "\n")
                     counts = stats["splits"][name]
                     counts["documents"] += 1
@@ -199,8 +201,8 @@ def add_arguments(parser) -> None:
                             "those FILE lists, one a line")
     build.add_argument("--outdir", required=True)
     settings.add_arguments(build, CorpusSettings)
-    settings.add_arguments(build, SourceSettings, only=BUILD_SOURCE_SETTINGS)
-    build.set_defaults(run=run_build, label="outdir", inputs=("input",))
+    settings.add_arguments(build, SourceSettings, only={name for names in BUILD_SETTINGS.values() for name in names})
+    build.set_defaults(run=run_build, label="outdir", inputs=())  # logged from the hashes the job takes as it reads
 
     summary = add_step(steps, "summarize", "add up the jobs' stats; the corpus's manifest")
     summary.add_argument("parts", nargs="+", help="the jobs' corpus folders")
@@ -213,14 +215,15 @@ def add_arguments(parser) -> None:
     summary.set_defaults(run=run_summarize, label="out", inputs=())
 
 
-# The source settings each step takes (the rules pass these).
-BUILD_SOURCE_SETTINGS = ("format", "text_key", "id_key", "documents", "bad_input")
-SUMMARY_SOURCE_SETTINGS = ("format", "name", "license")
+SUMMARY_SOURCE_SETTINGS = ("format", "name", "license")  # the summary's source settings (its rule passes these)
 
 
-def run_build(args, _) -> Outcome:
-    source = settings.from_args(SourceSettings, args, only=BUILD_SOURCE_SETTINGS)
+def run_build(args, tracking_run) -> Outcome:
+    source = settings.from_args(SourceSettings, args, only=BUILD_SETTINGS[args.format])
     stats = build_part(args.input, args.outdir, settings.from_args(CorpusSettings, args), source)
+    tracking_run.log_inputs({"input": ([file["path"] for file in stats["files"]],
+                                       hash_of_hashes(file["blake2b"] for file in stats["files"]),
+                                       stats["documents_in"], None)})
     return Outcome(metrics=stats, artifacts=[(Path(args.outdir) / "stats.json", None)])
 
 
