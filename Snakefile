@@ -45,6 +45,7 @@ shell.prefix(
 localrules:
     all,
     corpus_files,
+    corpus_jobs,
     corpus_stats,
     tfrecords_stats,
 

@@ -3,7 +3,8 @@
 
 A stage's settings are flags made from their one definition (settings.py), with the same names and defaults as the
 config keys. A stage returns what it measured and made (an `Outcome`); `main` logs that to the stage's MLflow run,
-with the stage's flags as params and the content hashes of its inputs.
+with the stage's flags as params and the content hashes of its inputs. An argument @FILE stands for FILE's lines, an
+argument a line.
 """
 
 import argparse
@@ -51,7 +52,8 @@ def _parser(named) -> argparse.ArgumentParser:
     """The parser with the flags of command `named` only; with None, a parser that finds which command is named."""
     from bertpipe import tracking
 
-    top = argparse.ArgumentParser(prog="bertpipe", description=__doc__,
+    # @FILE: FILE's lines, an argument each; the workflow passes lists of files that a command line could not hold.
+    top = argparse.ArgumentParser(prog="bertpipe", description=__doc__, fromfile_prefix_chars="@",
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--version", action="version", version=f"bertpipe {__version__}")
     # Not --log: torchrun reads the launched command's flags too, and takes --log for an abbreviation of its own.

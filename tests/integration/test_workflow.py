@@ -195,8 +195,8 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     # Training on one thread: the suite's other worker has the second core (`make demo` trains on both).
     first = snakemake(workflow_dir, *DEMO, "--set-threads", "pretrain=1")
     assert rules_run(first.stderr) == {"download_manifest": 1, "download": 1, "extract": 1, "corpus": 1,
-                                       "corpus_stats": 1, "tokenizer": 1, "tfrecords": 10, "tfrecords_common": 1,
-                                       "tfrecords_stats": 6,
+                                       "corpus_jobs": 1, "corpus_stats": 1, "tokenizer": 1, "tfrecords": 10,
+                                       "tfrecords_common": 1, "tfrecords_stats": 6,
                                        "pretrain": 2, "evaluate": 1, "export": 1, "register": 1, "all": 1}
     check_mlflow_store(workflow_dir)
     check_report(workflow_dir)
@@ -244,7 +244,7 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     corpus = outputs(workflow_dir, "results/corpus/**/*")
     rerun = snakemake(workflow_dir, "--forcerun", "corpus", "--cores", "2", "results/corpus/stats.json",
                       "--configfile", "config.demo.yaml")
-    assert rules_run(rerun.stderr) == {"corpus": 1, "corpus_stats": 1}
+    assert rules_run(rerun.stderr) == {"corpus": 1, "corpus_jobs": 1, "corpus_stats": 1}
     assert outputs(workflow_dir, "resources/**/*") | outputs(workflow_dir, "results/extract/*") == upstream
     after = outputs(workflow_dir, "results/corpus/**/*")
     assert after.keys() == corpus.keys() and all(after[path] > corpus[path] for path in after)

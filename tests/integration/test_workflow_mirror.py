@@ -20,7 +20,7 @@ def test_http_mirror_with_two_parts_gives_the_same_corpus_split(workflow_dir, mi
     corpus_stats = "results/corpus/stats.json"
     run = snakemake(workflow_dir, "--cores", "2", corpus_stats, "--configfile", "config.demo.yaml", "http.yaml")
     assert rules_run(run.stderr) == {"download_manifest": 1, "download": 2, "extract": 2, "corpus": 2,
-                                    "corpus_stats": 1}
+                                    "corpus_jobs": 1, "corpus_stats": 1}
     for name, data in contents.items():
         assert (workflow_dir / "resources/dumps/enwiki/20260101" / name).read_bytes() == data
     two_parts = json.loads((workflow_dir / "results/corpus/stats.json").read_text())

@@ -37,9 +37,22 @@ checkpoint corpus:
         " corpus build --input {params.inputs} --outdir {output:q} {params.corpus} {params.source} 2> {log:q}"
 
 
+# The corpus jobs' folders, listed for the commands that read them all (`@LIST`): a corpus of thousands of jobs.
+rule corpus_jobs:
+    input:
+        lambda wildcards: corpus_parts(),
+    output:
+        f"{RESULTS}/corpus/jobs.txt",
+    log:
+        f"{LOGS}/corpus/jobs.log",
+    run:
+        Path(output[0]).write_text("".join(f"{folder}\n" for folder in input))
+
+
 rule corpus_stats:
     input:
         parts=lambda wildcards: corpus_parts(),
+        listing=f"{RESULTS}/corpus/jobs.txt",
         dump=f"{DUMP_DIR}/manifest.json" if WIKIPEDIA else [],
     output:
         stats=f"{RESULTS}/corpus/stats.json",
@@ -55,5 +68,5 @@ rule corpus_stats:
         f"{LOGS}/corpus/stats.log",
     shell:
         "bertpipe --log-file {log:q} --run-name 'corpus stats'"
-        " corpus summarize {input.parts:q} {params.split} {params.source} {params.dump} --out {output.stats:q}"
+        " corpus summarize @{input.listing:q} {params.split} {params.source} {params.dump} --out {output.stats:q}"
         " --manifest {output.manifest:q} --page {output.page:q} 2> {log:q}"

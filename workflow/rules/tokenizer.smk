@@ -4,6 +4,7 @@
 rule tokenizer:
     input:
         corpus=lambda wildcards: corpus_parts(),
+        listing=f"{RESULTS}/corpus/jobs.txt",
         # an adopted vocab.txt: a new one reruns the tokenizer and what it feeds
         vocab=config["tokenizer"]["vocab_file"] or [],
     output:
@@ -19,5 +20,5 @@ rule tokenizer:
         f"{LOGS}/tokenizer.log",
     shell:
         "bertpipe --log-file {log:q} --run-name tokenizer"
-        " tokenizer --corpus {input.corpus:q} --outdir {output:q} {params.tokenizer}"
+        " tokenizer --corpus @{input.listing:q} --outdir {output:q} {params.tokenizer}"
         " --threads {threads} 2> {log:q}"

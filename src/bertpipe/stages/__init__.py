@@ -13,8 +13,7 @@ runs, so that a job starts fast.
 import argparse
 
 
-def add_step(steps, name: str, help_text: str, description: str = None, **options) -> argparse.ArgumentParser:
-    """A step of a stage (`bertpipe corpus build`), its help and description shown as written; `options` go to
-    argparse (e.g. fromfile_prefix_chars)."""
+def add_step(steps, name: str, help_text: str, description: str = None) -> argparse.ArgumentParser:
+    """A step of a stage (`bertpipe corpus build`), its help and description shown as written."""
     return steps.add_parser(name, help=help_text, description=description or help_text,
-                            formatter_class=argparse.RawDescriptionHelpFormatter, **options)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)

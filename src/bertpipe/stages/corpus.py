@@ -194,8 +194,7 @@ def summarize(part_dirs, out, page, manifest, split: str, source=SourceSettings(
 def add_arguments(parser) -> None:
     steps = parser.add_subparsers(dest="step", required=True)
 
-    # `--input @FILE` reads the inputs from FILE, a path a line: a group of small files can be thousands of paths.
-    build = add_step(steps, "build", "one job's input files into split shards", fromfile_prefix_chars="@")
+    build = add_step(steps, "build", "one job's input files into split shards")
     build.add_argument("--input", nargs="+", required=True,
                        help="the input files (WikiExtractor's JSON of a dump part, or your own files), or @FILE: "
                             "those FILE lists, one a line")
@@ -205,7 +204,7 @@ def add_arguments(parser) -> None:
     build.set_defaults(run=run_build, label="outdir", inputs=())  # logged from the hashes the job takes as it reads
 
     summary = add_step(steps, "summarize", "add up the jobs' stats; the corpus's manifest")
-    summary.add_argument("parts", nargs="+", help="the jobs' corpus folders")
+    summary.add_argument("parts", nargs="+", help="the jobs' corpus folders, or @FILE: those FILE lists, one a line")
     settings.add_arguments(summary, CorpusSettings, only=("split",))
     settings.add_arguments(summary, SourceSettings, only=SUMMARY_SOURCE_SETTINGS)
     summary.add_argument("--out", required=True, help="the stats (JSON)")

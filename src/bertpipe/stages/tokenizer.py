@@ -148,7 +148,8 @@ def _wordpiece_meta(folder: Path, lowercase: bool, trained: bool) -> dict:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--corpus", nargs="+", required=True, help="the corpus parts' folders")
+    parser.add_argument("--corpus", nargs="+", required=True,
+                        help="the corpus jobs' folders, or @FILE: those FILE lists, one a line")
     parser.add_argument("--outdir", required=True)
     settings.add_arguments(parser, TokenizerSettings)
     parser.set_defaults(run=run, label="outdir", inputs=("corpus", "vocab_file"))
