@@ -136,6 +136,10 @@ COMMON_SEQ_LENGTH = config["evaluate"]["common_seq_length"]
 # The tfrecords job's command: bert2019's instances (build) or modern's packed sequences (pack).
 PHASE_OF_LENGTH = {phase["seq_length"]: phase for phase in config["tfrecords"]["phases"]}
 
+# The common test set's records: under modern, where a phase has its length, the recipe's own packed test records
+# (the same command made them); otherwise the test split packed apart (tfrecords_common).
+COMMON_KIND = "seq" if config["recipe"] == "modern" and COMMON_SEQ_LENGTH in PHASE_OF_LENGTH else "common/seq"
+
 
 def tfrecords_command(wildcards):
     """The step and its flags for the recipe."""

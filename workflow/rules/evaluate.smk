@@ -7,8 +7,8 @@ rule evaluate:
         done=f"{LAST_PHASE_DIR}/done.json",
         test=lambda wildcards: tfrecord_files(LAST_SEQ_LENGTH, "test", "tfrecord"),
         indexes=lambda wildcards: tfrecord_files(LAST_SEQ_LENGTH, "test", INDEX),
-        common=lambda wildcards: tfrecord_files(COMMON_SEQ_LENGTH, "test", "tfrecord", kind="common/seq"),
-        common_indexes=lambda wildcards: tfrecord_files(COMMON_SEQ_LENGTH, "test", INDEX, kind="common/seq"),
+        common=lambda wildcards: tfrecord_files(COMMON_SEQ_LENGTH, "test", "tfrecord", kind=COMMON_KIND),
+        common_indexes=lambda wildcards: tfrecord_files(COMMON_SEQ_LENGTH, "test", INDEX, kind=COMMON_KIND),
         tokenizer=f"{RESULTS}/tokenizer",
     output:
         metrics=report(f"{RESULTS}/evaluate/metrics.json", caption="../report/evaluate.rst", category="Evaluation"),

@@ -62,8 +62,7 @@ def evaluate(checkpoint_dir, test_data, tokenizer_dir, out, fill_mask_out, batch
         if not modern:  # BERT reads each document piece as a sequence of its own
             batches = map(packed_as_bert2019, batches)
         totals = evaluation_totals(objective, model, batches, device, precision)
-        metrics |= {key.replace("test_", "test_common_"): value
-                    for key, value in evaluation_metrics(totals, "test_").items() if "nsp" not in key}
+        metrics |= {key: value for key, value in evaluation_metrics(totals, "test_common_").items() if "nsp" not in key}
         metrics["test_common_sequences"] = len(common)
     examples = packed_examples(model, samples, device) if modern else record_examples(model, samples, device)
     with torch.no_grad():
