@@ -3,12 +3,20 @@
 Where runs go is a `Target`, which every job gets as explicit flags of `bertpipe` (`Target.flags`, which the
 Snakefile's `bertpipe` shell function puts before each rule's stage, so Slurm jobs get it too): the tracking
 URI, the experiment, the workflow's commit, and the tracking folder under the results, which holds
-`pipeline-run.json` (the parent run, written when the pipeline starts) and `offline/` (what could not be logged). A
+`pipeline-run.json` (the parent run, written when the pipeline starts) and `offline/` (runs not in MLflow yet). A
 `bertpipe` command without `--tracking-uri` (run by hand) is not tracked.
 
-Tracking never stops the work: the first call that fails (server down, database locked, ...) logs one warning, and
-from then on this process appends what it would have logged to `offline/<run>.jsonl` (JSON lines, one per call),
-so nothing is lost. Under torchrun only rank 0 tracks.
+A job of a pipeline run writes its run to `offline/<run>.jsonl` (JSON lines, one per call) and the pipeline's own
+process (Snakemake's) sends what its jobs wrote (`Sender`, by `replay`) every few seconds while it runs and the rest
+when it ends: a job imports no MLflow (seconds of CPU each, with thousands of jobs at Wikipedia's size), needs no
+route to the tracking server nor its credentials, and never queues for a SQLite store's lock. Only the jobs that need
+MLflow while they work write to it themselves: those that sample their system metrics (pretrain, evaluate) and
+register (the model registry).
+
+Tracking never stops the work: the first call of such a job that fails (server down, database locked, ...) logs one
+warning, and from then on the job appends what it would have logged to its offline file, so nothing is lost; what the
+sender cannot send waits there for the next pipeline run or `bertpipe tracking replay`. Under torchrun only rank 0
+tracks.
 """
 
 import contextlib
@@ -17,6 +25,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,9 +42,10 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 PIPELINE_RUN = "pipeline-run.json"
 SQLITE_ON_A_CLUSTER = (
-    "bertpipe: warning: mlflow.tracking_uri is null, so every job of this cluster run writes to one SQLite file under "
-    "results/mlflow on a shared file system, whose locks SQLite cannot always trust, one writer at a time: a "
-    "tracking server is the right store here (set mlflow.tracking_uri to its URL)")
+    "bertpipe: warning: mlflow.tracking_uri is null, so this pipeline's process and its training, evaluation and "
+    "register jobs on the cluster's nodes write to one SQLite file under results/mlflow on a shared file system, "
+    "whose locks SQLite cannot always trust, one writer at a time: a tracking server is the right store here (set "
+    "mlflow.tracking_uri to its URL)")
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = {EXPERIMENT_KIND_TAG: "custom_model_development"}  # the UI's kind for training runs
 METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
@@ -155,9 +165,10 @@ class Run:
     """One MLflow run, or its offline record once MLflow cannot be reached. Every method is best effort."""
 
     def __init__(self, target: Target, name: str, stage: str, parent_id: str = None, tags: dict = None,
-                 run_id: str = None, enabled: bool = True):
+                 run_id: str = None, enabled: bool = True, spooled: bool = False):
         """A new run, or (`run_id`) one that exists already; `enabled=False` (or no tracking URI, or a rank other
-        than 0) makes every method a no-op."""
+        than 0) makes every method a no-op; `spooled`: the new run is written to its offline file alone, for the
+        pipeline's Sender to send."""
         self.name, self.target = name, target
         self.uri = target.uri
         self.enabled = enabled and bool(self.uri) and _is_rank_zero()
@@ -176,6 +187,7 @@ class Run:
             self._call(self._connect, {"op": "attach"})
             return
         tags = {"bertpipe.stage": stage, **{key: redact(value) for key, value in (tags or {}).items()}}
+        self.offline = spooled
         if parent_id and parent_id.startswith("offline-"):
             parent_id = _replayed_runs(self.folder).get(parent_id, parent_id)
             if parent_id.startswith("offline-"):
@@ -385,6 +397,10 @@ def _first_use_lock(uri: str):
     if not uri.startswith("sqlite:///"):
         yield
         return
+    # The store's modules take seconds to import and the opening itself a fraction of one: imported before the lock,
+    # jobs that start together queue for the opening alone.
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
     with exclusive(uri.removeprefix("sqlite:///") + ".lock"):
         yield
 
@@ -488,7 +504,7 @@ class TrackingUnreachable(BertpipeError):
     """MLflow could not be reached during a replay: what was sent before is saved, the rest waits for the next."""
 
 
-def replay(target: Target, wait: bool = True) -> dict:
+def replay(target: Target, wait: bool = True, report: bool = True) -> dict:
     """Send the offline records of `target`'s tracking folder (offline/*.jsonl) to its tracking URI, each once.
 
     Records are sent in the order they were written, file by file (oldest first), to the runs they belong to: a run
@@ -507,7 +523,8 @@ def replay(target: Target, wait: bool = True) -> dict:
 
     Returns counts: files (with records sent), records (sent), runs_created, skipped (records not for replay),
     refused (records MLflow refused, one per file held back) and waiting (the records held back behind them or
-    until their run is made)."""
+    until their run is made); `report=False` counts those without a warning for each (the Sender's passes while
+    jobs still write)."""
     folder = Path(target.folder) / "offline"
     counts = dict.fromkeys(("files", "records", "runs_created", "skipped", "refused", "waiting"), 0)
     if not folder.is_dir():
@@ -522,7 +539,8 @@ def replay(target: Target, wait: bool = True) -> dict:
             if len(lines) > progress["files"].get(path.name, 0):
                 files.append((_first_time(lines, path), path, lines))
         if files:  # else MLflow is not even imported
-            _Replay(target, progress_file, progress, counts).send([(path, lines) for _, path, lines in sorted(files)])
+            _Replay(target, progress_file, progress, counts, report).send(
+                [(path, lines) for _, path, lines in sorted(files)])
     return counts
 
 
@@ -555,13 +573,14 @@ class _Wait:
 class _Replay:
     """One replay: the MLflow client, the progress (records handled per file, offline id -> run id), the counts."""
 
-    def __init__(self, target: Target, progress_file: Path, progress: dict, counts: dict):
+    def __init__(self, target: Target, progress_file: Path, progress: dict, counts: dict, report: bool = True):
         from mlflow import MlflowClient
 
         # As for the jobs: MLflow retries an unreachable server for minutes by default, and a pipeline's start waits.
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
         self.target, self.progress_file, self.progress, self.counts = target, progress_file, progress, counts
+        self.report = report
         self.runs = progress["runs"]
         self.client = MlflowClient(target.uri)
         self.experiment_id = None
@@ -590,7 +609,9 @@ class _Replay:
         finally:
             self.counts["files"] = len(self.files_sent)
         for wait in waits:
-            self._report_wait(wait, files)
+            self.counts["waiting"] += len(wait.lines) - wait.index
+            if self.report:
+                self._report_wait(wait, files)
 
     def _send_file(self, path: Path, lines: list):
         """Send the unsent records of one file in order, saving the progress after each; stop at one MLflow refuses
@@ -699,6 +720,8 @@ class _Replay:
         later = len(lines) - index - 1
         self.counts["refused"] += 1
         self.counts["waiting"] += later
+        if not self.report:
+            return
         run_id = self.runs.get(record["run_id"], record["run_id"])
         log.warning("%s: line %d (%s of run %r, %s) was refused by MLflow: %s. It is kept, with the %d records after "
                     "it, and tried again at each replay; the other files go on. If the run or its experiment was "
@@ -710,7 +733,6 @@ class _Replay:
 
     def _report_wait(self, wait: _Wait, files: list) -> None:
         waiting = len(wait.lines) - wait.index
-        self.counts["waiting"] += waiting
         maker = _maker(wait.offline_id, files)
         if maker:
             log.warning("%s: its records from line %d on (%d) wait for run %s, which %s makes and which is not made "
@@ -785,3 +807,58 @@ def replay_before_start(target: Target) -> None:
         log.warning("replayed %d offline tracking records of %d files to %s; %d refused and %d waiting are kept for "
                     "the next run or `bertpipe tracking replay`", counts["records"], counts["files"],
                     redact(target.uri), counts["refused"], counts["waiting"])
+
+
+class Sender:
+    """In a pipeline run's own process (Snakemake's): sends what its jobs write to the tracking folder's offline/
+    (`replay`) every `period` seconds while the pipeline runs, and what is left when it stops, so that a job's run
+    shows in MLflow a moment after the job wrote it. A pass finds nothing new to send at the cost of listing the
+    folder. It never stops the pipeline: what it cannot send is kept, with one warning, for the next pipeline run or
+    `bertpipe tracking replay`."""
+
+    def __init__(self, target: Target, period: float = 2.0):
+        self.target, self.period = target, period
+        self.folder = Path(target.folder) / "offline"
+        self.seen = {}  # {file name: size} at the last pass
+        self.failure = None  # why the last pass could not send, once one could not
+        self.stopping = threading.Event()
+        self.thread = None
+
+    def start(self) -> None:
+        if self.target.uri:
+            self.thread = threading.Thread(target=self._every_period, name="bertpipe tracking sender", daemon=True)
+            self.thread.start()
+
+    def stop(self) -> None:
+        """Stop the passes, then send what is left, with a warning for each record kept."""
+        if self.thread is None:
+            return
+        self.stopping.set()
+        self.thread.join()
+        self.thread = None
+        counts = self._pass(last=True)
+        if counts and (counts["refused"] or counts["waiting"]):
+            log.warning("%d tracking records refused and %d waiting are kept in %s for the next pipeline run or "
+                        "`bertpipe tracking replay`", counts["refused"], counts["waiting"], self.folder)
+
+    def _every_period(self) -> None:
+        while not self.stopping.wait(self.period):
+            self._pass(last=False)
+
+    def _pass(self, last: bool):
+        sizes = {path.name: path.stat().st_size for path in self.folder.glob("*.jsonl")} if self.folder.is_dir() else {}
+        if sizes == self.seen and not (last and self.failure):
+            return None
+        try:
+            counts = replay(self.target, wait=last, report=last)
+        except BlockingIOError:  # a replay of its own at work (`bertpipe tracking replay`) sends them
+            return None
+        except Exception as error:  # as every tracking call, the work goes on without it
+            if self.failure is None or last:
+                log.warning("the pipeline's tracking records in %s were not sent to %s (%s); they are kept and sent "
+                            "%s", self.folder, redact(self.target.uri), _reason(error),
+                            "by the next pipeline run or `bertpipe tracking replay`" if last else "once it answers")
+            self.failure = error
+            return None
+        self.seen, self.failure = sizes, None
+        return counts

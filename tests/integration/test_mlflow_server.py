@@ -19,6 +19,7 @@ import requests
 import yaml
 
 from bench.harness.workflow import copy_workflow
+from bertpipe import tracking
 from tests.browser import install_chromium, page_script_value
 from tests.conftest import SMALL_PIPELINE, VENV_BIN
 from tests.integration.test_own_corpus import jobs_of
@@ -111,7 +112,9 @@ def test_demo_against_a_tracking_server_is_found_through_its_rest_api(served):
 
     workflow_dir, mlflow_server = served
     assert not (workflow_dir / "results/mlflow/mlflow.db").exists(), "the server is the store, not a local file"
-    assert not (workflow_dir / "results/mlflow/offline").exists()
+    # What the jobs wrote to the tracking folder, the pipeline's process sent, every record.
+    assert tracking.replay(tracking.Target(uri=mlflow_server.url, folder=str(workflow_dir / "results/mlflow"))) == {
+        "files": 0, "records": 0, "runs_created": 0, "skipped": 0, "refused": 0, "waiting": 0}
 
     experiment = mlflow_server.api("GET", "experiments/get-by-name", params={"experiment_name": "bertpipe"})
     runs = mlflow_server.api("POST", "runs/search", json={

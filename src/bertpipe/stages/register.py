@@ -194,7 +194,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train-data", nargs="+", required=True, help="the TFRecords trained on (lineage)")
     parser.add_argument("--training-done", nargs="+", required=True, help="each phase's done.json (lineage)")
     parser.add_argument("--out", required=True, help="what was registered (JSON)")
-    parser.set_defaults(run=run, label="registered_model", inputs=("model",))
+    parser.set_defaults(run=run, label="registered_model", inputs=("model",), calls_mlflow=True)
 
 
 def run(args, tracking_run) -> Outcome:
