@@ -112,12 +112,12 @@ def main(argv=None) -> int:
     target = tracking.target_of(args)
     run, status, times, exit_status = None, "FAILED", {"stage": 0.0}, 0
     try:
-        parent = target.pipeline_parent()
-        # Under a pipeline run, whose process sends it (tracking.Sender), a run MLflow need not answer while the job
-        # works is written to the offline file alone.
+        # While a pipeline's process sends its jobs' runs (tracking.Sender), a run MLflow need not answer while the
+        # job works is written to the offline file alone.
         live = getattr(args, "system_metrics", False) or getattr(args, "calls_mlflow", False)
         run = tracking.Run(target, args.run_name or (f"{stage} {label}" if label else stage), args.stage,
-                           parent_id=parent, enabled=getattr(args, "tracked", True), spooled=bool(parent) and not live)
+                           parent_id=target.pipeline_parent(), enabled=getattr(args, "tracked", True),
+                           spooled=target.pipeline_sends() and not live)
         if run.enabled:
             run.log_params({key: value for key, value in vars(args).items()
                             if key not in ("run", "label", "inputs", "system_metrics", "calls_mlflow", *TRACKING_FLAGS)

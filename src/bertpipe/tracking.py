@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 PIPELINE_RUN = "pipeline-run.json"
+SENDING = "sending.json"  # in the tracking folder while a pipeline's process sends its jobs' runs (Sender)
 SQLITE_ON_A_CLUSTER = (
     "bertpipe: warning: mlflow.tracking_uri is null, so this pipeline's process and its training, evaluation and "
     "register jobs on the cluster's nodes write to one SQLite file under results/mlflow on a shared file system, "
@@ -131,6 +132,11 @@ class Target:
             return json.loads((Path(self.folder) / PIPELINE_RUN).read_text())["run_id"]
         except (OSError, ValueError, KeyError):
             return None
+
+    def pipeline_sends(self) -> bool:
+        """Whether a pipeline's process is sending its jobs' runs (a Sender is at work; a job run by hand meanwhile
+        is sent with them)."""
+        return (Path(self.folder) / SENDING).is_file()
 
 
 @dataclasses.dataclass
@@ -825,17 +831,24 @@ class Sender:
         self.thread = None
 
     def start(self) -> None:
+        """Start the passes, and say so in the tracking folder (`sending.json`): the jobs write their runs for it."""
         if self.target.uri:
+            with atomic_file(Path(self.target.folder) / SENDING) as temp:
+                temp.write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
+                                            "started": time.time()}) + "\n")
             self.thread = threading.Thread(target=self._every_period, name="bertpipe tracking sender", daemon=True)
             self.thread.start()
 
     def stop(self) -> None:
-        """Stop the passes, then send what is left, with a warning for each record kept."""
+        """Stop the passes, then send what is left, with a warning for each record kept. (A pipeline's process killed
+        outright leaves `sending.json`: the runs that jobs then write are sent by the next pipeline run or a
+        replay.)"""
         if self.thread is None:
             return
         self.stopping.set()
         self.thread.join()
         self.thread = None
+        (Path(self.target.folder) / SENDING).unlink(missing_ok=True)
         counts = self._pass(last=True)
         if counts and (counts["refused"] or counts["waiting"]):
             log.warning("%d tracking records refused and %d waiting are kept in %s for the next pipeline run or "

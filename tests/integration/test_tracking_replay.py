@@ -295,26 +295,34 @@ def test_a_server_that_stops_mid_replay_stops_it_and_the_next_replay_sends_the_r
 
 
 def test_a_jobs_run_goes_to_mlflow_through_the_pipelines_process_and_the_job_imports_no_mlflow(tmp_path, up):
-    """Under a pipeline run, a job that MLflow need not answer writes its run to the tracking folder, without
-    importing MLflow; the pipeline's Sender sends it, under the pipeline run, by the time it stops."""
+    """While a pipeline's process sends its jobs' runs, a job that MLflow need not answer writes its run to the
+    tracking folder, without importing MLflow; the pipeline's Sender sends it, under the pipeline run, by the time it
+    stops. A job run by hand once the pipeline has ended writes to MLflow itself."""
     pipeline = tracking.start_pipeline(up, {}, ["snakemake"])
     sender = tracking.Sender(up)
     sender.start()
     stats = tmp_path / "shard.stats.json"
     stats.write_text(json.dumps(dict.fromkeys(STATS_KEYS, 3)))
-    arguments = [*up.arguments(), "--run-name", "summarize", "tfrecords", "summarize", str(stats), "--out",
-                 str(tmp_path / "summary.json"), "--page", str(tmp_path / "summary.html")]
-    job = subprocess.run([str(VENV_BIN / "python"), "-c", "import sys\nfrom bertpipe import cli\n"
-                          f"status = cli.main({arguments!r})\n"
-                          "assert 'mlflow' not in sys.modules, 'the job imported MLflow'\nsys.exit(status)"],
-                         capture_output=True, text=True)
-    assert job.returncode == 0, job.stderr
+
+    def summarize(name):
+        arguments = [*up.arguments(), "--run-name", name, "tfrecords", "summarize", str(stats), "--out",
+                     str(tmp_path / f"{name}.json"), "--page", str(tmp_path / f"{name}.html")]
+        job = subprocess.run([str(VENV_BIN / "python"), "-c", "import sys\nfrom bertpipe import cli\n"
+                              f"status = cli.main({arguments!r})\nprint('mlflow' in sys.modules)\nsys.exit(status)"],
+                             capture_output=True, text=True)
+        assert job.returncode == 0, job.stderr
+        return job.stdout.split()[-1] == "True"
+
+    assert not summarize("summarize"), "the job imported MLflow"
     (written,) = (Path(up.folder) / "offline").glob("summarize-*.jsonl")
     sender.stop()
-    runs = runs_of(up)
-    shard = runs["summarize"]
+    shard = runs_of(up)["summarize"]
     assert shard.info.status == "FINISHED" and shard.data.tags["mlflow.parentRunId"] == pipeline.run_id
-    assert shard.data.metrics["instances"] == 3 and shard.data.params["out"] == str(tmp_path / "summary.json")
+    assert shard.data.metrics["instances"] == 3 and shard.data.params["out"] == str(tmp_path / "summarize.json")
     assert shard.data.tags[tracking.OFFLINE_ID_TAG] in written.read_text()
     assert tracking.replay(up) == {"files": 0, "records": 0, "runs_created": 0, "skipped": 0, "refused": 0,
                                    "waiting": 0}, "nothing is left to send"
+
+    assert summarize("by hand"), "no pipeline sends: the job writes to MLflow"
+    assert runs_of(up)["by hand"].info.status == "FINISHED"
+    assert not list((Path(up.folder) / "offline").glob("by_hand-*.jsonl"))
