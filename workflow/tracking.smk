@@ -20,10 +20,14 @@ onstart:
 
 
 onsuccess:
-    SENDER.stop()
-    tracking.end_pipeline(TRACKING, "FINISHED", log, secret_variables=[config["download"]["token_env"]])
+    try:
+        SENDER.stop()
+    finally:
+        tracking.end_pipeline(TRACKING, "FINISHED", log, secret_variables=[config["download"]["token_env"]])
 
 
 onerror:
-    SENDER.stop()
-    tracking.end_pipeline(TRACKING, "FAILED", log, secret_variables=[config["download"]["token_env"]])
+    try:
+        SENDER.stop()
+    finally:
+        tracking.end_pipeline(TRACKING, "FAILED", log, secret_variables=[config["download"]["token_env"]])

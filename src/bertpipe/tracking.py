@@ -19,6 +19,7 @@ sender cannot send waits there for the next pipeline run or `bertpipe tracking r
 tracks.
 """
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -42,6 +43,9 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 PIPELINE_RUN = "pipeline-run.json"
 SENDING = "sending.json"  # in the tracking folder while a pipeline's process sends its jobs' runs (Sender)
+# A Sender renews sending.json every pass (2 s); one older than this was left by a process that ended without
+# stopping its Sender, and a job's clock may be behind the file system's by less.
+SENDER_STALE_SECONDS = 60
 SQLITE_ON_A_CLUSTER = (
     "bertpipe: warning: mlflow.tracking_uri is null, so this pipeline's process and its training, evaluation and "
     "register jobs on the cluster's nodes write to one SQLite file under results/mlflow on a shared file system, "
@@ -133,10 +137,21 @@ class Target:
         except (OSError, ValueError, KeyError):
             return None
 
+    def store_key(self) -> str:
+        """The store and experiment this target writes to, as a digest (no URL's credentials on disk)."""
+        import hashlib
+
+        return hashlib.sha256(f"{self.uri}\n{self.experiment}".encode()).hexdigest()[:16]
+
     def pipeline_sends(self) -> bool:
-        """Whether a pipeline's process is sending its jobs' runs (a Sender is at work; a job run by hand meanwhile
-        is sent with them)."""
-        return (Path(self.folder) / SENDING).is_file()
+        """Whether a pipeline's process is sending its jobs' runs to this target's store and experiment (Sender):
+        its `sending.json` is there, renewed within SENDER_STALE_SECONDS, and names them."""
+        path = Path(self.folder) / SENDING
+        try:
+            fresh = time.time() - path.stat().st_mtime < SENDER_STALE_SECONDS
+            return fresh and json.loads(path.read_text())["store"] == self.store_key()
+        except (OSError, ValueError, KeyError):
+            return False
 
 
 @dataclasses.dataclass
@@ -817,52 +832,61 @@ def replay_before_start(target: Target) -> None:
 
 class Sender:
     """In a pipeline run's own process (Snakemake's): sends what its jobs write to the tracking folder's offline/
-    (`replay`) every `period` seconds while the pipeline runs, and what is left when it stops, so that a job's run
-    shows in MLflow a moment after the job wrote it. A pass finds nothing new to send at the cost of listing the
-    folder. It never stops the pipeline: what it cannot send is kept, with one warning, for the next pipeline run or
-    `bertpipe tracking replay`."""
+    (`replay`) every `period` seconds while the pipeline runs, and all that is left when it stops, so that a job's run
+    shows in MLflow a moment after the job wrote it. A pass between those finds nothing new to send at the cost of
+    listing the folder. It never stops the pipeline: what it cannot send is kept, with one warning, for the next
+    pipeline run or `bertpipe tracking replay`.
+
+    While it is at work, `sending.json` in the tracking folder names its store and experiment and is touched at each
+    pass: jobs of that store and experiment write their runs for it (`Target.pipeline_sends`), until the file is gone
+    or SENDER_STALE_SECONDS old (its process ended without stopping it)."""
 
     def __init__(self, target: Target, period: float = 2.0):
         self.target, self.period = target, period
         self.folder = Path(target.folder) / "offline"
-        self.seen = {}  # {file name: size} at the last pass
+        self.sending = Path(target.folder) / SENDING
+        self.seen = {}  # {file name: size} at the last pass that sent
         self.failure = None  # why the last pass could not send, once one could not
         self.stopping = threading.Event()
         self.thread = None
 
     def start(self) -> None:
-        """Start the passes, and say so in the tracking folder (`sending.json`): the jobs write their runs for it."""
+        """Start the passes, and say so in the tracking folder: the jobs write their runs for it."""
         if self.target.uri:
-            with atomic_file(Path(self.target.folder) / SENDING) as temp:
-                temp.write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
-                                            "started": time.time()}) + "\n")
+            with atomic_file(self.sending) as temp:
+                temp.write_text(json.dumps({"store": self.target.store_key(), "pid": os.getpid(),
+                                            "host": os.uname().nodename, "started": time.time()}) + "\n")
+            atexit.register(self.sending.unlink, missing_ok=True)  # an exit that skips stop() leaves no claim
             self.thread = threading.Thread(target=self._every_period, name="bertpipe tracking sender", daemon=True)
             self.thread.start()
 
     def stop(self) -> None:
-        """Stop the passes, then send what is left, with a warning for each record kept. (A pipeline's process killed
-        outright leaves `sending.json`: the runs that jobs then write are sent by the next pipeline run or a
-        replay.)"""
+        """Stop the passes, then send all that is left, with a warning for what is kept."""
         if self.thread is None:
             return
         self.stopping.set()
         self.thread.join()
         self.thread = None
-        (Path(self.target.folder) / SENDING).unlink(missing_ok=True)
+        self.sending.unlink(missing_ok=True)
         counts = self._pass(last=True)
         if counts and (counts["refused"] or counts["waiting"]):
             log.warning("%d tracking records refused and %d waiting are kept in %s for the next pipeline run or "
-                        "`bertpipe tracking replay`", counts["refused"], counts["waiting"], self.folder)
+                        "`bertpipe tracking replay` (a replay names each)", counts["refused"], counts["waiting"],
+                        self.folder)
 
     def _every_period(self) -> None:
         while not self.stopping.wait(self.period):
+            with contextlib.suppress(OSError):  # a claim it cannot renew lapses: jobs then write to MLflow
+                os.utime(self.sending)
             self._pass(last=False)
 
     def _pass(self, last: bool):
-        sizes = {path.name: path.stat().st_size for path in self.folder.glob("*.jsonl")} if self.folder.is_dir() else {}
-        if sizes == self.seen and not (last and self.failure):
-            return None
+        """Send what is new (the last pass: everything), unless a replay of its own is at work; None if it sent
+        nothing."""
         try:
+            sizes = {path.name: path.stat().st_size for path in self.folder.glob("*.jsonl")}
+            if not last and sizes == self.seen:
+                return None
             counts = replay(self.target, wait=last, report=last)
         except BlockingIOError:  # a replay of its own at work (`bertpipe tracking replay`) sends them
             return None

@@ -3,6 +3,7 @@ under its pipeline run; a record the server refuses kept and reported at each re
 files; two replays at once; a replay cut off mid-way (killed, or its server stopped), then run again."""
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -313,6 +314,7 @@ def test_a_jobs_run_goes_to_mlflow_through_the_pipelines_process_and_the_job_imp
         assert job.returncode == 0, job.stderr
         return job.stdout.split()[-1] == "True"
 
+    assert up.pipeline_sends() and not dataclasses.replace(up, experiment="another").pipeline_sends()
     assert not summarize("summarize"), "the job imported MLflow"
     (written,) = (Path(up.folder) / "offline").glob("summarize-*.jsonl")
     sender.stop()
@@ -326,3 +328,9 @@ def test_a_jobs_run_goes_to_mlflow_through_the_pipelines_process_and_the_job_imp
     assert summarize("by hand"), "no pipeline sends: the job writes to MLflow"
     assert runs_of(up)["by hand"].info.status == "FINISHED"
     assert not list((Path(up.folder) / "offline").glob("by_hand-*.jsonl"))
+    # A claim left by a pipeline's process that ended without stopping its sender lapses once it is not renewed.
+    left = Path(up.folder) / tracking.SENDING
+    left.write_text(json.dumps({"store": up.store_key()}))
+    assert up.pipeline_sends()
+    os.utime(left, (left.stat().st_atime, left.stat().st_mtime - tracking.SENDER_STALE_SECONDS - 1))
+    assert not up.pipeline_sends()
