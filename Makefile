@@ -17,11 +17,11 @@ $(VENV)/.installed: pyproject.toml requirements-no-deps.txt
 demo: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) all --configfile config.demo.yaml
 
-# Two pytest workers, a test file each at a time (a file's tests share their fixtures: a Slurm cluster, a pipeline
-# run). On a 2-core machine more workers gain little and stretch every long test (docs/benchmarks.md, "The test
-# suite").
+# Three pytest workers, a test file each at a time (a file's tests share their fixtures: a Slurm cluster, a pipeline
+# run): one for the files that mostly wait, two for those that compute (tests/conftest.py; docs/benchmarks.md, "The
+# test suite").
 test: $(VENV)/.installed
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m "not slow"

@@ -101,12 +101,33 @@ def sample_corpus(tmp_path_factory):
     return corpus.sample_corpus(tmp_path_factory.mktemp("corpus"), "8,1,1", shard_max_mb=1, part="enwiki-sample")
 
 
-# The longest test files first: `make test` runs two workers a file at a time (pytest-xdist's loadfile, reordering
-# off), so these start at once and the short files fill in around them.
-LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_mlflow_server.py", "test_workflow_mirror.py",
-                 "test_pretrain.py")
+# `make test` runs three workers, a test file at a time each (pytest-xdist's loadfile): the first takes the files
+# that mostly wait (on Slurm's scheduler and the executor's status polls, on servers that start and stop) and the
+# other two the files that compute, so on two cores the waiting overlaps the computing instead of holding one of two
+# workers. A worker whose kind of file has run out takes the other kind. Within a kind, files run in this order: the
+# longest first, so that the short ones fill in around them.
+WAITING = ("test_slurm.py", "test_tracking_replay.py", "test_download.py", "test_workflow_mirror_credentials.py")
+LONGEST_FIRST = (*WAITING, "test_workflow.py", "test_mlflow_server.py", "test_pretrain.py", "test_workflow_mirror.py")
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its own order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class WaitingApart(LoadFileScheduling):
+        """loadfile with the WAITING files on the first worker and the others on the rest."""
+
+        def _assign_work_unit(self, node):
+            waits = node.gateway.id == "gw0"
+            kind = [file for file in self.workqueue if (file.rsplit("/", 1)[-1] in WAITING) == waits]
+            if kind:  # the parent takes the queue's first file: make it the first of this worker's kind
+                self.workqueue.move_to_end(kind[0], last=False)
+            super()._assign_work_unit(node)
+
+    return WaitingApart(config, log)
