@@ -121,7 +121,14 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadFileScheduling
 
     class WaitingApart(LoadFileScheduling):
-        """loadfile with the WAITING files on the first worker and the others on the rest."""
+        """loadfile with the WAITING files on the first worker and the others on the rest; a worker gets its next
+        file when it runs the last test of its file (loadfile queues it two tests early, which holds a long file
+        behind a short two-test one while another worker runs out of work)."""
+
+        def _reschedule(self, node):
+            if self.workqueue and not node.shutting_down and self._pending_of(self.assigned_work[node]) > 1:
+                return
+            super()._reschedule(node)
 
         def _assign_work_unit(self, node):
             waits = node.gateway.id == "gw0"
