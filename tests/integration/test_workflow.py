@@ -58,7 +58,10 @@ STEP_METRICS = {"loss", "mlm_loss", "nsp_loss", "lr", "loss_scale", "skipped", "
 def check_mlflow_store(folder):
     """One parent run, a finished child run per job of every stage, with params, input hashes, metrics by step,
     artifacts, and a registered model version made from the register run's LoggedModel (the exported folder, with
-    the test metrics), which the alias marks."""
+    the test metrics), which the alias marks and which fills in a mask."""
+    import os
+    import subprocess
+    import sys
     from urllib.parse import urlparse
 
     from mlflow import MlflowClient
@@ -145,8 +148,16 @@ def check_mlflow_store(folder):
     assert model.tags["lineage.dump"] == "enwiki/latest"
     record = json.loads((folder / "results/register/model-version.json").read_text())
     assert record["registered"] and record["version"] == version.version and record["model_id"] == model_id
-    # Loaded by its alias as the README loads it (MLflow alone, no network), it fills in masks: test_mlflow_server.py.
-    assert record["uri"] == "models:/bertpipe-bert@newest"
+    # The version by its alias, as the README loads it: MLflow alone, no network, fills in the mask.
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import json, mlflow.pyfunc; model = mlflow.pyfunc.load_model(%r); "
+         "print(json.dumps(model.predict(['The capital of France is [MASK].'])))" % record["uri"]],
+        capture_output=True, text=True, cwd=folder, env={
+            **os.environ, "MLFLOW_TRACKING_URI": client.tracking_uri, "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1"})
+    assert loaded.returncode == 0 and record["uri"] == "models:/bertpipe-bert@newest", loaded.stderr[-3000:]
+    predicted = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert [row["rank"] for row in predicted] == [1, 2, 3, 4, 5] and all(row["token"] for row in predicted)
 
 
 def check_report(folder):
