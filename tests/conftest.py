@@ -88,7 +88,7 @@ def workflow_dir(tmp_path):
 # steps, every step's losses logged. Every rule still runs (16 jobs, the demo's 27); two phases run in
 # test_workflow.py.
 SMALL_PIPELINE = {
-    "slurm": {"pretrain": {"cpus_per_node": 1}},  # one thread: the suite's other worker has the second core
+    "slurm": {"pretrain": {"cpus_per_node": 1}},  # one thread: the suite's other workers have the second core
     "corpus": {"shard_max_mb": 16},
     "tfrecords": {"dupe_factor": 1, "phases": [{"seq_length": 128, "max_predictions": 20}]},
     "pretrain": {"save_interval": 20, "eval_interval": 20, "log_interval": 1, "phases": [

@@ -192,7 +192,7 @@ def chromium():
 # bare CI machine this test's setup also installs Chromium.
 @pytest.mark.timeout(1500)
 def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(workflow_dir, chromium):
-    # Training on one thread: the suite's other worker has the second core (`make demo` trains on both).
+    # Training on one thread: the suite's other workers have the second core (`make demo` trains on both).
     first = snakemake(workflow_dir, *DEMO, "--set-threads", "pretrain=1")
     assert rules_run(first.stderr) == {"download_manifest": 1, "download": 1, "extract": 1, "corpus": 1,
                                        "corpus_jobs": 1, "corpus_stats": 1, "tokenizer": 1, "tfrecords": 10,
