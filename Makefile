@@ -42,13 +42,14 @@ report: $(VENV)/.installed
 
 # The demo's MLflow store (config mlflow.tracking_uri: null) on http://127.0.0.1:5000, after the URL of its
 # experiment's runs in the model-training view: MLflow 3's UI otherwise opens on its GenAI pages (its mode is kept per
-# browser). Without MLflow 3's job runner (GenAI scorers, which bertpipe does not use): eight fewer processes.
+# browser). Without MLflow 3's job runner (GenAI scorers, which bertpipe does not use) and its worker processes.
 MLFLOW_STORE := $(abspath results)/mlflow/mlflow.db
 mlflow-ui: $(VENV)/.installed
 	@test -f $(MLFLOW_STORE) || { echo "no MLflow store at $(MLFLOW_STORE): run make demo first"; exit 1; }
 	@url=$$($(BIN)/bertpipe --tracking-uri sqlite:///$(MLFLOW_STORE) tracking runs-view --ui http://127.0.0.1:5000) \
 		&& echo "the runs: $$url"
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_STORE) --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+		$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_STORE) --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf results resources logs .snakemake

@@ -44,9 +44,9 @@ ENCODE_SENTENCES = 8192  # sentences tokenised at a time
 
 
 def tensorflow_without_keras():
-    """TensorFlow for the TFRecordWriter, imported without the Keras that TensorFlow loads eagerly (with
-    scikit-learn: about 2.5 of a job's 6.5 CPU s of start-up). Nothing here needs Keras; TensorFlow Text (the
-    WordPiece tokenizer) imports it itself when a WordPiece job loads it."""
+    """TensorFlow for the TFRecordWriter, imported without the Keras (and scikit-learn) that TensorFlow loads
+    eagerly, much of a small job's CPU (docs/benchmarks.md, "A tfrecords job's start-up"). Nothing here needs Keras;
+    TensorFlow Text (the WordPiece tokenizer) imports it itself when a WordPiece job loads it."""
     blocked = "keras" not in sys.modules
     if blocked:
         sys.modules["keras"] = None  # TensorFlow skips its eager Keras import when that import fails
