@@ -65,7 +65,7 @@ class MlflowServer(ListeningProcess):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Without MLflow 3's job runner (GenAI scorers and their periodic tasks, which bertpipe does not use): its
-        # eight worker processes would each import MLflow at every start (docs/benchmarks.md, "The test suite").
+        # worker processes would each import MLflow at every start (docs/benchmarks.md, "The test suite").
         super().__init__(
             [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "store")],
