@@ -33,6 +33,7 @@ from pathlib import Path
 
 from bertpipe import BertpipeError
 from bertpipe.atomic import atomic_file, exclusive
+from bertpipe.hashing import hash_of_hashes
 from bertpipe.redaction import HIDDEN, redact, redact_values
 from bertpipe.settings import MlflowSettings
 
@@ -139,9 +140,7 @@ class Target:
 
     def store_key(self) -> str:
         """The store and experiment this target writes to, as a digest (no URL's credentials on disk)."""
-        import hashlib
-
-        return hashlib.sha256(f"{self.uri}\n{self.experiment}".encode()).hexdigest()[:16]
+        return hash_of_hashes([f"{self.uri}\n{self.experiment}"])
 
     def pipeline_sends(self) -> bool:
         """Whether a pipeline's process is sending its jobs' runs to this target's store and experiment (Sender):
