@@ -1,12 +1,16 @@
-"""The C heap of a process that runs the model: glibc's malloc, told to keep its mmap threshold fixed.
+"""The C heap of the process that evaluates the model: glibc's malloc, told to keep its mmap threshold fixed.
 
 glibc serves an allocation above its mmap threshold (128 KiB at start) with a mapping of its own, returned to the
 system when freed; but each time such a block is freed it raises the threshold to that block's size (up to 32 MiB),
 so that later blocks below it come from the heap, where freed space of the wrong sizes stays resident. The unpadded
-encoder's tensors change size with every batch (its tokens are the batch's real ones), so the heap fragments and a
-process's resident memory keeps growing with the batches it has run. With the threshold fixed, every large tensor
-gets a mapping of its own, returned when freed, and peak RSS stays flat in the number of batches, at some CPU
-time spent on page faults (docs/benchmarks.md, "The heap's mmap threshold").
+encoder's tensors change size with every batch (its tokens are the batch's real ones), so over a whole test split the
+heap fragments and the process's resident memory keeps growing with the batches it has run. With the threshold
+fixed, every large tensor gets a mapping of its own, returned when freed, and peak RSS stays flat in the number of
+batches, at some CPU time spent on page faults (docs/benchmarks.md, "The heap's mmap threshold").
+
+Training keeps glibc's default: there every step page-faults its tensors in again, which on a CPU costs a large share
+of a small model's step, while its resident memory stays flat without the fix (bench/heap_threshold.py); on a GPU the
+model's tensors are not on this heap at all.
 """
 
 import ctypes

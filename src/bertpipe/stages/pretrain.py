@@ -142,7 +142,6 @@ def run(args, tracking_run):
 
 def _train(args, tracking_run, stop):
     from bertpipe.hashing import content_hash, described_input
-    from bertpipe.memory import fix_mmap_threshold
     from bertpipe.tokenizer_folder import Tokenizer
     from bertpipe.tracking import MetricSink, Outcome
     from bertpipe.train.checkpoint import CheckpointManager
@@ -151,7 +150,6 @@ def _train(args, tracking_run, stop):
     from bertpipe.train.metrics import ConsoleSink, JsonLinesSink
     from bertpipe.train.objectives import OBJECTIVES
 
-    fix_mmap_threshold()  # the unpadded encoder's varying tensor sizes would fragment the heap (memory.py)
     if not args.tokenizer_path:
         hint = (f" (a hub id such as {args.tokenizer_model_type} cannot be fetched here)"
                 if args.tokenizer_model_type else "")
