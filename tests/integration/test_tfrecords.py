@@ -24,11 +24,14 @@ def tokenizer_dir(request, sample_corpus, tmp_path_factory):
 
 
 def parse(path, spec):
+    """The file's records as TensorFlow parses them with Google's feature spec: a list of {feature: array}."""
     import tensorflow as tf
 
-    features = feature_spec(spec.seq_length, spec.max_predictions)
-    return [{k: v.numpy() for k, v in tf.io.parse_single_example(record, features).items()}
-            for record in tf.data.TFRecordDataset(str(path))]
+    serialized = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
+    # All at once (parse_example parses each record as parse_single_example does, in one call instead of thousands)
+    parsed = {name: tensor.numpy() for name, tensor in
+              tf.io.parse_example(serialized, feature_spec(spec.seq_length, spec.max_predictions)).items()}
+    return [{name: values[index] for name, values in parsed.items()} for index in range(len(serialized))]
 
 
 @pytest.mark.parametrize("spec", [InstanceSpec(seq_length=128, max_predictions=20, dupe_factor=3),
