@@ -1,5 +1,7 @@
 # `make demo`: set up .venv if needed and run the whole pipeline on the bundled Wikipedia sample (CPU, minutes).
 # `make test`: set up .venv if needed and run every test, slow ones included.
+# The libraries' bytecode is compiled on every core, not by pip one file at a time; as with pip's, a file that does not
+# compile on this Python (torch ships one for 3.12) is left alone (docs/benchmarks.md, "The test suite").
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,8 +12,9 @@ CORES ?= 2
 $(VENV)/.installed: pyproject.toml requirements-no-deps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==25.3
-	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps -r requirements-no-deps.txt
+	$(BIN)/pip install --quiet --no-compile -e '.[test]'
+	$(BIN)/pip install --quiet --no-compile --no-deps -r requirements-no-deps.txt
+	$(BIN)/python -c "import compileall; compileall.compile_dir('$(VENV)/lib', quiet=2, workers=0)"
 	touch $@
 
 demo: $(VENV)/.installed
