@@ -75,6 +75,8 @@ def main():
     parser.add_argument("--steps", type=int, default=400, help="timed steps of each run")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each way, taking turns")
     args = parser.parse_args()
+    if args.steps < 4:
+        parser.error("--steps: at least 4 (resident memory is read after each quarter of them)")
     with tempfile.TemporaryDirectory() as temp:
         records = [str(path) for path in sample_records(Path(temp), 4000, InstanceSpec(dupe_factor=1))]
         runs = {"reference": [], "fixed": []}
