@@ -1,6 +1,7 @@
 """Shared fixtures: the bundled sample, dump trees built from it, a local HTTP mirror, a workflow folder."""
 
 import bz2
+import functools
 import hashlib
 import json
 import subprocess
@@ -24,8 +25,14 @@ def sample_xml() -> bytes:
     return bz2.decompress(SAMPLE.read_bytes())
 
 
+@functools.lru_cache(maxsize=8)
+def bz2_compressed(xml: bytes) -> bytes:
+    """bz2 of `xml`, once per worker: the dump trees of many tests hold the same parts."""
+    return bz2.compress(xml)
+
+
 def write_part(path: Path, header: bytes, pages: list, footer: bytes) -> dict:
-    data = bz2.compress(header + b"".join(pages) + footer)
+    data = bz2_compressed(header + b"".join(pages) + footer)
     path.write_bytes(data)
     return {"size": len(data), "sha1": hashlib.sha1(data).hexdigest()}
 

@@ -81,9 +81,11 @@ def in_process(args, capsys):
 def environment():
     # One thread: the same kernels and summation order in every run, for bitwise comparisons. TensorFlow cannot be
     # imported: training reads its TFRecords without it (tfrecord_reader.py), in the trainer and in its reader
-    # processes.
+    # processes. A compiled run's C++ (Inductor on a CPU) is built as one library per graph, its kernels and their
+    # caller together, not one compiler run per kernel, each of which parses torch's headers again (docs/benchmarks.md,
+    # "The test suite").
     path = os.pathsep.join(filter(None, (str(NO_TENSORFLOW), os.environ.get("PYTHONPATH"))))
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "TORCHINDUCTOR_CPP_WRAPPER": "1"}
 
 
 def losses(metrics_file) -> dict:
