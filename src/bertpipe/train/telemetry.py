@@ -10,6 +10,7 @@ there MFU over-counts by about `padding_fraction`; under torch.compile the paddi
 tokens: nothing is padded but a shard's last sequence.
 """
 
+import functools
 import time
 
 import torch
@@ -67,13 +68,20 @@ def datasheet_peak_flops(device: torch.device):
     return next((tflops * 1e12 for word, tflops in DATASHEET_TFLOPS.items() if word in name), None)
 
 
+@functools.cache
+def _peak_in_this_process(dtype: torch.dtype, device: torch.device, threads: int) -> float:
+    """measured_peak_flops once a process for each dtype, device and number of threads: a process that builds
+    several trainers (a test's) does not measure the same device again."""
+    return measured_peak_flops(dtype, device)
+
+
 class StepTelemetry:
     """The utilisation figures of a step, from what the trainer measured of it."""
 
     def __init__(self, dtype: torch.dtype, device: torch.device, world: int):
-        """Measures this rank's device's peak for `dtype` (about a second)."""
+        """Measures this rank's device's peak for `dtype` (about a second), once a process."""
         self.world = world
-        self.peak = measured_peak_flops(dtype, device)
+        self.peak = _peak_in_this_process(dtype, device, torch.get_num_threads())
         self.datasheet_peak = datasheet_peak_flops(device)
 
     def __call__(self, flops: float, sequences: int, seq_length: int, real_tokens: float, seconds: float,
