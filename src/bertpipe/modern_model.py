@@ -105,6 +105,10 @@ class Documents:
     to the keys of its own document, on a local layer only to those at most `max_distance` positions away (HF's
     bidirectional sliding window, |i - j| <= local_attention // 2)."""
 
+    # Both run eager under torch.compile (a graph break each): the layout is read from the batch's document lengths
+    # and attention's shapes follow them, which change every batch; the layers between are compiled, as
+    # ModernBERT's reference compiles its MLP and embeddings around a varlen attention kernel.
+    @torch.compiler.disable
     def __init__(self, document_lengths, tokens: int, device, max_position_embeddings: int, per_document=None):
         self.lengths = document_lengths.tolist() if torch.is_tensor(document_lengths) else list(document_lengths)
         if sum(self.lengths) != tokens or min(self.lengths) < 1:
@@ -124,6 +128,7 @@ class Documents:
             self.real = torch.arange(self.longest, device=device) < lengths[:, None]  # (documents, longest)
             self.padded_masks = {}
 
+    @torch.compiler.disable
     def attention(self, query, key, value, max_distance: int | None, dropout: float):
         """(tokens, heads, head width) queries, keys and values -> (tokens, heads, head width) contexts.
         `max_distance` None: the whole document."""

@@ -326,9 +326,11 @@ class TrainingSettings:
     deterministic: bool = setting(False, "deterministic kernels (bitwise resume on a CPU), slower on a GPU",
                                   run=EXECUTION)
     compile: bool = setting(True, "train the model under torch.compile: faster on a GPU, slower on a CPU, where "
-                                  "compiling costs more than it saves; compiled, the encoder computes the padding "
-                                  "(the real-token count changes every batch and would recompile it); checkpoints "
-                                  "hold the plain model's weights either way", run=EXECUTION)
+                                  "compiling costs more than it saves; compiled, bert2019's encoder computes the "
+                                  "padding (the real-token count changes every batch and would recompile it) and "
+                                  "modern's attention runs eager between compiled layers (its documents' lengths "
+                                  "change every batch); checkpoints hold the plain model's weights either way",
+                            run=EXECUTION)
     dist_timeout_minutes: float = setting(30.0, "how long a process waits in a collective for the others (a rank "
                                                 "that hangs or is lost) before the run fails", exclusiveMinimum=0,
                                           run=EXECUTION)
@@ -718,9 +720,6 @@ def check(config: Config) -> list:
         errors.append(f"model.hidden_size {model.hidden_size} / model.num_attention_heads "
                       f"{model.num_attention_heads}: recipe modern's rotary positions turn pairs of a head's "
                       "dimensions; give each head an even width")
-    if config.recipe == "modern" and config.pretrain.compile:
-        errors.append("pretrain.compile: recipe modern's model attends within each packed document, whose lengths "
-                      "change every batch, and is not compiled; set pretrain.compile to false")
 
     if config.evaluate.common_seq_length > model.max_position_embeddings:
         errors.append(f"evaluate.common_seq_length {config.evaluate.common_seq_length} is above "

@@ -51,10 +51,8 @@ CASES = {
     "no test split for evaluate": (
         {"corpus": {"split": "9,1"}}, ["corpus.split '9,1'", "evaluate reads the test split"]),
     "an odd head width under the modern recipe": (
-        {"recipe": "modern", "pretrain": {"compile": False}, "model": {"hidden_size": 120, "num_attention_heads": 8}},
+        {"recipe": "modern", "model": {"hidden_size": 120, "num_attention_heads": 8}},
         ["model.hidden_size 120 / model.num_attention_heads 8", "recipe modern", "even width"]),
-    "the modern recipe compiled": (
-        {"recipe": "modern", "pretrain": {"compile": True}}, ["pretrain.compile", "recipe modern", "false"]),
     "your own format without files": (
         {"source": {"format": "plain_text"}}, ["source.format plain_text", "source.files lists no file"]),
     "files that Wikipedia does not read": (
