@@ -10,6 +10,7 @@ import signal
 import subprocess
 
 import pytest
+import torch
 
 from bertpipe.settings import InstanceSpec, TokenizerSettings
 from bertpipe.stages.tfrecords import build_shard, pack_shard
@@ -154,6 +155,22 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run_bitwise(tmp_path, re
     for step in range(1, 13):
         for key in ("loss", "mlm_loss", "lr", "grad_norm") + (() if recipe else ("nsp_loss",)):
             assert got[step][key] == expected[step][key], (step, key)
+
+
+def test_bf16_follows_the_fp32_run_unscaled_over_float32_weights(tmp_path, recipe_uninterrupted):
+    """bf16 is autocast to bfloat16 over float32 parameters, with no loss scaling: each recipe's losses follow the
+    fp32 run's within bfloat16's rounding, its gradients are not the fp32 run's (bfloat16 did compute), no step is
+    skipped, and the checkpoint holds float32 weights."""
+    records, recipe, (_, expected) = recipe_uninterrupted
+    run(command(records, tmp_path, *STEPS, *recipe, "--bf16"))
+    got = losses(tmp_path / "metrics.jsonl")
+    assert sorted(got) == list(range(1, 13))
+    for step in got:
+        assert got[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-3), step
+        assert got[step]["loss_scale"] == 1.0 and got[step]["skipped"] == 0, step
+    assert any(got[step]["grad_norm"] != expected[step]["grad_norm"] for step in got)
+    state = checkpoint.load(checkpoint.latest(tmp_path / "ckpt"))
+    assert {tensor.dtype for tensor in state["model"].values()} == {torch.float32}
 
 
 def test_each_step_reports_real_tokens_per_second_mfu_data_wait_and_padding(records, uninterrupted):
