@@ -47,6 +47,7 @@ localrules:
     corpus_files,
     corpus_jobs,
     corpus_stats,
+    tfrecords_list,
     tfrecords_stats,
 
 

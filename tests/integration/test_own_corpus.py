@@ -68,10 +68,20 @@ def test_plain_text_files_are_split_into_documents_and_grouped_into_jobs(plain_t
 
 def test_the_whole_dag_from_plain_text_in_a_dry_run(plain_text):
     workflow, _ = plain_text
-    output = output_of(snakemake(workflow, "-n", "--cores", "2", "all", "--configfile", "config.demo.yaml", "own.yaml"))
+    output = output_of(snakemake(workflow, "-n", "--printshellcmds", "--cores", "2", "all", "--configfile",
+                                 "config.demo.yaml", "own.yaml"))
     for rule in ("tokenizer", "tfrecords", "pretrain", "evaluate", "export", "register"):
         assert re.search(rf"^{rule}\s+\d+$", output, re.M), (rule, output)
     assert not re.search(r"^(download|extract)", output, re.M)
+    # The commands that read every shard of a split name a list of them, so that their length does not grow with
+    # the corpus: a command line of thousands of shards would pass what `bash -c` takes.
+    shards = len(list((workflow / "results/corpus/parts").glob("*/train/shard-*.jsonl")))
+    readers = [line for line in output.splitlines()
+               if re.search(r" (tfrecords summarize|pretrain --use-tfrecords|evaluate --checkpoint|register --model) ",
+                            line)]
+    assert shards > 1 and len(readers) == 6 + 2 + 1 + 1, output  # summaries, phases, evaluate, register
+    for line in readers:
+        assert "shard-" not in line and re.search(r"@results/tfrecords/\S+\.list", line), line
 
 
 def test_a_file_added_reruns_only_the_job_that_reads_it_and_nothing_changed_reruns_nothing(plain_text):

@@ -67,7 +67,8 @@ def start_cluster(tmp_path, slurm_installed):
 ON_SLURM = {"download_manifest": 1, "download": 1, "extract": 1, "corpus": 1, "tokenizer": 1, "tfrecords": 3,
             "tfrecords_common": 1,
             "pretrain": 1, "evaluate": 1, "export": 1, "register": 1}
-LOCAL = {"corpus_jobs": 1, "corpus_stats": 1, "tfrecords_stats": 3, "all": 1}  # the workflow's localrules
+# the workflow's localrules
+LOCAL = {"corpus_jobs": 1, "corpus_stats": 1, "tfrecords_stats": 3, "tfrecords_list": 7, "all": 1}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_profile_runs_the_jobs_on_slurm_with_the_results_of_a_local_run(slurm_ru
     local = copy_upstream(folder, tmp_path / "local")
     rerun = snakemake(local, PHASE1, "--cores", "2", "--forcerun", "corpus", *CONFIGS)
     assert rules_run(rerun.stderr) == {"corpus": 1, "corpus_jobs": 1, "tokenizer": 1, "tfrecords": 2,
-                                       "pretrain": 1}  # train, valid
+                                       "tfrecords_list": 2, "pretrain": 1}  # train, valid
     made = sorted(path.relative_to(local) for pattern in ("corpus/parts/*/*/*.jsonl", "tokenizer/*",
                                                           "tfrecords/*/train/*/*.tfrecord",
                                                           "tfrecords/*/valid/*/*.tfrecord")

@@ -196,7 +196,7 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     first = snakemake(workflow_dir, *DEMO, "--set-threads", "pretrain=1")
     assert rules_run(first.stderr) == {"download_manifest": 1, "download": 1, "extract": 1, "corpus": 1,
                                        "corpus_jobs": 1, "corpus_stats": 1, "tokenizer": 1, "tfrecords": 10,
-                                       "tfrecords_common": 1, "tfrecords_stats": 6,
+                                       "tfrecords_common": 1, "tfrecords_stats": 6, "tfrecords_list": 12,
                                        "pretrain": 2, "evaluate": 1, "export": 1, "register": 1, "all": 1}
     check_mlflow_store(workflow_dir)
     check_report(workflow_dir)
@@ -235,7 +235,7 @@ def test_demo_runs_then_has_nothing_to_do_and_forcerun_reruns_only_downstream(wo
     # demo's training; the corpus below is rerun for real).
     dry = snakemake(workflow_dir, "-n", "--forcerun", "tokenizer", *DEMO)
     assert rules_run_planned(dry.stdout + dry.stderr) == {"tokenizer": 1, "tfrecords": 10, "tfrecords_common": 1,
-                                                          "tfrecords_stats": 6,
+                                                          "tfrecords_stats": 6, "tfrecords_list": 12,
                                                           "pretrain": 2, "evaluate": 1, "export": 1, "register": 1,
                                                           "all": 1}
 

@@ -84,6 +84,13 @@ def tfrecord_files(seq, split, suffix, kind="seq"):
     return files
 
 
+def tfrecords_list(seq, split, suffix, kind="seq"):
+    """The file that lists tfrecord_files(seq, split, suffix, kind), one a line (rule tfrecords_list), which the
+    commands that read them all take as `@LIST`: Snakemake runs a command through `bash -c`, whose one argument may
+    hold 128 KiB, some two thousand shards' paths."""
+    return f"{RESULTS}/tfrecords/{kind}{seq}/{split}/{suffix}.list"
+
+
 # Splits with a positive weight in corpus.split ("1000,1,1"; missing weights are 0): the others have no shards.
 SPLITS_WITH_DOCUMENTS = splits_with_documents(config["corpus"]["split"])
 
@@ -110,11 +117,13 @@ def previous_phase(wildcards):
     return [f"{RESULTS}/pretrain/phase{number - 1}/done.json"] if number > 1 else []
 
 
-def pretrain_data(split, suffix="tfrecord"):
-    """The phase's TFRecord files of `split` (or, with suffix INDEX, their record indexes)."""
+def pretrain_data(split, suffix="tfrecord", listed=False):
+    """The phase's TFRecord files of `split` (or, with suffix INDEX, their record indexes), or with `listed` the
+    file that lists them."""
     if split not in SPLITS_WITH_DOCUMENTS:
         return []
-    return lambda wildcards: tfrecord_files(pretrain_phase(wildcards)["seq_length"], split, suffix)
+    files = tfrecords_list if listed else tfrecord_files
+    return lambda wildcards: files(pretrain_phase(wildcards)["seq_length"], split, suffix)
 
 
 # Training is the longest job, so the jobs on its way run first (Snakemake starts the ready job of highest priority):

@@ -9,6 +9,8 @@ rule evaluate:
         indexes=lambda wildcards: tfrecord_files(LAST_SEQ_LENGTH, "test", INDEX),
         common=lambda wildcards: tfrecord_files(COMMON_SEQ_LENGTH, "test", "tfrecord", kind=COMMON_KIND),
         common_indexes=lambda wildcards: tfrecord_files(COMMON_SEQ_LENGTH, "test", INDEX, kind=COMMON_KIND),
+        test_list=tfrecords_list(LAST_SEQ_LENGTH, "test", "tfrecord"),
+        common_list=tfrecords_list(COMMON_SEQ_LENGTH, "test", "tfrecord", kind=COMMON_KIND),
         tokenizer=f"{RESULTS}/tokenizer",
     output:
         metrics=report(f"{RESULTS}/evaluate/metrics.json", caption="../report/evaluate.rst", category="Evaluation"),
@@ -26,6 +28,6 @@ rule evaluate:
         f"{LOGS}/evaluate.log",
     shell:
         "bertpipe --log-file {log:q} --run-name evaluate"
-        " evaluate --checkpoint {params.checkpoints:q} --test-data {input.test:q} --tokenizer {input.tokenizer:q}"
-        " --common-test-data {input.common:q}"
+        " evaluate --checkpoint {params.checkpoints:q} --test-data @{input.test_list:q} --tokenizer {input.tokenizer:q}"
+        " --common-test-data @{input.common_list:q}"
         " {params.evaluate} {params.precision} --out {output.metrics:q} --fill-mask {output.fill_mask:q} 2> {log:q}"

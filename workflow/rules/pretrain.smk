@@ -12,6 +12,8 @@ rule pretrain:
     input:
         train=pretrain_data("train"),
         valid=pretrain_data("valid"),
+        train_list=pretrain_data("train", listed=True),
+        valid_list=pretrain_data("valid", listed=True),
         train_index=pretrain_data("train", INDEX),
         valid_index=pretrain_data("valid", INDEX),
         tokenizer=f"{RESULTS}/tokenizer",
@@ -26,9 +28,7 @@ rule pretrain:
         ),
     params:
         folder=lambda wildcards: shlex.quote(f"{RESULTS}/pretrain/phase{wildcards.phase}"),
-        valid=lambda wildcards, input: (
-            "--valid-data " + " ".join(shlex.quote(f) for f in input.valid) if input.valid else ""
-        ),
+        valid=lambda wildcards, input: f"--valid-data @{shlex.quote(input.valid_list)}" if input.valid_list else "",
         init=lambda wildcards, input: (
             f"--init-from {shlex.quote(str(Path(input.previous[0]).parent / 'checkpoints'))}" if input.previous else ""
         ),
@@ -59,7 +59,7 @@ rule pretrain:
     shell:
         "bertpipe --log-file {log:q} --run-name 'pretrain phase {wildcards.phase}'"
         " launch {params.launch} --done {output.done:q}"
-        " pretrain --use-tfrecords --train-data {input.train:q} {params.valid} --tokenizer-path {input.tokenizer:q}"
+        " pretrain --use-tfrecords --train-data @{input.train_list:q} {params.valid} --tokenizer-path {input.tokenizer:q}"
         " {params.settings} {params.init} --save {params.folder}/checkpoints --stale-checkpoints set-aside"
         " --metrics {params.folder}/metrics.jsonl"
         " --loss-curve {output.curve:q} > {log:q} 2>&1"

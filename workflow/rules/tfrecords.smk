@@ -39,9 +39,25 @@ use rule tfrecords as tfrecords_common with:
         f"{LOGS}/tfrecords/common/seq{{seq}}/{{split}}/{{part}}/shard-{{shard}}.log",
 
 
+# A split's files of one kind, listed for the commands that read them all (common.smk, tfrecords_list).
+rule tfrecords_list:
+    input:
+        lambda wildcards: tfrecord_files(wildcards.seq, wildcards.split, wildcards.suffix, kind=wildcards.kind),
+    output:
+        f"{RESULTS}/tfrecords/{{kind}}{{seq}}/{{split}}/{{suffix}}.list",
+    wildcard_constraints:
+        kind=r"seq|common/seq",
+        suffix=r"tfrecord|stats\.json",
+    log:
+        f"{LOGS}/tfrecords/{{kind}}{{seq}}/{{split}}/{{suffix}}.list.log",
+    run:
+        Path(output[0]).write_text("".join(f"{path}\n" for path in input))
+
+
 rule tfrecords_stats:
     input:
-        lambda wildcards: tfrecord_files(wildcards.seq, wildcards.split, "stats.json"),
+        stats=lambda wildcards: tfrecord_files(wildcards.seq, wildcards.split, "stats.json"),
+        listing=lambda wildcards: tfrecords_list(wildcards.seq, wildcards.split, "stats.json"),
     output:
         stats=f"{RESULTS}/tfrecords/seq{{seq}}/{{split}}/stats.json",
         page=report(
@@ -56,4 +72,4 @@ rule tfrecords_stats:
         f"{LOGS}/tfrecords/seq{{seq}}/{{split}}/stats.log",
     shell:
         "bertpipe --log-file {log:q} --run-name 'tfrecords seq{wildcards.seq} {wildcards.split}'"
-        " tfrecords summarize {input:q} --out {output.stats:q} --page {output.page:q} 2> {log:q}"
+        " tfrecords summarize @{input.listing:q} --out {output.stats:q} --page {output.page:q} 2> {log:q}"
