@@ -338,9 +338,8 @@ def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path, r
     torchrun = (str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "bertpipe")
     two = run(command(records, tmp_path / "two", *no_dropout, "--batch-size", 4, launcher=torchrun))
     # and with gradient accumulation, compiled (as config.yaml trains: DDP under torch.compile, its gradient sync
-    # skipped on all but the last micro-batch): 2 processes x 2 micro-batches x 2 sequences. The modern model's
-    # compile costs twice BERT's here (its attention breaks the graph): it is compiled in one process, by the compiled
-    # resume test above.
+    # skipped on all but the last micro-batch): 2 processes x 2 micro-batches x 2 sequences. The modern model, whose
+    # attention breaks its graph into several and so costs more to compile, is compiled by the compiled resume test.
     compiled = () if recipe else ("--compile",)
     accumulated = run(command(records, tmp_path / "accumulated", *no_dropout, "--batch-size", 2,
                               "--gradient-accumulation-steps", 2, *compiled, launcher=torchrun))
