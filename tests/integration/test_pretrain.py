@@ -370,6 +370,14 @@ def another_value(field, value):
     return value * 2 if value else kind(1)
 
 
+def changed_flag(field, value) -> list:
+    """The command-line words that set setting `field` to `value`."""
+    flag = "--" + field.name.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag if value else f"--no-{flag[2:]}"]
+    return [flag, str(value)]
+
+
 def test_a_change_of_any_identity_setting_is_another_run_and_of_an_execution_setting_resumes(tmp_path, records,
                                                                                              capsys, caplog):
     """Walks every setting that reaches the trainer, as settings.py classifies it: a resume after a change of any
@@ -389,13 +397,10 @@ def test_a_change_of_any_identity_setting_is_another_run_and_of_an_execution_set
     for part, cls in (("model", ModelSettings), ("phase", PhaseSettings), ("training", TrainingSettings)):
         for field in dataclasses.fields(cls):
             value = another_value(field, getattr(parsed, field.name))
-            flag = "--" + field.name.replace("_", "-")
-            changed = [flag if value is True else f"--no-{flag[2:]}" if value is False else flag, str(value)][
-                :1 if isinstance(value, bool) else 2]
             caplog.clear()
             try:
                 with caplog.at_level("INFO"):
-                    status, out, err = in_process([*base, *changed], capsys)
+                    status, out, err = in_process([*base, *changed_flag(field, value)], capsys)
             finally:
                 torch.use_deterministic_algorithms(False)  # --deterministic sets it for the whole process
             role = field.metadata["run"]
@@ -415,6 +420,25 @@ def test_a_change_of_any_identity_setting_is_another_run_and_of_an_execution_set
     _, train_data, valid_data = records
     status, _, err = in_process([valid_data if word == train_data else word for word in base], capsys)
     assert status == 1 and "inputs.train_data" in err and "resumed from" not in err
+
+
+def test_a_change_of_any_modern_setting_is_another_run(tmp_path, packed_records, capsys):
+    """The modern recipe's own settings (its attention's window and layer kinds, its rotary bases, the masks drawn as
+    it trains) are each part of the run's identity: a resume after a change of any is refused, naming it."""
+    import dataclasses
+
+    from bertpipe import cli
+    from bertpipe.settings import IDENTITY, ModernSettings
+
+    base = command(packed_records, tmp_path, *MODERN, "--train-iters", 2, "--save-interval", 2, "--batch-size", 4,
+                   "--num-workers", 0)
+    assert in_process(base, capsys)[0] == 0
+    parsed = cli.parser(base[1:]).parse_args(base[1:])
+    for field in dataclasses.fields(ModernSettings):
+        assert field.metadata["run"] == IDENTITY, field.name
+        value = another_value(field, getattr(parsed, field.name))
+        status, out, err = in_process([*base, *changed_flag(field, value)], capsys)
+        assert status == 1 and field.name in err and "resumed from" not in out, (field.name, err)
 
 
 def test_init_from_is_chosen_on_rank_0_whose_failure_stops_every_rank_at_once(tmp_path, records):
