@@ -118,8 +118,8 @@ class SourceSettings:
                           enum=["wikipedia", "loose_json", "plain_text"])
     files: list[str] = setting([], "loose_json and plain_text: the input files, as paths or glob patterns (** "
                                    "for any folders below), absolute or relative to the folder Snakemake runs in; "
-                                   "each must exist, each pattern must match a file; .gz, .bz2 and .xz files are "
-                                   "read decompressed")
+                                   "each must exist, each pattern must match a file; .gz, .bz2, .xz and .zst "
+                                   "files are read decompressed")
     name: str | None = setting(None, "what the model card and MLflow call the corpus; null: from its format",
                                minLength=1)
     license: str | None = setting(None, "the corpus's licence, as the model card's metadata states it (e.g. mit, "

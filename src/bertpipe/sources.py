@@ -8,9 +8,9 @@ next file would pass `group_mb`: which group a file joins depends on the files a
 adding a file changes its own group's job and no other, but where it ends its group (splitting it in two) or fills it
 up (its last file moving on to the next group). A job is named by its first file.
 
-Files ending in .gz, .bz2 or .xz are read decompressed. Bad input (a line that is not JSON or has no text, text that
-is not UTF-8, an empty file) stops the job with the file and line (`bad_input: stop`), or is left out and counted
-(`skip`); a compressed file that does not decompress always stops it.
+Files ending in .gz, .bz2, .xz or .zst are read decompressed. Bad input (a line that is not JSON or has no text,
+text that is not UTF-8, an empty file) stops the job with the file and line (`bad_input: stop`), or is left out and
+counted (`skip`); a compressed file that does not decompress always stops it.
 """
 
 import bz2
@@ -18,6 +18,7 @@ import contextlib
 import glob
 import gzip
 import hashlib
+import io
 import json
 import logging
 import lzma
@@ -94,13 +95,64 @@ def corpus_jobs(patterns, group_mb: float) -> dict:
     return jobs
 
 
-OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+class ZstdFile(io.RawIOBase):
+    """A .zst file's decompressed bytes, frame after frame (`zstd -T` and many writers make several), and an error
+    where zstandard's own stream reader would stop without one: a file cut off within a frame (EOFError, as gzip's),
+    bytes that are not zstd (OSError)."""
+
+    def __init__(self, path):
+        import zstandard  # here: the Snakefile imports this module, and only a .zst input needs it
+
+        self._errors = zstandard.ZstdError
+        self._file = open(path, "rb")
+        self._context = zstandard.ZstdDecompressor()
+        self._frame = self._context.decompressobj()
+        self._in_frame = False  # bytes of a frame read, its end not yet
+        self._out, self._at = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._at == len(self._out):
+            compressed = self._file.read(1 << 17)  # text compresses up to some 100 times: a few MB decompressed
+            if not compressed:
+                if self._in_frame:
+                    raise EOFError("the file ends within a zstd frame")
+                return 0
+            self._out, self._at = self._decompress(compressed), 0
+        size = min(len(buffer), len(self._out) - self._at)
+        buffer[:size] = self._out[self._at:self._at + size]
+        self._at += size
+        return size
+
+    def _decompress(self, compressed: bytes) -> bytes:
+        out = []
+        while compressed:
+            self._in_frame = True
+            try:
+                out.append(self._frame.decompress(compressed))
+            except self._errors as error:
+                raise OSError(str(error)) from None
+            compressed = b""
+            if self._frame.eof:  # the frame ended: what follows it starts the next
+                compressed, self._frame = self._frame.unused_data, self._context.decompressobj()
+                self._in_frame = False
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open,
+           ".zst": lambda path, mode: io.BufferedReader(ZstdFile(path), 1 << 20)}
 
 
 @contextlib.contextmanager
 def lines_of(path):
-    """The lines of `path` as bytes (decompressed for .gz, .bz2, .xz), its first without a UTF-8 byte-order mark;
-    a compressed file that does not decompress is an error naming it."""
+    """The lines of `path` as bytes (decompressed for .gz, .bz2, .xz, .zst), its first without a UTF-8 byte-order
+    mark; a compressed file that does not decompress is an error naming it."""
     opener = OPENERS.get(Path(path).suffix.lower(), open)
     try:
         with opener(path, "rb") as f:

@@ -221,22 +221,42 @@ def test_compressed_files_are_read_decompressed_and_a_byte_order_mark_is_no_faul
     import gzip
     import lzma
 
+    import zstandard
+
     records = json_lines({"id": "1", "text": SENTENCE}, {"id": "2", "text": SENTENCE + " Again."})
+    # zstd in two frames, as a multi-threaded `zstd -T` or an appending writer makes them
+    frames = [zstandard.ZstdCompressor().compress(json_lines({"id": str(n), "text": SENTENCE}).encode() * 3000)
+              for n in (6, 7)]
     files = [write(tmp_path / "a.jsonl.gz", gzip.compress(records.encode())),
              write(tmp_path / "b.jsonl.bz2", bz2.compress(records.replace('"1"', '"3"').replace('"2"', '"4"')
                                                           .encode())),
              write(tmp_path / "c.jsonl.xz", lzma.compress(b"\xef\xbb\xbf" + json_lines({"id": "5", "text": SENTENCE})
-                                                          .encode()))]
+                                                          .encode())),
+             write(tmp_path / "d.jsonl.zst", b"".join(frames))]
     stats = build_part(files, tmp_path / "out", ANY_LENGTH, LOOSE_JSON)
-    assert sorted(d["id"] for d in shard_documents(tmp_path / "out")) == ["1", "2", "3", "4", "5"]
-    assert [f["documents"] for f in stats["files"]] == [2, 2, 1] and stats["bad_input"]["not_json"] == 0
+    assert sorted(set(d["id"] for d in shard_documents(tmp_path / "out"))) == ["1", "2", "3", "4", "5", "6", "7"]
+    assert [f["documents"] for f in stats["files"]] == [2, 2, 1, 6000] and stats["bad_input"]["not_json"] == 0
 
 
-def test_a_compressed_file_that_does_not_decompress_stops_naming_it_even_when_skipping(tmp_path):
+def compressed_damaged(suffix: str, data: bytes) -> bytes:
+    """`data` compressed as `suffix` says, cut off before its end."""
     import gzip
 
-    damaged = write(tmp_path / "a.jsonl.gz", gzip.compress(GOOD.encode() * 50)[:-30])
-    with pytest.raises(BertpipeError, match=rf"{damaged}: does not decompress as .gz"):
+    import zstandard
+
+    compress = {".gz": gzip.compress, ".zst": zstandard.ZstdCompressor().compress}[suffix]
+    whole = compress(data)
+    return whole[:len(whole) // 2]
+
+
+@pytest.mark.parametrize("name, content", [
+    ("a.jsonl.gz", lambda: compressed_damaged(".gz", GOOD.encode() * 50)),
+    ("a.jsonl.zst", lambda: compressed_damaged(".zst", GOOD.encode() * 5000)),
+    ("a.jsonl.zst", lambda: GOOD.encode()),  # not zstd at all
+])
+def test_a_compressed_file_that_does_not_decompress_stops_naming_it_even_when_skipping(tmp_path, name, content):
+    damaged = write(tmp_path / name, content())
+    with pytest.raises(BertpipeError, match=rf"{damaged}: does not decompress as {damaged.suffix}"):
         build_part(damaged, tmp_path / "out", ANY_LENGTH, SKIP)
     assert not (tmp_path / "out").exists()
 
