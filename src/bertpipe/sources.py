@@ -98,7 +98,10 @@ def corpus_jobs(patterns, group_mb: float) -> dict:
 class ZstdFile(io.RawIOBase):
     """A .zst file's decompressed bytes, frame after frame (`zstd -T` and many writers make several), and an error
     where zstandard's own stream reader would stop without one: a file cut off within a frame (EOFError, as gzip's),
-    bytes that are not zstd (OSError)."""
+    bytes that are not zstd (OSError). The compressed bytes go to the decompressor a KiB at a time: a block of four
+    bytes can stand for 128 KiB, so a larger piece of a very repetitive file could stand for gigabytes."""
+
+    PIECE = 1024
 
     def __init__(self, path):
         import zstandard  # here: the Snakefile imports this module, and only a .zst input needs it
@@ -108,6 +111,7 @@ class ZstdFile(io.RawIOBase):
         self._context = zstandard.ZstdDecompressor()
         self._frame = self._context.decompressobj()
         self._in_frame = False  # bytes of a frame read, its end not yet
+        self._compressed, self._read = memoryview(b""), 0
         self._out, self._at = b"", 0
 
     def readable(self) -> bool:
@@ -115,12 +119,15 @@ class ZstdFile(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         while self._at == len(self._out):
-            compressed = self._file.read(1 << 17)  # text compresses up to some 100 times: a few MB decompressed
-            if not compressed:
-                if self._in_frame:
-                    raise EOFError("the file ends within a zstd frame")
-                return 0
-            self._out, self._at = self._decompress(compressed), 0
+            if self._read == len(self._compressed):
+                self._compressed, self._read = memoryview(self._file.read(1 << 20)), 0
+                if not self._compressed:
+                    if self._in_frame:
+                        raise EOFError("the file ends within a zstd frame")
+                    return 0
+            piece = self._compressed[self._read:self._read + self.PIECE]
+            self._read += len(piece)
+            self._out, self._at = self._decompress(bytes(piece)), 0
         size = min(len(buffer), len(self._out) - self._at)
         buffer[:size] = self._out[self._at:self._at + size]
         self._at += size

@@ -238,6 +238,28 @@ def test_compressed_files_are_read_decompressed_and_a_byte_order_mark_is_no_faul
     assert [f["documents"] for f in stats["files"]] == [2, 2, 1, 6000] and stats["bad_input"]["not_json"] == 0
 
 
+def test_a_very_repetitive_zst_file_is_read_in_bounded_memory(tmp_path):
+    """64 MB of one line, compressed 10,000 times to a few KB, whose every KB stands for some 10 MB: read a KB of
+    compressed input at a time, it never holds much more than that, nor the whole file."""
+    import tracemalloc
+
+    import zstandard
+
+    from bertpipe.sources import lines_of
+
+    line = json_lines({"id": "1", "text": SENTENCE}).encode()
+    count = 64 * 2**20 // len(line)
+    path = write(tmp_path / "a.jsonl.zst", zstandard.ZstdCompressor().compress(line * count))
+    tracemalloc.start()
+    try:
+        with lines_of(path) as lines:
+            assert sum(1 for _ in lines) == count
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2**20, f"{peak / 2**20:.0f} MB"
+
+
 def compressed_damaged(suffix: str, data: bytes) -> bytes:
     """`data` compressed as `suffix` says, cut off before its end."""
     import gzip
