@@ -53,7 +53,10 @@ def _parser(named) -> argparse.ArgumentParser:
     from bertpipe import tracking
 
     # @FILE: FILE's lines, an argument each; the workflow passes lists of files that a command line could not hold.
-    top = argparse.ArgumentParser(prog="bertpipe", description=__doc__, fromfile_prefix_chars="@",
+    # launch hands its command's @FILE on unread: the trainers read it, so the list stays off torchrun's and srun's
+    # command lines too.
+    top = argparse.ArgumentParser(prog="bertpipe", description=__doc__,
+                                  fromfile_prefix_chars=None if named == "launch" else "@",
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--version", action="version", version=f"bertpipe {__version__}")
     # Not --log: torchrun reads the launched command's flags too, and takes --log for an abbreviation of its own.

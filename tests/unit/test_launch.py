@@ -21,6 +21,17 @@ def test_one_node_is_standalone_torchrun_with_the_same_interpreter():
                        "-m", "bertpipe", "pretrain", "--train-iters", "5"]
 
 
+def test_a_list_file_in_the_launched_command_reaches_the_trainers_unread(tmp_path):
+    """The workflow names a split's shards as `@LIST`: launch hands it on as it is and each trainer reads it, so that
+    thousands of shard paths stay off torchrun's and srun's command lines."""
+    listing = tmp_path / "tfrecord.list"
+    listing.write_text("a/shard-0000.tfrecord\nb/shard-0000.tfrecord\n")
+    argv = ["launch", "--nproc-per-node", "2", "pretrain", "--use-tfrecords", "--train-data", f"@{listing}"]
+    command = cli.parser(argv).parse_args(argv).command
+    assert command == ["pretrain", "--use-tfrecords", "--train-data", f"@{listing}"]
+    assert cli.parser(command).parse_args(command).train_data == ["a/shard-0000.tfrecord", "b/shard-0000.tfrecord"]
+
+
 def test_several_nodes_meet_at_a_c10d_rendezvous_named_by_the_job():
     command = launch.torchrun_command(8, ["pretrain"], nnodes=4, endpoint="10.0.0.7:29411", rendezvous_id="1234")
     assert command[command.index("--nnodes") + 1] == "4"
