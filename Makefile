@@ -1,8 +1,8 @@
 # `make demo`: set up .venv if needed and run the whole pipeline on the bundled Wikipedia sample (CPU, minutes).
 # `make test`: set up .venv if needed and run every test, slow ones included.
 # pip compiles no bytecode: Python writes each module's the first time a process imports it, into the venv, so only
-# the modules the pipeline and the tests use are compiled (fewer than half of the libraries' files), and once, also
-# where the environment turns that writing off (docs/benchmarks.md, "The test suite").
+# the modules the pipeline and the tests use are compiled, and once, also where the environment turns that writing
+# off (docs/benchmarks.md, "The test suite").
 unexport PYTHONDONTWRITEBYTECODE
 PYTHON ?= python3
 VENV := .venv
